@@ -1,0 +1,1 @@
+"""Tests for gmabench.gma (the GMA op, its implementations and the GMA layer)."""

@@ -1,0 +1,175 @@
+"""Write one self-contained report.html for a run: header, fits, failures, figures, all ok cells.
+
+The page embeds plotly.js once (inline, never from a CDN) so it opens offline, and every string
+that came from a record, the environment or the suite passes through html.escape.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from gmabench.report.analysis import fit_scaling, records_frame, speedup_table
+from gmabench.report.figures import MIB, all_figures
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em}
+dt{font-weight:600} section.figure{margin-bottom:1.5em} pre{background:#f7f7f7;padding:.5em}
+"""
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, spec)
+    return str(v)
+
+
+def _flag(v: Any) -> bool:
+    return v is not None and v is not pd.NA and bool(v)
+
+
+def _table(headers: list[str], rows: Iterable[list[Any]], left: int = 1) -> str:
+    """An escaped HTML table; the first `left` columns are text and align left."""
+    def cell(tag: str, i: int, v: Any) -> str:
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{html.escape(_fmt(v))}</{tag}>"
+    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pick(d: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
+    """First scalar under any of `keys`, searching nested dicts (env layout is free-form)."""
+    if not isinstance(d, dict) or depth > 3:
+        return None
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, dict):
+            v = v.get("name") or v.get("version")
+        if v not in (None, "", [], {}):
+            return v
+    for v in d.values():
+        found = _pick(v, keys, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _shape(r: Any, k_applies: bool = True) -> str:
+    # K is part of the cell's identity even where the mixer ignores it.
+    k = r.K if k_applies else f"{r.K} (n/a)"
+    return f"B={r.B} N={r.N} H={r.H} D={r.D} Dv={r.Dv} K={k}"
+
+
+def _header(df: pd.DataFrame, env: dict, suite: dict) -> tuple[str, str]:
+    first = df.iloc[0] if len(df) else None
+    name = suite.get("name") or (first["suite"] if first is not None else "") or "unnamed suite"
+    stamps = [t for t in df.get("timestamp", []) if t] if len(df) else []
+    facts = {
+        "Device": _pick(env, ("gpu_name", "gpu", "device_name", "device"))
+        or ", ".join(sorted({str(v) for v in df.get("device_name", []) if v})) or None,
+        "torch": _pick(env, ("torch_version", "torch")),
+        "Date": _pick(env, ("timestamp", "date", "captured_at")) or (max(stamps) if stamps else
+                datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        "Commit": _pick(env, ("git_commit", "commit")) or (first["git_commit"] if first is not None
+                                                         else None),
+        "Cells": f"{int((df['status'] == 'ok').sum())} ok of {len(df)}" if len(df) else "0",
+    }
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(_fmt(v))}</dd>"
+                 for k, v in facts.items())
+    return str(name), f"<h1>gmabench report: {html.escape(str(name))}</h1><dl>{dl}</dl>"
+
+
+def _fit_section(df: pd.DataFrame) -> str:
+    rows = []
+    for label, x, y in [("latency vs N", "N", "median_ms"), ("peak memory vs N", "N", "peak_bytes"),
+                        ("latency vs K", "K", "median_ms"), ("peak memory vs K", "K", "peak_bytes")]:
+        fits = fit_scaling(df, x=x, y=y)
+        for r in fits[fits["n_x_cells"] >= 2].itertuples():
+            fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
+                             if c != x and getattr(r, c) is not pd.NA)
+            slope = "—" if math.isnan(r.slope) else f"{r.slope:.2f} ± {r.stderr:.2f}"
+            span = f"{r.x_min:g}–{r.x_max:g}" if r.n_points else "—"
+            rows.append([label, r.series, fixed, slope, _fmt(r.r2, ".3f"),
+                         _fmt(r.slope_large, ".2f"), r.n_points, span])
+    headers = ["fit", "series", "fixed", "slope ± stderr", "r²", "large-x slope", "points",
+               "x range"]
+    note = ("<p>Log-log slopes over ok cells (needs 3 sizes): 1 means O(x), 2 means O(x²). "
+            "The large-x slope refits the upper half of the sizes, past launch overhead.</p>")
+    return "<h2>Scaling fits</h2>" + note + _table(headers, rows, left=3)
+
+
+def _failure_section(df: pd.DataFrame) -> str:
+    bad = df[df["status"] != "ok"].sort_values(["series", "N", "K"])
+    if bad.empty:
+        return "<h2>Failed and skipped cells</h2><p>None: every cell ran ok.</p>"
+    rows = [[r.series, _shape(r, r.k_applies), r.status, r.reason] for r in bad.itertuples()]
+    return ("<h2>Failed and skipped cells</h2>"
+            + _table(["series", "shape", "status", "reason"], rows, left=4))
+
+
+def _ok_section(df: pd.DataFrame) -> str:
+    ok = df[df["status"] == "ok"].sort_values(["series", "B", "H", "D", "K", "N"])
+    fracs = {c: label for c, label in [("frac_matmul_ceiling", "of matmul ceiling"),
+                                       ("frac_copy_ceiling", "of copy ceiling")] if c in df}
+    rows = [[r.series, r.backend or r.impl, r.B, r.N, r.H, r.D, r.Dv,
+             r.K if r.k_applies else f"{r.K} (n/a)", _fmt(r.median_ms),
+             f"{_fmt(r.p20_ms)}–{_fmt(r.p80_ms)}" + (" (noisy)" if _flag(r.noisy) else ""),
+             None if r.peak_bytes is pd.NA else r.peak_bytes / MIB, r.tokens_per_s,
+             r.tflops_per_s, r.tb_per_s, r.rel_error] + [getattr(r, c) for c in fracs]
+            for r in ok.itertuples()]
+    headers = ["series", "backend", "B", "N", "H", "D", "Dv", "K", "median ms", "p20–p80 ms",
+               "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error"] + [fracs[c] for c in fracs]
+    return "<h2>All ok cells</h2>" + _table(headers, rows, left=2)
+
+
+def _speedup_section(df: pd.DataFrame, baseline: Any) -> str:
+    if not isinstance(baseline, str) or baseline not in set(df["mixer"]):
+        return ""
+    sp = speedup_table(df, baseline)
+    rows = [[r.series, _shape(r, r.K is not pd.NA), r.median_ms, r.baseline_ms,
+             f"{r.speedup:.2f}×"] for r in sp.itertuples()]
+    return (f"<h2>Speed against {html.escape(baseline)}</h2>"
+            + _table(["series", "shape", "median ms", "baseline ms", "speedup"], rows, left=2))
+
+
+def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict) -> Path:
+    """Write run_dir/report.html and return its path."""
+    env, suite = env or {}, suite or {}
+    df = records_frame(records, env)
+    title, header = _header(df, env, suite)
+    figs = []
+    for i, (section, fig) in enumerate(all_figures(df) if len(df) else []):
+        # The first figure carries the whole plotly.js bundle; the rest reuse it.
+        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{i}",
+                          config={"displaylogo": False, "responsive": True})
+        figs.append(f'<section class="figure" data-section="{html.escape(section)}">{div}</section>')
+    details = "".join(
+        f"<details><summary>{html.escape(k)}</summary><pre>"
+        f"{html.escape(json.dumps(v, indent=2, sort_keys=True, default=str))}</pre></details>"
+        for k, v in [("Environment", env), ("Suite", suite)])
+    body = "".join([header, _fit_section(df) if len(df) else "", _failure_section(df),
+                    _speedup_section(df, suite.get("baseline")) if len(df) else "",
+                    "<h2>Figures</h2>", "".join(figs) or "<p>No sweep with two sizes.</p>",
+                    _ok_section(df), details])
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape('gmabench: ' + title)}</title><style>{_CSS}</style></head>"
+            f"<body>{body}</body></html>")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

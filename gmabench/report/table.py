@@ -1,0 +1,76 @@
+"""Terminal tables (rich): one scaling summary row per series, and the cells that did not run ok."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import pandas as pd
+from rich.markup import escape
+from rich.table import Table
+
+from gmabench.report.analysis import fit_scaling, records_frame
+
+_STATUS_STYLE = {"skipped": "yellow", "oom": "red", "timeout": "red", "error": "red",
+                 "cuda_error": "red", "crashed": "red"}
+
+
+def _slopes(fits: pd.DataFrame, series: str, col: str) -> str:
+    """One slope, or the range of slopes when the series was fitted at several fixed shapes."""
+    vals = [v for v in fits.loc[fits["series"] == series, col] if math.isfinite(v)]
+    if not vals:
+        return "—"
+    lo, hi = min(vals), max(vals)
+    return f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}–{hi:.2f}"
+
+
+def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    return records if isinstance(records, pd.DataFrame) else records_frame(records)
+
+
+def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
+    """One row per series: N range, log-log slopes of latency and memory, and cell counts."""
+    df = _frame(records)
+    lat_n = fit_scaling(df, x="N", y="median_ms")
+    mem_n = fit_scaling(df, x="N", y="peak_bytes")
+    lat_k = fit_scaling(df, x="K", y="median_ms")
+    show_scope = bool((df["scope"] != "core").any()) if len(df) else False
+    table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
+                  caption="large-N: fit over the upper half of N; a range means several fixed "
+                          "shapes (B, H, D, K) were fitted separately")
+    cols = ["mixer", "causal", "mode", "dtype"] + (["scope"] if show_scope else [])
+    for c in cols:
+        table.add_column(c)
+    for c in ["N range", "ms vs N", "ms vs N (large-N)", "MiB vs N", "ms vs K", "ok", "failed",
+              "skipped"]:
+        table.add_column(c, justify="right")
+    for series, g in df.groupby("series", sort=True):
+        first = g.iloc[0]
+        ident = [escape(str(first["mixer"])), "causal" if first["causal"] else "bidir", str(first["mode"]),
+                 str(first["dtype"])] + ([str(first["scope"])] if show_scope else [])
+        k_slope = _slopes(lat_k, series, "slope") if g["k_applies"].any() else "n/a"
+        status = g["status"]
+        failed = int(((status != "ok") & (status != "skipped")).sum())
+        table.add_row(
+            *ident, f"{g['N'].min()}–{g['N'].max()}",
+            _slopes(lat_n, series, "slope"), _slopes(lat_n, series, "slope_large"),
+            _slopes(mem_n, series, "slope"), k_slope, str(int((status == "ok").sum())),
+            f"[red]{failed}[/red]" if failed else "0", str(int((status == "skipped").sum())))
+    return table
+
+
+def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
+    """Every cell that did not run ok, with its status and reason."""
+    df = _frame(records)
+    bad = df[df["status"] != "ok"].sort_values(["series", "B", "H", "D", "K", "N"]) if len(df) else df
+    table = Table(title=f"Cells not ok ({len(bad)})")
+    for c in ["series", "B", "N", "H", "D", "K", "status", "reason"]:
+        table.add_column(c, justify="right" if c in {"B", "N", "H", "D", "K"} else "left",
+                         overflow="fold" if c == "reason" else "ellipsis")
+    for r in bad.itertuples():
+        style = _STATUS_STYLE.get(r.status, "")
+        status = f"[{style}]{r.status}[/{style}]" if style else r.status
+        # Text from records goes through escape: "[rank 0] ..." is not rich markup.
+        table.add_row(escape(r.series), str(r.B), str(r.N), str(r.H), str(r.D),
+                      str(r.K) if r.k_applies else f"{r.K} (n/a)", status, escape(str(r.reason)))
+    return table

@@ -1,0 +1,119 @@
+"""Fits recover known power laws; ratios and throughput match hand-computed values."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gmabench.report.analysis import (add_throughput, fit_scaling, records_frame, series_label,
+                                      speedup_table)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows(fits, mixer):
+    return fits[fits["mixer"] == mixer]
+
+
+def test_records_frame_keeps_every_status_with_typed_columns(records):
+    df = records_frame(records)
+    assert len(df) == len(records)
+    assert set(df["status"]) == {"ok", "oom", "timeout", "skipped"}
+    assert str(df["N"].dtype) == "Int64" and str(df["median_ms"].dtype) == "float64"
+    assert df["causal"].dtype == bool and df["k_applies"].dtype == bool
+    assert set(df["series"]) == {"linear causal fwd bf16", "quadratic causal fwd bf16",
+                                 "overhead causal fwd bf16", "tiny causal fwd bf16"}
+
+
+def test_series_label_names_non_default_scope_and_device():
+    assert series_label("gma", False, "fwd_bwd", "float16", "layer", "cpu") == \
+        "gma bidir fwd+bwd fp16 layer cpu"
+    assert series_label("gma", True, "fwd", "float32") == "gma causal fwd fp32"
+
+
+def test_fit_recovers_linear_and_quadratic_slopes(records):
+    fits = fit_scaling(records_frame(records), x="N", y="median_ms")
+    linear = _rows(fits, "linear")
+    assert sorted(linear["K"]) == [16, 32, 64]  # one fit per fixed K
+    assert linear["slope"].sub(1.0).abs().max() < 0.01
+    assert linear["slope_large"].sub(1.0).abs().max() < 0.01
+    quad = _rows(fits, "quadratic")
+    # K does not apply, so its cells at every K form one line.
+    assert len(quad) == 1 and quad["K"].isna().all()
+    assert abs(quad["slope"].iloc[0] - 2.0) < 0.01
+    assert quad["r2"].iloc[0] == pytest.approx(1.0)
+
+
+def test_failed_cells_are_excluded_from_the_fit(records):
+    quad = _rows(fit_scaling(records_frame(records)), "quadratic").iloc[0]
+    # The oom rows carry a bogus median_ms=1e6 at N=8192: counting them would bend the slope.
+    assert quad["n_points"] == 5 and quad["x_max"] == 4096
+    assert quad["n_cells"] == 18 and quad["n_ok"] == 15
+    assert abs(quad["slope"] - 2.0) < 0.01
+
+
+def test_fewer_than_three_sizes_gives_nan(records):
+    tiny = _rows(fit_scaling(records_frame(records)), "tiny").iloc[0]
+    assert math.isnan(tiny["slope"]) and math.isnan(tiny["slope_large"])
+    assert tiny["n_points"] == 2  # the skipped N=4096 cell is not a point
+
+
+def test_large_n_slope_sees_past_launch_overhead(records):
+    over = _rows(fit_scaling(records_frame(records)), "overhead").iloc[0]
+    assert over["slope"] < 0.3
+    assert over["n_points_large"] == 3 and over["x_min_large"] == 2048
+    assert over["slope_large"] > over["slope"] + 0.15
+
+
+def test_fit_against_k_skips_k_free_mixers(records):
+    fits = fit_scaling(records_frame(records), x="K", y="median_ms")
+    assert "quadratic" not in set(fits["mixer"])
+    linear = _rows(fits, "linear")
+    assert len(linear) == 6 and linear["slope"].sub(1.0).abs().max() < 0.01
+
+
+def test_memory_slopes(records):
+    fits = fit_scaling(records_frame(records), x="N", y="peak_bytes")
+    assert _rows(fits, "linear")["slope"].sub(1.0).abs().max() < 0.01
+    assert abs(_rows(fits, "quadratic")["slope"].iloc[0] - 2.0) < 0.01
+
+
+def test_speedup_table_ratios_at_matching_cells(make_record):
+    recs = []
+    for K, gma_ms in [(16, 2.0), (32, 4.0)]:
+        recs.append(make_record("gma", 1024, K, median_ms=gma_ms))
+        # sdpa ignores K but is measured once per K: each comparison must appear once.
+        recs.append(make_record("sdpa", 1024, K, median_ms=8.0, k_applies=False))
+    recs.append(make_record("gma", 2048, 16, median_ms=5.0))
+    recs.append(make_record("sdpa", 2048, 16, status="oom", k_applies=False))
+    recs.append(make_record("gma", 1024, 16, median_ms=1.0, dtype="float32"))  # no fp32 sdpa
+    sp = speedup_table(records_frame(recs), baseline="sdpa")
+    assert list(zip(sp["N"], sp["K"], sp["speedup"], sp["ratio"])) == [
+        (1024, 16, 4.0, 0.25), (1024, 32, 2.0, 0.5)]
+    assert set(sp["baseline"]) == {"sdpa"} and set(sp["baseline_ms"]) == {8.0}
+
+
+def test_throughput_columns_and_fractions_of_ceilings(make_record):
+    recs = [make_record("gma", 1024, median_ms=10.0, flops=5e10, min_bytes=2e10),
+            make_record("gma", 2048, status="oom", flops=5e10)]
+    env = {"ceilings": {"matmul_flops_per_s": 1e15, "copy_bytes_per_s": 4e12}}
+    df = records_frame(recs, env)
+    ok = df.iloc[0]
+    assert ok["tflops_per_s"] == pytest.approx(5.0) and ok["tb_per_s"] == pytest.approx(2.0)
+    assert ok["frac_matmul_ceiling"] == pytest.approx(0.005)
+    assert ok["frac_copy_ceiling"] == pytest.approx(0.5)
+    assert math.isnan(df.iloc[1]["tflops_per_s"])  # no time, no throughput
+    plain = add_throughput(records_frame(recs))
+    assert "frac_matmul_ceiling" not in plain and plain.iloc[0]["tflops_per_s"] == pytest.approx(5)
+
+
+def test_report_package_never_imports_torch():
+    code = "import sys, gmabench.report; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,110 @@
+"""Figures keep shapes apart and failures visible; report.html is offline, complete and escaped."""
+
+from __future__ import annotations
+
+import re
+
+import plotly.offline
+import pytest
+
+from gmabench.report import write_report
+from gmabench.report.analysis import records_frame
+from gmabench.report.figures import MIB, all_figures, latency_vs_k, latency_vs_n, memory_vs_n
+
+ENV = {"gpu": {"name": "NVIDIA H200", "memory_gib": 139}, "torch": "2.5.1+cu124",
+       "git_commit": "abc1234", "timestamp": "2025-01-02T03:04:05Z",
+       "ceilings": {"matmul_flops_per_s": 9.9e14}}
+SUITE = {"name": "synthetic-scaling", "baseline": "quadratic"}
+
+
+def _trace(fig, prefix):
+    return next(t for t in fig.data if t.name.startswith(prefix))
+
+
+def test_latency_vs_n_one_figure_per_k_with_slopes_in_legend(records):
+    figs = latency_vs_n(records_frame(records))
+    assert [("K=16" in f.layout.title.text, "K=64" in f.layout.title.text) for f in figs] == [
+        (True, False), (False, False), (False, True)]
+    first = figs[0]
+    assert first.layout.xaxis.type == "log" and first.layout.yaxis.type == "log"
+    assert first.layout.yaxis.title.text == "ms"
+    assert _trace(first, "linear").name == "linear causal fwd bf16 (slope 1.00)"
+    assert _trace(first, "quadratic").name == "quadratic causal fwd bf16 (slope 2.00)"
+    assert _trace(first, "overhead").name == "overhead causal fwd bf16 (slope 0.26, large-N 0.45)"
+    lin = _trace(first, "linear")
+    # p20/p80 error bars: 10% either side of the median by construction.
+    assert list(lin.error_y.array) == pytest.approx([0.1 * y for y in lin.y])
+    assert {t.name for t in first.data} >= {"O(N) guide", "O(N²) guide"}
+
+
+def test_failed_cells_stay_visible_at_the_top(records):
+    fig = latency_vs_n(records_frame(records))[0]
+    bad = _trace(fig, "not ok")
+    assert sorted(bad.text) == ["oom", "skipped", "timeout"]
+    highest = max(max(t.y) for t in fig.data if "guide" not in t.name and t.name != bad.name)
+    assert min(bad.y) > highest
+    assert any("CUDA out of memory (tried 2 GiB)" in h for h in bad.hovertext)
+
+
+def test_memory_in_mib_with_saved_bytes(records):
+    fig = memory_vs_n(records_frame(records))[0]
+    assert fig.layout.yaxis.title.text == "MiB"
+    lin = _trace(fig, "linear causal fwd bf16 (")
+    assert list(lin.y) == pytest.approx([4096 * n * 16 / MIB for n in lin.x])
+    saved = _trace(fig, "linear causal fwd bf16 saved")
+    assert list(saved.y) == pytest.approx([1024 * n * 16 / MIB for n in saved.x])
+
+
+def test_latency_vs_k_only_for_mixers_where_k_applies(records):
+    figs = latency_vs_k(records_frame(records))
+    assert len(figs) == 6  # one per N
+    names = {t.name for f in figs for t in f.data}
+    assert "linear causal fwd bf16 (slope 1.00)" in names
+    assert not any(n.startswith("quadratic") for n in names)
+
+
+def test_write_report_is_offline_and_complete(tmp_path, records):
+    path = write_report(tmp_path / "run", records, ENV, SUITE)
+    assert path == tmp_path / "run" / "report.html"
+    text = path.read_text(encoding="utf-8")
+    bundle = plotly.offline.get_plotlyjs()
+    assert bundle[-3000:] in text and text.count(bundle[:200]) == 1  # inline, exactly once
+    assert not re.search(r"<script[^>]*\bsrc=", text)
+    assert 'src="https://cdn' not in text
+    n_figs = len(all_figures(records_frame(records)))
+    assert n_figs == 3 + 3 + 3 + 6 + 6
+    assert text.count('<section class="figure"') == n_figs
+    assert text.count('class="plotly-graph-div"') == n_figs
+    for fact in ["synthetic-scaling", "NVIDIA H200", "2.5.1+cu124", "abc1234", "2025-01-02"]:
+        assert fact in text
+    assert "<td>2.00 ± 0.00</td>" in text and "<td>1.00 ± 0.00</td>" in text
+    assert "(slope 2.00)" in text  # legend of a figure
+    assert '<td class="l">oom</td><td class="l">CUDA out of memory (tried 2 GiB)</td>' in text
+    assert '<td class="l">skipped</td><td class="l">D=64 unsupported</td>' in text
+    assert "Speed against quadratic" in text
+    assert "<th>of matmul ceiling</th>" in text and "of copy ceiling" not in text
+
+
+def test_write_report_escapes_record_text(tmp_path, records, make_record):
+    evil = [make_record("<b>evil</b>", n, median_ms=0.01 * n) for n in (256, 512, 1024)]
+    evil.append(make_record("<b>evil</b>", 2048, status="error", reason="x < y & </td>"))
+    text = write_report(tmp_path, records + evil, {"gpu": "<GPU>"}, {"name": "a&b"}).read_text()
+    assert "<b>evil</b>" not in text and "x < y & </td>" not in text
+    assert "&lt;b&gt;evil&lt;/b&gt; causal fwd bf16" in text
+    assert "x &lt; y &amp; &lt;/td&gt;" in text
+    assert "&lt;GPU&gt;" in text and "gmabench report: a&amp;b" in text
+
+
+def test_write_report_with_no_records(tmp_path):
+    text = write_report(tmp_path, [], {}, {}).read_text()
+    assert "No sweep with two sizes." in text and "every cell ran ok" in text
+    assert "plotly-graph-div" not in text
+
+
+def test_runs_from_two_gpus_never_share_a_line(make_record):
+    recs = [make_record("gma", n, device_name=gpu, median_ms=m * n)
+            for gpu, m in [("NVIDIA H200", 1e-3), ("NVIDIA A100", 3e-3)] for n in (256, 512, 1024)]
+    figs = latency_vs_n(records_frame(recs))
+    assert sorted(f.layout.title.text.split(" · ")[1].split(" B=")[0] for f in figs) == [
+        "NVIDIA A100", "NVIDIA H200"]
+    assert all(len(f.data[0].x) == 3 for f in figs)

@@ -1,0 +1,50 @@
+"""The terminal tables show the fitted slopes and every cell that did not run ok."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from gmabench.report import failures_table, summary_table
+
+
+def _text(table) -> str:
+    console = Console(record=True, width=220, color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def _row(text: str, mixer: str) -> list[str]:
+    line = next(l for l in text.splitlines() if l.startswith(f"│ {mixer} "))
+    return [c.strip() for c in line.strip("│").split("│")]
+
+
+def test_summary_table_shows_fitted_slopes_and_counts(records):
+    text = _text(summary_table(records))
+    # mixer, causal, mode, dtype, N range, ms vs N, large-N, MiB vs N, ms vs K, ok, failed, skipped
+    assert _row(text, "linear") == ["linear", "causal", "fwd", "bfloat16", "256–8192", "1.00",
+                                    "1.00", "1.00", "1.00", "18", "0", "0"]
+    assert _row(text, "quadratic") == ["quadratic", "causal", "fwd", "bfloat16", "256–8192",
+                                       "2.00", "2.00", "2.00", "n/a", "15", "3", "0"]
+    assert _row(text, "overhead")[5:7] == ["0.26", "0.45"]
+    assert _row(text, "tiny")[5:] == ["—", "—", "—", "—", "2", "0", "1"]
+
+
+def test_summary_table_shows_a_range_when_fixed_shapes_differ(records, make_record):
+    extra = [make_record("linear", N, 16, H=16, median_ms=1e-9 * N**1.5) for N in (256, 1024, 4096)]
+    assert _row(_text(summary_table(records + extra)), "linear")[5] == "1.00–1.50"
+
+
+def test_failures_table_lists_status_and_reason(records, make_record):
+    bad = make_record("gma", 512, status="error", reason="[rank 0] bad launch")
+    text = _text(failures_table(records + [bad]))
+    assert "Cells not ok (6)" in text
+    assert "CUDA out of memory (tried 2 GiB)" in text and "oom" in text
+    assert "cell exceeded 60 s" in text and "timeout" in text
+    assert "D=64 unsupported" in text and "skipped" in text
+    assert "[rank 0] bad launch" in text  # escaped, so not swallowed as markup
+    assert "16 (n/a)" in text  # K of a mixer that ignores K
+
+
+def test_tables_accept_no_records():
+    assert "Cells not ok (0)" in _text(failures_table([]))
+    assert "Scaling summary" in _text(summary_table([]))

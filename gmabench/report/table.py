@@ -60,17 +60,25 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
 
 
 def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
-    """Every cell that did not run ok, with its status and reason."""
+    """Cells that did not run ok, grouped by mixer, status and reason, with the N values hit.
+
+    A sweep can skip hundreds of cells for one reason (a package missing here); one row per
+    reason keeps the terminal readable, while the HTML report lists every cell.
+    """
     df = _frame(records)
-    bad = df[df["status"] != "ok"].sort_values(["series", "B", "H", "D", "K", "N"]) if len(df) else df
+    bad = df[df["status"] != "ok"] if len(df) else df
     table = Table(title=f"Cells not ok ({len(bad)})")
-    for c in ["series", "B", "N", "H", "D", "K", "status", "reason"]:
-        table.add_column(c, justify="right" if c in {"B", "N", "H", "D", "K"} else "left",
+    for c in ["mixer", "status", "cells", "N", "reason"]:
+        table.add_column(c, justify="right" if c in {"cells"} else "left",
                          overflow="fold" if c == "reason" else "ellipsis")
-    for r in bad.itertuples():
-        style = _STATUS_STYLE.get(r.status, "")
-        status = f"[{style}]{r.status}[/{style}]" if style else r.status
+    if not len(bad):
+        return table
+    groups = bad.groupby(["mixer", "status", "reason"], sort=True, dropna=False)
+    for (mixer, status, reason), g in groups:
+        style = _STATUS_STYLE.get(status, "")
+        shown = f"[{style}]{status}[/{style}]" if style else status
+        ns = sorted({int(n) for n in g["N"]})
+        n_text = ", ".join(map(str, ns)) if len(ns) <= 4 else f"{ns[0]}..{ns[-1]} ({len(ns)} values)"
         # Text from records goes through escape: "[rank 0] ..." is not rich markup.
-        table.add_row(escape(r.series), str(r.B), str(r.N), str(r.H), str(r.D),
-                      str(r.K) if r.k_applies else f"{r.K} (n/a)", status, escape(str(r.reason)))
+        table.add_row(escape(str(mixer)), shown, str(len(g)), n_text, escape(str(reason)))
     return table

@@ -42,7 +42,14 @@ def test_failures_table_lists_status_and_reason(records, make_record):
     assert "cell exceeded 60 s" in text and "timeout" in text
     assert "D=64 unsupported" in text and "skipped" in text
     assert "[rank 0] bad launch" in text  # escaped, so not swallowed as markup
-    assert "16 (n/a)" in text  # K of a mixer that ignores K
+
+
+
+def test_failures_table_groups_cells_by_reason(make_record):
+    same = [make_record("sdpa-flash", N, status="skipped", reason="needs CUDA") for N in (64, 128, 256, 512, 1024)]
+    text = _text(failures_table(same))
+    assert "Cells not ok (5)" in text
+    assert text.count("needs CUDA") == 1 and "64..1024 (5 values)" in text
 
 
 def test_tables_accept_no_records():

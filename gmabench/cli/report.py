@@ -1,0 +1,45 @@
+"""`gmabench report DIR`: the HTML scaling report and a terminal summary of a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gmabench.cli.common import console, fail
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def render_report(run_dir: Path) -> Path:
+    from gmabench.report import failures_table, summary_table, write_report
+    from gmabench.results.store import CorruptResultsError, load_records
+
+    try:
+        records = load_records(run_dir)
+    except CorruptResultsError as exc:
+        fail(str(exc))
+    if not records:
+        fail(f"DIR: {run_dir} holds no run (no records in {run_dir / 'results.jsonl'})")
+    env = _read_json(run_dir / "environment.json")
+    suite = _read_json(run_dir / "suite.json")
+    path = write_report(run_dir, records, env, suite)
+    console.print(summary_table(records))
+    if any(r.get("status") != "ok" for r in records):
+        console.print(failures_table(records))
+    console.print(f"report: {path}")
+    return path
+
+
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding results.jsonl).")]) -> None:
+    """Write DIR/report.html (offline plotly figures, fitted log-log slopes) and print a summary."""
+    if not run_dir.is_dir():
+        fail(f"DIR: {run_dir} is not a directory")
+    render_report(run_dir)

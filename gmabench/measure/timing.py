@@ -1,0 +1,144 @@
+"""Timing one callable: warm it, then repeat until its spread is small or the budget is spent.
+
+On CUDA each repetition is bracketed by CUDA events and preceded by an L2 flush (a write to a
+buffer several times the cache), as triton.testing.do_bench does; on CPU a monotonic wall clock
+is used. Raw samples are kept: summaries (median, p20/p80, IQR/median) are derived from them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timings:
+    samples_ms: list[float]
+    timer: str
+    warmup_calls: int = 0
+    noise_threshold: float = 0.10
+    stopped_by: str = ""          # "stable", "max_reps" or "max_ms"
+    extra: dict = field(default_factory=dict)
+
+    def quantile(self, q: float) -> float:
+        s = sorted(self.samples_ms)
+        if len(s) == 1:
+            return s[0]
+        pos = q * (len(s) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p20_ms(self) -> float:
+        return self.quantile(0.2)
+
+    @property
+    def p80_ms(self) -> float:
+        return self.quantile(0.8)
+
+    @property
+    def iqr_over_median(self) -> float:
+        med = self.median_ms
+        return (self.quantile(0.75) - self.quantile(0.25)) / med if med > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr_over_median > self.noise_threshold
+
+
+def _spread_ok(samples: list[float], threshold: float) -> bool:
+    t = Timings(samples, "", noise_threshold=threshold)
+    return not t.noisy
+
+
+class _L2Flusher:
+    """Writes a buffer larger than the GPU's L2 so every repetition starts with a cold cache."""
+
+    def __init__(self, device: torch.device):
+        props = torch.cuda.get_device_properties(device)
+        l2 = getattr(props, "L2_cache_size", 64 << 20) or (64 << 20)
+        self.buf = torch.empty(max(4 * l2, 256 << 20) // 4, dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self.buf.zero_()
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25.0,
+                  rep_ms: float = 100.0, min_reps: int = 5, max_reps: int = 1000,
+                  max_ms: float = 2000.0, noise_threshold: float = 0.10) -> Timings:
+    """Time fn: one first call (compilation, autotuning), warm-up for warmup_ms, then repeat.
+
+    Repetition stops once at least min_reps samples and rep_ms of samples exist and
+    IQR/median <= noise_threshold, or at max_reps samples, or when max_ms of samples is spent.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
+        return _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, noise_threshold)
+    return _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, noise_threshold)
+
+
+def _stop(samples: list[float], rep_ms: float, min_reps: int, max_reps: int, max_ms: float,
+          threshold: float) -> str:
+    total = sum(samples)
+    if len(samples) >= max_reps:
+        return "max_reps"
+    if total >= max_ms and len(samples) >= min(min_reps, 3):
+        return "max_ms"
+    if len(samples) >= min_reps and total >= rep_ms and _spread_ok(samples, threshold):
+        return "stable"
+    return ""
+
+
+def _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
+    fn()  # first call: lazy initialisation stays out of the samples
+    calls = 1
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        fn()
+        calls += 1
+    samples: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        why = _stop(samples, rep_ms, min_reps, max_reps, max_ms, threshold)
+        if why:
+            return Timings(samples, "wall_clock", calls, threshold, why)
+
+
+def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
+    flush = _L2Flusher(device)
+    fn()
+    torch.cuda.synchronize(device)
+    calls = 1
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        fn()
+        calls += 1
+    torch.cuda.synchronize(device)
+    samples: list[float] = []
+    batch = 5  # record a few repetitions per synchronisation to keep the GPU busy
+    while True:
+        events = []
+        for _ in range(batch):
+            flush()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            events.append((s, e))
+        torch.cuda.synchronize(device)
+        samples.extend(s.elapsed_time(e) for s, e in events)
+        why = _stop(samples, rep_ms, min_reps, max_reps, max_ms, threshold)
+        if why:
+            del flush
+            return Timings(samples, "cuda_events", calls, threshold, why)

@@ -1,0 +1,139 @@
+"""The command line end to end: smoke suite to results and report, and every bad input exits 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gmabench.cli.app import app
+from gmabench.results.schema import KEY_FIELDS
+from gmabench.results.store import load_records
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_suite_writes_records_environment_and_report(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    recs = load_records(out)
+    mixers = {r["mixer"] for r in recs}
+    from gmabench.mixers.registry import mixer_names
+    assert mixers == set(mixer_names())  # smoke touches every mixer
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert {"gma", "softmax-naive", "sdpa", "linear-attention", "performer", "mamba2"} <= {r["mixer"] for r in ok}
+    for r in ok:
+        for f in ("median_ms", "p20_ms", "p80_ms", "peak_bytes", "tokens_per_s"):
+            assert r[f] is not None and r[f] > 0, (r["mixer"], f)
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["rel_error"] is not None and r["rel_error"] < 1e-3, (r["mixer"], r["rel_error"])
+        assert r["memory_method"] == "dispatch_tracked_storages" and r["timer"] == "wall_clock"
+    skipped = [r for r in recs if r["status"] == "skipped"]
+    assert skipped and all(r["reason"] for r in skipped)
+    assert any(not r["k_applies"] for r in recs if r["mixer"] == "softmax-naive")
+    env = json.loads((out / "environment.json").read_text())
+    assert env["torch"] and env["gmabench_version"] and "cpu_count_logical" in env
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["name"] == "smoke"
+    html = (out / "report.html").read_text()
+    assert "plotly" in html and "latency" in html.lower()
+    assert "results.jsonl" in result.output and "report.html" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mixers", "gma,flashy"], "unknown mixer 'flashy'"),
+    (["--seq-lens", "64,0"], "seq_lens: must be positive, got 0"),
+    (["--components", "-4"], "components: must be positive, got -4"),
+    (["--heads", "0"], "heads: must be positive, got 0"),
+    (["--head-dims", "0"], "head_dims: must be positive, got 0"),
+    (["--dtypes", "float8"], "unknown value 'float8'"),
+    (["--seq-lens", "abc"], "'abc' is not an integer"),
+    (["--device", "tpu"], "device: unknown value 'tpu'"),
+])
+def test_bad_options_exit_2_before_writing(tmp_path, args, needle):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert needle in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_unknown_mixer_message_lists_known_names(tmp_path):
+    result = runner.invoke(app, ["run", "smoke", "--mixers", "nope", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "known:" in result.output and "softmax-naive" in result.output
+
+
+def test_malformed_suite_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('mixers = ["gma"]\nseq_lens = [64]\nwhatever = 3\n')
+    result = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown key 'whatever'" in result.output
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"mixer": "gma"}\n')
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 2 and "--resume" in result.output
+    assert (out / "results.jsonl").read_text() == '{"mixer": "gma"}\n'
+
+
+def test_report_of_a_folder_without_a_run_exits_2(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no run" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "not a directory" in result.output
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_mixers_and_suites_listings():
+    result = runner.invoke(app, ["mixers"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name in ("gma", "softmax-naive", "sdpa", "linear-attention", "performer", "mamba2"):
+        assert name in text
+    assert "needs" in text.lower() or "not installed" in text.lower() or "no module" in text.lower()
+    result = runner.invoke(app, ["suites"])
+    assert result.exit_code == 0
+    for name in ("smoke", "seqlen", "components", "heads", "dtype", "paper"):
+        assert name in result.output
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_records_every_cell_once(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'mixers = ["gma", "softmax-naive", "linear-attention", "gma-chunked"]\n'
+        'seq_lens = [32, 64, 128, 256]\ncomponents = [2, 4]\nheads = [2]\nhead_dims = [16]\n'
+        'dtypes = ["float32"]\nmodes = ["fwd", "fwd_bwd"]\ncausal = [false, true]\ndevice = "cpu"\n'
+        '[timing]\nwarmup_ms = 5\nrep_ms = 40\nmin_reps = 3\naccuracy_tokens = 32\n')
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gmabench", "run", str(suite), "--out", str(out), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 12):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = load_records(out)
+    assert 12 <= len(partial)
+    done = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    final = load_records(out)
+    keys = [tuple(r[k] for k in KEY_FIELDS) for r in final]
+    assert len(keys) == len(set(keys))               # every cell exactly once
+    # GMA mixers: 4 N x 2 K x 2 modes x 2 causal each; K collapses for the two mixers it does not apply to.
+    assert len(final) == 2 * (4 * 2 * 2 * 2) + 2 * (4 * 2 * 2)
+    assert final[:len(partial)] == partial           # earlier records unchanged

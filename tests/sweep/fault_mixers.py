@@ -1,0 +1,48 @@
+"""Test-only mixers that fail in the ways a real sweep meets: a segfault, a hang, an exception,
+and an allocation too large to satisfy. Loaded through GMABENCH_MIXERS in the tests."""
+
+import ctypes
+import time
+
+import torch
+
+from gmabench.mixers.base import Mixer
+
+
+class _Fault(Mixer):
+    impl = "test"
+
+    def forward(self, inputs, causal):
+        self.fail()
+        return inputs["v"]
+
+    def reference(self, inputs, causal):
+        return inputs["v"].double()
+
+
+class Segfault(_Fault):
+    name = "test-segfault"
+
+    def fail(self):
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+class Hang(_Fault):
+    name = "test-hang"
+
+    def fail(self):
+        time.sleep(3600)
+
+
+class Raise(_Fault):
+    name = "test-raise"
+
+    def fail(self):
+        raise ValueError("deliberate failure in test-raise")
+
+
+class HugeAlloc(_Fault):
+    name = "test-oom"
+
+    def fail(self):
+        torch.empty(1 << 62, dtype=torch.uint8)  # far beyond any machine: allocator refuses

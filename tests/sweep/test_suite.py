@@ -1,0 +1,94 @@
+"""Suite loading and validation: every bad input names its field and value."""
+
+import pytest
+
+from gmabench.sweep.plan import plan_sweep
+from gmabench.sweep.suite import SuiteError, available_suites, load_suite, parse_suite
+
+BASE = {"mixers": ["gma", "softmax-naive"], "seq_lens": [32, 64], "components": [2, 4], "heads": [2],
+        "head_dims": [16], "dtypes": ["float32"], "device": "cpu"}
+
+
+@pytest.mark.parametrize("name", ["smoke", "seqlen", "components", "heads", "dtype", "paper"])
+def test_named_suites_load_and_plan(name):
+    suite = load_suite(name, {"device": "cpu"})
+    cells = plan_sweep(suite)
+    assert cells and len({c.key() for c in cells}) == len(cells)
+    assert suite.name == name
+
+
+def test_all_named_suites_are_listed():
+    assert {"smoke", "seqlen", "components", "heads", "dtype", "paper"} <= set(available_suites())
+
+
+def test_overrides_replace_every_sweep():
+    suite = load_suite("paper", {"seq_lens": [128], "mixers": ["gma"], "device": "cpu"})
+    assert all(s.seq_lens == [128] and s.mixers == ["gma"] for s in suite.sweeps)
+    assert suite.device == "cpu"
+
+
+def test_k_does_not_multiply_cells_of_mixers_without_k():
+    cells = plan_sweep(parse_suite(BASE))
+    soft = [c for c in cells if c.mixer == "softmax-naive"]
+    gma = [c for c in cells if c.mixer == "gma"]
+    assert {c.K for c in soft} == {2} and not any(c.k_applies for c in soft)
+    assert {c.K for c in gma} == {2, 4} and all(c.k_applies for c in gma)
+    assert len(gma) == 2 * len(soft)
+
+
+def test_caps_and_unsupported_become_skips_with_reasons():
+    data = {**BASE, "mixers": ["softmax-naive", "mamba2"], "causal": [False, True], "max_seq_len": {"softmax-naive": 32}}
+    cells = plan_sweep(parse_suite(data))
+    capped = [c for c in cells if c.mixer == "softmax-naive" and c.N == 64]
+    assert capped and all("caps softmax-naive at N <= 32" in c.skip_reason for c in capped)
+    bidir_mamba = [c for c in cells if c.mixer == "mamba2" and not c.causal]
+    assert bidir_mamba and all("no bidirectional form" in c.skip_reason for c in bidir_mamba)
+    assert all(c.skip_reason == "" for c in cells if c.mixer == "mamba2" and c.causal)
+
+
+@pytest.mark.parametrize("change, field, value", [
+    ({"seq_lens": [64, 0]}, "seq_lens", "0"),
+    ({"components": [-1]}, "components", "-1"),
+    ({"heads": [0]}, "heads", "0"),
+    ({"head_dims": [-16]}, "head_dims", "-16"),
+    ({"dtypes": ["float8"]}, "dtypes", "'float8'"),
+    ({"modes": ["bwd"]}, "modes", "'bwd'"),
+    ({"mixers": ["gma", "flashy"]}, "mixers", "'flashy'"),
+    ({"seq_lens": "64"}, "seq_lens", "'64'"),
+    ({"seq_lens": [64.5]}, "seq_lens", "64.5"),
+    ({"causal": [1]}, "causal", "1"),
+    ({"device": "tpu"}, "device", "'tpu'"),
+    ({"colour": "red"}, "colour", "colour"),
+    ({"timing": {"rep_ms": -1}}, "timing.rep_ms", "-1"),
+    ({"timing": {"reps": 3}}, "timing", "reps"),
+    ({"max_seq_len": {"gma": 0}}, "max_seq_len.gma", "0"),
+])
+def test_bad_values_name_field_and_value(change, field, value):
+    with pytest.raises(SuiteError) as err:
+        parse_suite({**BASE, **change})
+    assert field in str(err.value) and value in str(err.value)
+
+
+def test_unknown_mixer_lists_known_names():
+    with pytest.raises(SuiteError, match=r"known: .*gma.*softmax-naive"):
+        parse_suite({**BASE, "mixers": ["nope"]})
+
+
+def test_unknown_key_inside_a_sweep_table():
+    with pytest.raises(SuiteError, match=r"sweep\[1\]: unknown key 'seqlens'"):
+        parse_suite({**BASE, "sweep": [{}, {"seqlens": [3]}]})
+
+
+def test_malformed_toml_and_unknown_suite(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("mixers = [gma\n")
+    with pytest.raises(SuiteError, match="malformed TOML"):
+        load_suite(str(bad))
+    with pytest.raises(SuiteError, match="unknown suite 'nosuch'.*smoke"):
+        load_suite("nosuch")
+
+
+def test_missing_required_key():
+    data = {k: v for k, v in BASE.items() if k != "seq_lens"}
+    with pytest.raises(SuiteError, match="missing 'seq_lens'"):
+        parse_suite(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gmabench.cli.compare import compare
 from gmabench.cli.listing import mixers, suites
 from gmabench.cli.report import report
 from gmabench.cli.run import run
@@ -14,6 +15,7 @@ app.command()(run)
 app.command()(report)
 app.command()(mixers)
 app.command()(suites)
+app.command()(compare)
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""Comparing two runs cell by cell: the performance-regression gate.
+
+A cell regresses when its median time grows by more than `threshold` AND the raw samples say
+the change is real (one-sided Mann-Whitney U test, scipy), or when its peak memory grows by more
+than `threshold`, or when it ran ok before and does not now. Every regressed cell counts: one is
+enough to fail the gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from scipy.stats import mannwhitneyu
+
+from gmabench.results.schema import cell_key
+
+
+@dataclass
+class CellChange:
+    key: tuple
+    label: str
+    base_ms: float | None
+    new_ms: float | None
+    time_ratio: float | None        # new / base
+    p_value: float | None           # P(new is not slower), one-sided
+    base_bytes: int | None
+    new_bytes: int | None
+    memory_ratio: float | None
+    base_status: str
+    new_status: str
+    verdict: str                    # "regressed", "improved", "same", "new", "gone"
+    why: str = ""
+
+
+def _label(r: dict[str, Any]) -> str:
+    kind = "causal" if r["causal"] else "bidir"
+    k = f" K={r['K']}" if r.get("k_applies", True) else ""
+    return f"{r['mixer']} {kind} {r['mode']} {r['dtype']} N={r['N']} H={r['H']} D={r['D']}{k}"
+
+
+def _latest(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    out: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        out[cell_key(r)] = r  # a resumed run may hold a cell twice only if it was re-run: keep the last
+    return out
+
+
+def _ratio(new, base):
+    return (new / base) if (new is not None and base not in (None, 0)) else None
+
+
+def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *, threshold: float = 0.10,
+                 alpha: float = 0.05) -> list[CellChange]:
+    b, n = _latest(base), _latest(new)
+    changes = []
+    for key in list(b) + [k for k in n if k not in b]:
+        rb, rn = b.get(key), n.get(key)
+        ref = rn or rb
+        if rb is None or rn is None:
+            changes.append(CellChange(key, _label(ref), None, None, None, None, None, None, None,
+                                      rb["status"] if rb else "", rn["status"] if rn else "",
+                                      "new" if rb is None else "gone"))
+            continue
+        tr = _ratio(rn.get("median_ms"), rb.get("median_ms"))
+        mr = _ratio(rn.get("peak_bytes"), rb.get("peak_bytes"))
+        p = None
+        if rb.get("samples_ms") and rn.get("samples_ms"):
+            p = float(mannwhitneyu(rn["samples_ms"], rb["samples_ms"], alternative="greater").pvalue)
+        verdict, why = "same", ""
+        if rb["status"] == "ok" and rn["status"] != "ok":
+            verdict, why = "regressed", f"was ok, now {rn['status']}: {rn.get('reason', '')}"
+        elif tr is not None and tr > 1 + threshold and (p is None or p < alpha):
+            verdict, why = "regressed", f"{tr:.2f}x slower (p={p:.2g})" if p is not None else f"{tr:.2f}x slower"
+        elif mr is not None and mr > 1 + threshold:
+            verdict, why = "regressed", f"{mr:.2f}x more peak memory"
+        elif tr is not None and tr < 1 / (1 + threshold):
+            verdict, why = "improved", f"{1 / tr:.2f}x faster"
+        elif rb["status"] != "ok" and rn["status"] == "ok":
+            verdict, why = "improved", f"was {rb['status']}, now ok"
+        changes.append(CellChange(key, _label(rn), rb.get("median_ms"), rn.get("median_ms"), tr, p,
+                                  rb.get("peak_bytes"), rn.get("peak_bytes"), mr, rb["status"], rn["status"],
+                                  verdict, why))
+    return changes

@@ -1,0 +1,58 @@
+"""The regression gate: real slow-downs, memory growth and new failures regress; noise does not."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from gmabench.cli.app import app
+from gmabench.report.compare import compare_runs
+from gmabench.results.schema import Record
+
+
+def _rec(mixer, N, samples, peak=1000, status="ok"):
+    return Record(mixer=mixer, causal=False, mode="fwd", scope="core", B=1, N=N, H=2, D=16, Dv=16, K=4,
+                  dtype="float32", device="cpu", status=status, median_ms=float(np.median(samples)) if samples else None,
+                  samples_ms=list(samples), peak_bytes=peak).to_dict()
+
+
+rng = np.random.default_rng(0)
+BASE = list(1.0 + 0.02 * rng.standard_normal(30))
+
+
+def test_verdicts():
+    base = [_rec("a", 64, BASE), _rec("b", 64, BASE), _rec("c", 64, BASE), _rec("d", 64, BASE),
+            _rec("e", 64, BASE), _rec("f", 64, BASE)]
+    new = [_rec("a", 64, [x * 1.3 for x in BASE]),           # 30% slower, clearly
+           _rec("b", 64, [x * 1.02 for x in BASE]),          # within threshold
+           _rec("c", 64, BASE, peak=2000),                   # memory doubled
+           _rec("d", 64, [], status="oom"),                  # now fails
+           _rec("e", 64, [x / 2 for x in BASE]),             # 2x faster
+           _rec("g", 64, BASE)]                              # new cell; f is gone
+    verdicts = {c.label.split()[0]: c.verdict for c in compare_runs(base, new, threshold=0.1)}
+    assert verdicts == {"a": "regressed", "b": "same", "c": "regressed", "d": "regressed", "e": "improved",
+                        "f": "gone", "g": "new"}
+
+
+def test_a_slower_median_without_statistical_support_is_not_a_regression():
+    base = [_rec("a", 64, [1.0, 1.0, 1.0])]
+    new = [_rec("a", 64, [0.5, 1.25, 2.0])]  # median 1.25x, but samples overlap heavily
+    (change,) = compare_runs(base, new, threshold=0.1)
+    assert change.time_ratio == 1.25 and change.p_value > 0.05 and change.verdict == "same"
+
+
+def _write(path, recs):
+    path.mkdir()
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_cli_exit_codes(tmp_path):
+    _write(tmp_path / "base", [_rec("a", 64, BASE)])
+    _write(tmp_path / "same", [_rec("a", 64, BASE)])
+    _write(tmp_path / "slow", [_rec("a", 64, [x * 1.5 for x in BASE])])
+    runner = CliRunner()
+    assert runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "same")]).exit_code == 0
+    slow = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow")])
+    assert slow.exit_code == 1 and "regressed: 1," in slow.output and "1.500" in slow.output
+    empty = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "NEW" in empty.output and "holds no run" in empty.output

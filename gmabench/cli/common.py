@@ -15,7 +15,7 @@ BAD_INPUT = 2
 
 def fail(message: str) -> NoReturn:
     """Bad input: say what is wrong and exit with code 2 (nothing measured, nothing written)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(BAD_INPUT)
 
 

@@ -1,0 +1,78 @@
+"""Gaussian Mixture Attention as a mixer: `gma_attention` with a chosen implementation.
+
+One class serves `gma` (impl "auto"), `gma-reference`, `gma-chunked` and `gma-triton`. The GMA
+op itself lives in gmabench.gma and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from gmabench.mixers.base import Inputs, Mixer, Shape
+from gmabench.mixers.linear import normalised_linear_flops
+
+__all__ = ["GMAMixer", "gma_flops"]
+
+
+def gma_flops(shape: Shape) -> float:
+    """Responsibilities of q and k in the matmul form (x . a and (x*x) . b, then a softmax over K),
+    plus normalised linear attention on K features."""
+    B, N, H, D, K = shape.B, shape.N, shape.H, shape.D, shape.K
+    responsibilities = 2 * B * N * H * (4 * D * K + D + 5 * K)
+    return float(responsibilities) + normalised_linear_flops(shape, K)
+
+
+class GMAMixer(Mixer):
+    uses_components = True
+    eps: float = 1e-6
+
+    def __init__(self, impl: str = "auto") -> None:
+        self.requested_impl = impl
+        self.impl = impl     # "auto" becomes the implementation that ran after the first forward
+        self.name = "gma" if impl == "auto" else f"gma-{impl}"
+        self.cuda_only = impl == "triton"
+
+    def make_params(self, shape: Shape, device: torch.device,
+                    generator: torch.Generator | None = None) -> Inputs:
+        H, K, D = shape.H, shape.K, shape.D
+
+        def randn(*size: int, scale: float) -> torch.Tensor:
+            return (scale * torch.randn(*size, generator=generator)).to(device)
+
+        return {"mu": randn(H, K, D, scale=0.5), "log_sigma": randn(H, K, D, scale=0.1),
+                "mix_logits": randn(H, K, scale=0.1)}
+
+    @property
+    def grad_inputs(self) -> tuple[str, ...]:
+        return ("q", "k", "v", "mu", "log_sigma", "mix_logits")
+
+    def not_supported_reasons(self, shape: Shape, dtype: torch.dtype, device: torch.device) -> list[str]:
+        reasons = super().not_supported_reasons(shape, dtype, device)
+        if self.requested_impl == "triton" and not reasons:
+            from gmabench.gma import triton_available
+            ok, why = triton_available(device)
+            if not ok:
+                reasons.append(why)
+        return reasons
+
+    def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
+        from gmabench.gma import resolve_impl
+        return resolve_impl(self.requested_impl, inputs["q"].device, causal)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
+        from gmabench.gma import gma_attention
+        # Resolve once here and pass the concrete name on, so gma_attention does not resolve again.
+        self.impl = self.backend(inputs, causal)
+        return gma_attention(*(inputs[name] for name in ("q", "k", "v", "mu", "log_sigma", "mix_logits")),
+                             causal=causal, eps=self.eps, impl=self.impl)
+
+    def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
+        from gmabench.gma import gma_spec_float64
+        return gma_spec_float64(*(inputs[name].detach() for name in
+                                  ("q", "k", "v", "mu", "log_sigma", "mix_logits")),
+                                causal=causal, eps=self.eps)
+
+    def flops(self, shape: Shape) -> float:
+        return gma_flops(shape)

@@ -1,0 +1,238 @@
+"""Bidirectional GMA kernels: the key pass that accumulates the latent memory, the query read-out,
+and the two backward passes.
+
+Grid of every kernel: (segments, B*H). A program walks the blocks of its segment of the sequence
+of one (batch, head). The per-head weights come from common._prep_kernel (one launch per call).
+Tensors are contiguous (B, N, H, W). The memory state of one (b, h) is KP*(DV+1) float32:
+M (KP, DV) then s (KP).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import (_bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+                     _segment, _to_out)
+
+
+@triton.jit
+def _state_kernel(k_ptr, v_ptr, w_ptr, c_ptr, st_ptr, N, H, bps,
+                  D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                  PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
+                  INTERP: tl.constexpr, WLOAD: tl.constexpr):
+    """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
+
+    ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
+    slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
+    vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
+    S = tl.zeros((KP, DV), dtype=tl.float32)
+    s = tl.zeros((KP,), dtype=tl.float32)
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rt = tl.trans(r)
+        rth = _hi(rt, PREC)
+        vh = _hi(v, PREC)
+        S = _mm(rth, _lo(rt, rth, PREC), vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(r, 0)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    if ATOMIC:
+        slot = bh
+    else:
+        slot = bh * tl.num_programs(0) + pid
+    base = st_ptr + slot.to(tl.int64) * (KP * (DV + 1))
+    if ATOMIC:
+        tl.atomic_add(base + kk[:, None] * DV + ee[None, :], S)
+        tl.atomic_add(base + KP * DV + kk, s)
+    else:
+        tl.store(base + kk[:, None] * DV + ee[None, :], S)
+        tl.store(base + KP * DV + kk, s)
+
+
+@triton.jit
+def _bidir_out_kernel(q_ptr, w_ptr, c_ptr, st_ptr, o_ptr, N, H, eps, bps,
+                      D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                      PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                      WLOAD: tl.constexpr):
+    """o = (R_q M) / (R_q s + eps) for this program's segment of queries."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
+    M = tl.load(sbase + kk[:, None] * DV + ee[None, :])
+    s = tl.load(sbase + KP * DV + kk)
+    Mh = _hi(M, PREC)
+    Ml = _lo(M, Mh, PREC)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
+    obase = o_ptr + (b.to(tl.int64) * N * H + h) * DV
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rh = _hi(r, PREC)
+        n = _mm(rh, _lo(r, rh, PREC), Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
+                False, False, INTERP)
+        d = tl.sum(r * s[None, :], 1) + eps
+        o = n / d[:, None]
+        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
+                 mask=rm[:, None])
+
+
+@triton.jit
+def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
+                        N, H, eps, bps,
+                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                        WLOAD: tl.constexpr):
+    """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
+    g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
+
+    With P = do M^T: d = r.s + eps, do.o = (r.P)/d, dR_q = (P - (r.P)/d s)/d.
+    """
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    if not WLOAD:
+        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    dd_ = tl.arange(0, D)
+    sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
+    Mt = tl.trans(tl.load(sbase + kk[:, None] * DV + ee[None, :]))
+    s = tl.load(sbase + KP * DV + kk)
+    Mth = _hi(Mt, PREC)
+    Mtl = _lo(Mt, Mth, PREC)
+    G = tl.zeros((KP, DV), dtype=tl.float32)
+    g = tl.zeros((KP,), dtype=tl.float32)
+    pa = tl.zeros((KP, D), dtype=tl.float32)
+    pb = tl.zeros((KP, D), dtype=tl.float32)
+    pc = tl.zeros((KP,), dtype=tl.float32)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
+    dxbase = dq_ptr + (b.to(tl.int64) * N * H + h) * D
+    dobase = do_ptr + (b.to(tl.int64) * N * H + h) * DV
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        doh = _hi(do, PREC)
+        P = _mm(doh, _lo(do, doh, PREC), Mth, Mtl, tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                X_EXACT, False, INTERP)
+        d = tl.sum(r * s[None, :], 1) + eps
+        rP = tl.sum(r * P, 1)
+        dR = (P - (rP / d)[:, None] * s[None, :]) / d[:, None]
+        if WLOAD:
+            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP)
+        tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
+                 mask=rm[:, None])
+        dn = do.to(tl.float32) / d[:, None]
+        ddv = -rP / (d * d)
+        rt = tl.trans(r)
+        rth = _hi(rt, PREC)
+        dnh = _hi(dn, PREC)
+        G = _mm(rth, _lo(rt, rth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False, INTERP)
+        g += tl.sum(r * ddv[:, None], 0)
+    gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
+    tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G)
+    tl.atomic_add(gbase + KP * DV + kk, g)
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+
+
+@triton.jit
+def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
+                        N, H, bps,
+                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                        WLOAD: tl.constexpr):
+    """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    if not WLOAD:
+        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    dd_ = tl.arange(0, D)
+    gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
+    G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
+    g = tl.load(gbase + KP * DV + kk)
+    Gh = _hi(G, PREC)
+    Gl = _lo(G, Gh, PREC)
+    Gt = tl.trans(G)
+    Gth = _hi(Gt, PREC)
+    Gtl = _lo(Gt, Gth, PREC)
+    pa = tl.zeros((KP, D), dtype=tl.float32)
+    pb = tl.zeros((KP, D), dtype=tl.float32)
+    pc = tl.zeros((KP,), dtype=tl.float32)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
+    dxbase = dk_ptr + (b.to(tl.int64) * N * H + h) * D
+    vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
+    dvbase = dv_ptr + (b.to(tl.int64) * N * H + h) * DV
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        vh = _hi(v, PREC)
+        dR = _mm(vh, _lo(v, vh, PREC), Gth, Gtl, tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                 X_EXACT, False, INTERP) + g[None, :]
+        rh = _hi(r, PREC)
+        dv = _mm(rh, _lo(r, rh, PREC), Gh, Gl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
+                 False, False, INTERP)
+        tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
+                 mask=rm[:, None])
+        if WLOAD:
+            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP)
+        tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
+                 mask=rm[:, None])
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc)

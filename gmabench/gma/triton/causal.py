@@ -1,0 +1,290 @@
+"""Causal GMA kernels: a chunk walk per segment of the sequence, forward and backward.
+
+The sequence of each (b, h) is cut into segments of `bps` chunks (a chunk is BLOCK tokens). The
+key pass of bidir.py (non-atomic) stores each segment's total state. A forward program starts from
+the sum of the earlier segments' totals and walks its chunks in order, keeping the running state
+(KP x DV and KP masses, float32) in registers: per chunk the masked intra-chunk product
+A = R_q R_k^T (BLOCK x BLOCK) plus the inter-chunk read-out R_q S, then S += R_k^T V.
+
+Backward: a forward walk for the query side (dq; it also writes the per-row denominator d and
+dd = -(do.o)/d, and each segment's total of G = R_q^T dn, g = R_q^T dd), then a reverse walk for
+the key side (dk, dv) starting from the sum of the later segments' G totals.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import (_bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+                     _segment, _to_out)
+
+
+@triton.jit
+def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
+    """Sum of the stored segment states p0 <= p < p1 of (b, h)."""
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    S = tl.zeros((KP, DV), dtype=tl.float32)
+    s = tl.zeros((KP,), dtype=tl.float32)
+    for p in range(p0, p1):
+        base = st_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
+        S += tl.load(base + kk[:, None] * DV + ee[None, :])
+        s += tl.load(base + KP * DV + kk)
+    return S, s
+
+
+@triton.jit
+def _causal_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, c_ptr, tot_ptr, o_ptr,
+                       N, H, eps, bps,
+                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                       WLOAD: tl.constexpr):
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    off = (b.to(tl.int64) * N * H + h)
+    qbase = q_ptr + off * D
+    kbase = k_ptr + off * D
+    vbase = v_ptr + off * DV
+    obase = o_ptr + off * DV
+    ii = tl.arange(0, BLOCK)
+    tri = ii[:, None] >= ii[None, :]
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rqh = _hi(rq, PREC)
+        rql = _lo(rq, rqh, PREC)
+        rkt = tl.trans(rk)
+        rkth = _hi(rkt, PREC)
+        rktl = _lo(rkt, rkth, PREC)
+        A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                False, INTERP)
+        A = tl.where(tri, A, 0.0)
+        Ah = _hi(A, PREC)
+        vh = _hi(v, PREC)
+        vl = _lo(v, vh, PREC)
+        n = _mm(Ah, _lo(A, Ah, PREC), vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
+                False, X_EXACT, INTERP)
+        Sh = _hi(S, PREC)
+        n = _mm(rqh, rql, Sh, _lo(S, Sh, PREC), n, PREC, False, False, INTERP)
+        d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
+        o = n / d[:, None]
+        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
+                 mask=rm[:, None])
+        S = _mm(rkth, rktl, vh, vl, S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(rk, 0)
+
+
+@triton.jit
+def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
+                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, eps, bps,
+                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                         BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                         INTERP: tl.constexpr, WLOAD: tl.constexpr):
+    """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
+    d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
+    dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    if not WLOAD:
+        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
+    G = tl.zeros((KP, DV), dtype=tl.float32)
+    g = tl.zeros((KP,), dtype=tl.float32)
+    pa = tl.zeros((KP, D), dtype=tl.float32)
+    pb = tl.zeros((KP, D), dtype=tl.float32)
+    pc = tl.zeros((KP,), dtype=tl.float32)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    off = (b.to(tl.int64) * N * H + h)
+    qbase = q_ptr + off * D
+    kbase = k_ptr + off * D
+    vbase = v_ptr + off * DV
+    dobase = do_ptr + off * DV
+    dqbase = dq_ptr + off * D
+    auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
+    ii = tl.arange(0, BLOCK)
+    tri = ii[:, None] >= ii[None, :]
+    for blk in range(blk0, blk1):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rqh = _hi(rq, PREC)
+        rql = _lo(rq, rqh, PREC)
+        rkt = tl.trans(rk)
+        rkth = _hi(rkt, PREC)
+        rktl = _lo(rkt, rkth, PREC)
+        A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                False, INTERP)
+        A = tl.where(tri, A, 0.0)
+        doh = _hi(do, PREC)
+        dol = _lo(do, doh, PREC)
+        vt = tl.trans(v)
+        vth = _hi(vt, PREC)
+        vtl = _lo(vt, vth, PREC)
+        W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
+                X_EXACT, INTERP)
+        St = tl.trans(S)
+        Sth = _hi(St, PREC)
+        U = _mm(doh, dol, Sth, _lo(St, Sth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                X_EXACT, False, INTERP)
+        d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
+        don = tl.sum(A * W, 1) + tl.sum(rq * U, 1)
+        ddv = -don / (d * d)
+        dA = tl.where(tri, W / d[:, None] + ddv[:, None], 0.0)
+        dAh = _hi(dA, PREC)
+        rkh = _hi(rk, PREC)
+        dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
+                 U / d[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
+        if WLOAD:
+            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+        dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP)
+        tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
+                 mask=rm[:, None])
+        tl.store(auxbase + rows, d, mask=rm)
+        tl.store(auxbase + N + rows, ddv, mask=rm)
+        dn = do.to(tl.float32) / d[:, None]
+        rqt = tl.trans(rq)
+        rqth = _hi(rqt, PREC)
+        dnh = _hi(dn, PREC)
+        G = _mm(rqth, _lo(rqt, rqth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False,
+                INTERP)
+        g += tl.sum(rq * ddv[:, None], 0)
+        vh = _hi(v, PREC)
+        S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(rk, 0)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    dd_ = tl.arange(0, D)
+    gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
+    tl.store(gbase + kk[:, None] * DV + ee[None, :], G)
+    tl.store(gbase + KP * DV + kk, g)
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+
+
+@triton.jit
+def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gtot_ptr,
+                         dk_ptr, dv_ptr, pg_ptr, N, H, bps,
+                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                         BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                         INTERP: tl.constexpr, WLOAD: tl.constexpr):
+    """Reverse walk. Per chunk, with G, g the sums over later chunks:
+    dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
+    if not WLOAD:
+        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    if not WLOAD:
+        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
+    pa = tl.zeros((KP, D), dtype=tl.float32)
+    pb = tl.zeros((KP, D), dtype=tl.float32)
+    pc = tl.zeros((KP,), dtype=tl.float32)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    off = (b.to(tl.int64) * N * H + h)
+    qbase = q_ptr + off * D
+    kbase = k_ptr + off * D
+    vbase = v_ptr + off * DV
+    dobase = do_ptr + off * DV
+    dkbase = dk_ptr + off * D
+    dvbase = dv_ptr + off * DV
+    auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
+    ii = tl.arange(0, BLOCK)
+    triT = ii[:, None] <= ii[None, :]
+    for it in range(0, blk1 - blk0):
+        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
+            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+        blk = blk1 - 1 - it
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        d = tl.load(auxbase + rows, mask=rm, other=1.0)
+        ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]
+        rkh = _hi(rk, PREC)
+        rkl = _lo(rk, rkh, PREC)
+        rqt = tl.trans(rq)
+        rqth = _hi(rqt, PREC)
+        rqtl = _lo(rqt, rqth, PREC)
+        At = _mm(rkh, rkl, rqth, rqtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                 False, INTERP)
+        At = tl.where(triT, At, 0.0)
+        vh = _hi(v, PREC)
+        vl = _lo(v, vh, PREC)
+        dot_ = tl.trans(do)
+        doth = _hi(dot_, PREC)
+        Wt = _mm(vh, vl, doth, _lo(dot_, doth, PREC), tl.zeros((BLOCK, BLOCK), dtype=tl.float32),
+                 PREC, X_EXACT, X_EXACT, INTERP)
+        dAt = tl.where(triT, Wt / d[None, :] + ddv[None, :], 0.0)
+        dn = do.to(tl.float32) / d[:, None]
+        dnh = _hi(dn, PREC)
+        dnl = _lo(dn, dnh, PREC)
+        rqh = _hi(rq, PREC)
+        rql = _lo(rq, rqh, PREC)
+        Gt = tl.trans(G)
+        Gth = _hi(Gt, PREC)
+        dR = _mm(vh, vl, Gth, _lo(Gt, Gth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                 X_EXACT, False, INTERP) + g[None, :]
+        dAth = _hi(dAt, PREC)
+        dR = _mm(dAth, _lo(dAt, dAth, PREC), rqh, rql, dR, PREC, False, False, INTERP)
+        Gh = _hi(G, PREC)
+        dv = _mm(rkh, rkl, Gh, _lo(G, Gh, PREC), tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
+                 False, False, INTERP)
+        Ath = _hi(At, PREC)
+        dv = _mm(Ath, _lo(At, Ath, PREC), dnh, dnl, dv, PREC, False, False, INTERP)
+        tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
+                 mask=rm[:, None])
+        if WLOAD:
+            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+        dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP)
+        tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
+                 mask=rm[:, None])
+        G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
+        g += tl.sum(rq * ddv[:, None], 0)
+    kk = tl.arange(0, KP)
+    dd_ = tl.arange(0, D)
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc)

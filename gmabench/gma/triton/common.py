@@ -1,0 +1,289 @@
+"""Triton building blocks shared by the fused GMA kernels.
+
+Everything here is a `@triton.jit` helper that the kernels in bidir.py and causal.py inline:
+the Gaussian parameters computed in-kernel from (mu, log_sigma, mix_logits), responsibilities
+from a tile of routing vectors, precision-controlled matrix products, the softmax backward and
+the per-tile input and parameter gradients.
+
+Precision (constexpr PREC):
+  0  "fast":  one bfloat16 tensor-core product per matmul (float32 accumulation).
+  1  "split": every float32 operand is split into bfloat16 hi + lo parts and the product takes
+              hi*hi + hi*lo + lo*hi (operands exact in bfloat16, such as bf16 inputs, skip their
+              lo part). About 16 bits of operand precision at 2-3x the tensor-core work; this is
+              what keeps bf16/fp16 results within the SPEC criterion (see docs/kernels.md).
+  2  "ieee":  float32 operands, input_precision="ieee" (used for float32 inputs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# Read once, like triton.jit itself does: the env var must be set before this module is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+LOG2E = tl.constexpr(1.4426950408889634)
+# logit of a padded component: exp2 underflows to exactly 0, no inf arithmetic
+NEG_BIG = tl.constexpr(-1.0e30)
+
+PRECISIONS = {"fast": 0, "split": 1, "ieee": 2}
+_INTERP = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _dot16(a, b, acc, INTERP: tl.constexpr):
+    # Triton's interpreter stores bfloat16 as raw uint16 and its dot multiplies the raw integers;
+    # upcasting first gives the same exact products with float32 accumulation.
+    if INTERP:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _rne_bf16(x):
+    """float32 -> bfloat16 rounding to nearest even (the GPU's default). Only needed under the
+    interpreter, which truncates; done on the bits so that the final cast is exact."""
+    bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def _hi(x, PREC: tl.constexpr):
+    if PREC == 2:
+        y = x.to(tl.float32)
+    elif _INTERP and x.dtype != tl.bfloat16:
+        y = _rne_bf16(x)
+    else:
+        y = x.to(tl.bfloat16)
+    return y
+
+
+@triton.jit
+def _lo(x, hi, PREC: tl.constexpr):
+    if PREC == 1:
+        rem = x.to(tl.float32) - hi.to(tl.float32)
+        if _INTERP:
+            y = _rne_bf16(rem)
+        else:
+            y = rem.to(tl.bfloat16)
+    else:
+        y = hi
+    return y
+
+
+
+
+@triton.jit
+def _mm(ah, al, bh, bl, acc, PREC: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr,
+        INTERP: tl.constexpr):
+    """acc + a @ b from split operands (see the module docstring for PREC)."""
+    if PREC == 2:
+        acc = tl.dot(ah, bh, acc, input_precision="ieee")
+    else:
+        acc = _dot16(ah, bh, acc, INTERP)
+        if PREC == 1:
+            if not B_EXACT:
+                acc = _dot16(ah, bl, acc, INTERP)
+            if not A_EXACT:
+                acc = _dot16(al, bh, acc, INTERP)
+    return acc
+
+
+@triton.jit
+def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr):
+    """a = mu/sigma^2/tau, b = 1/sigma^2/tau (KP, D) and c (KP) for head h, float32.
+
+    Padded components (k >= K) get a = b = 0 and c = NEG_BIG, so their responsibility is 0.
+    """
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    kmask = kk < K
+    offs = h * K * D + kk[:, None] * D + dd[None, :]
+    mu = tl.load(mu_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
+    ls = tl.load(ls_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
+    mix = tl.load(mix_ptr + h * K + kk, mask=kmask, other=NEG_BIG).to(tl.float32)
+    e = tl.where(kmask[:, None], tl.exp(-2.0 * ls), 0.0)
+    a = mu * e * inv_tau
+    b = e * inv_tau
+    mmax = tl.max(mix, 0)
+    lse = mmax + tl.log(tl.sum(tl.exp(mix - mmax), 0))
+    c = (mix - lse - tl.sum(ls, 1) - 0.5 * tl.sum(mu * mu * e, 1)) * inv_tau
+    c = tl.where(kmask, c, NEG_BIG)
+    return a, b, c
+
+
+@triton.jit
+def _prep_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, c_ptr, K, inv_tau,
+                 KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    """One program per head: the weights every kernel of the call reads.
+
+    w (H, 8, KP*D) in bf16 (PREC < 2) or float32: slots 0-3 the base-2 logit weights transposed
+    to (D, KP), A2 = a*log2(e) and B2 = -b*log2(e)/2, as hi, lo, hi, lo; slots 4-7 the natural a, b
+    (KP, D) as hi, lo, hi, lo (backward). c (H, KP) float32: c*log2(e).
+    """
+    h = tl.program_id(0)
+    a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    t_offs = dd[:, None] * KP + kk[None, :]
+    n_offs = kk[:, None] * D + dd[None, :]
+    base = w_ptr + h * (8 * KP * D)
+    a2 = tl.trans(a * LOG2E)
+    b2 = tl.trans(b * (-0.5 * LOG2E))
+    hi = _hi(a2, PREC)
+    tl.store(base + t_offs, hi)
+    tl.store(base + KP * D + t_offs, _lo(a2, hi, PREC))
+    hi = _hi(b2, PREC)
+    tl.store(base + 2 * KP * D + t_offs, hi)
+    tl.store(base + 3 * KP * D + t_offs, _lo(b2, hi, PREC))
+    hi = _hi(a, PREC)
+    tl.store(base + 4 * KP * D + n_offs, hi)
+    tl.store(base + 5 * KP * D + n_offs, _lo(a, hi, PREC))
+    hi = _hi(b, PREC)
+    tl.store(base + 6 * KP * D + n_offs, hi)
+    tl.store(base + 7 * KP * D + n_offs, _lo(b, hi, PREC))
+    tl.store(c_ptr + h * KP + kk, c * LOG2E)
+
+
+@triton.jit
+def _load_w(w_ptr, h, slot0: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """Four (R, C) weight tiles hi, lo, hi, lo from slots slot0..slot0+3 (lo = hi unless split)."""
+    rr = tl.arange(0, R)
+    cc = tl.arange(0, C)
+    offs = rr[:, None] * C + cc[None, :]
+    base = w_ptr + h * (8 * R * C) + slot0 * (R * C)
+    xh = tl.load(base + offs)
+    yh = tl.load(base + 2 * R * C + offs)
+    if PREC == 1:
+        xl = tl.load(base + R * C + offs)
+        yl = tl.load(base + 3 * R * C + offs)
+    else:
+        xl = xh
+        yl = yh
+    return xh, xl, yh, yl
+
+
+@triton.jit
+def _fwd_w(w_ptr, h, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    return _load_w(w_ptr, h, 0, D, KP, PREC)
+
+
+@triton.jit
+def _bwd_w(w_ptr, h, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    return _load_w(w_ptr, h, 4, KP, D, PREC)
+
+
+@triton.jit
+def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
+          PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+    """Responsibilities (BLOCK, KP) in float32 of a tile x (BLOCK, D); rows outside the sequence
+    (rowmask False) get 0 so they add nothing to any sum."""
+    xf = x.to(tl.float32)
+    xh = _hi(x, PREC)
+    xl = _lo(xf, xh, PREC)
+    x2 = xf * xf
+    x2h = _hi(x2, PREC)
+    x2l = _lo(x2, x2h, PREC)
+    l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
+    l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
+    l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
+    m = tl.max(l2, 1)
+    p = tl.exp2(l2 - m[:, None])
+    r = p / tl.sum(p, 1)[:, None]
+    return tl.where(rowmask[:, None], r, 0.0)
+
+
+@triton.jit
+def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: tl.constexpr,
+                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+    """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
+
+    r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
+    Returns dx (BLOCK, D) float32 and the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
+    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed).
+    """
+    dl = r * (dR - tl.sum(r * dR, 1)[:, None])
+    xf = x.to(tl.float32)
+    dlh = _hi(dl, PREC)
+    dll = _lo(dl, dlh, PREC)
+    t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False, INTERP)
+    t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False, INTERP)
+    dx = t_a - xf * t_b
+    dlth = tl.trans(dlh)
+    dltl = tl.trans(dll)
+    xh = _hi(x, PREC)
+    xl = _lo(xf, xh, PREC)
+    x2 = xf * xf
+    x2h = _hi(x2, PREC)
+    x2l = _lo(x2, x2h, PREC)
+    pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
+    pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
+    pc += tl.sum(dl, 0)
+    return dx, pa, pb, pc
+
+
+@triton.jit
+def _to_out(x, ptr):
+    """Cast float32 x to ptr's element type, rounding to nearest even. Triton's interpreter
+    truncates float32 -> bfloat16, which would double the output's rounding error in CPU tests,
+    so there the rounding is done on the bits first (then the truncation is exact)."""
+    if ptr.dtype.element_ty == tl.float32:
+        y = x
+    elif ptr.dtype.element_ty == tl.bfloat16 and _INTERP:
+        y = _rne_bf16(x)
+    else:
+        y = x.to(ptr.dtype.element_ty)
+    return y
+
+
+@triton.jit
+def _segment(N, bps, BLOCK: tl.constexpr):
+    """Block range [blk0, blk1) of this program's segment (program_id(0))."""
+    nblk = tl.cdiv(N, BLOCK)
+    blk0 = tl.program_id(0) * bps
+    blk1 = tl.minimum(blk0 + bps, nblk)
+    return blk0, blk1
+
+
+@triton.jit
+def _row_ptrs(base, rows, row_stride, W: tl.constexpr):
+    cols = tl.arange(0, W)
+    return base + rows.to(tl.int64)[:, None] * row_stride + cols[None, :]
+
+
+@triton.jit
+def _param_grad_kernel(mu_ptr, ls_ptr, mix_ptr, pg_ptr, dmu_ptr, dls_ptr, dmix_ptr, K, inv_tau,
+                       KP: tl.constexpr, D: tl.constexpr):
+    """One program per head: chain the summed gradients of (a, b, c) to mu, log_sigma, mix_logits.
+
+    pg holds per head [pa (KP*D), pb (KP*D), pc (KP)] with pa = dL/da, pb = dL/db, pc = dL/dc.
+    """
+    h = tl.program_id(0)
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    kmask = kk < K
+    offs = h * K * D + kk[:, None] * D + dd[None, :]
+    mu = tl.load(mu_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
+    ls = tl.load(ls_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
+    mix = tl.load(mix_ptr + h * K + kk, mask=kmask, other=NEG_BIG).to(tl.float32)
+    base = pg_ptr + h * KP * (2 * D + 1)
+    poffs = kk[:, None] * D + dd[None, :]
+    pa = tl.load(base + poffs)
+    pb = tl.load(base + KP * D + poffs)
+    pc = tl.load(base + 2 * KP * D + kk)
+    e = tl.exp(-2.0 * ls)
+    dmu = (pa * e - pc[:, None] * mu * e) * inv_tau
+    dls = (-2.0 * pa * mu * e - 2.0 * pb * e + pc[:, None] * (mu * mu * e - 1.0)) * inv_tau
+    glsm = tl.where(kmask, pc * inv_tau, 0.0)
+    mmax = tl.max(mix, 0)
+    pm = tl.exp(mix - mmax)
+    sm = pm / tl.sum(pm, 0)
+    dmix = glsm - sm * tl.sum(glsm, 0)
+    tl.store(dmu_ptr + offs, _to_out(dmu, dmu_ptr), mask=kmask[:, None])
+    tl.store(dls_ptr + offs, _to_out(dls, dls_ptr), mask=kmask[:, None])
+    tl.store(dmix_ptr + h * K + kk, _to_out(dmix, dmix_ptr), mask=kmask)

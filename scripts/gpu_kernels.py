@@ -1,0 +1,279 @@
+"""On a GPU: check the fused Triton GMA kernels against the float64 SPEC formula, measure the
+device's ceilings, time the kernels against gma_reference and torch SDPA, and print a table.
+
+    PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
+
+Sections (in order): ceil, check, time, sweep, extra. A time budget (seconds) stops new work once
+spent; whatever was measured is still written to OUT/gpu_kernels.json and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
+from gmabench.gma.triton import TUNING, gma_triton  # noqa: E402
+
+DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+T0 = time.time()
+R: dict = {"env": {}, "ceilings": {}, "checks": [], "timings": [], "sweep": [], "notes": []}
+
+
+def elapsed():
+    return time.time() - T0
+
+
+def inputs(B, N, H, D, Dv, K, dtype, seed=0, grad=True):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, s=0.5):
+        return torch.randn(*shape, generator=g, device="cuda") * s
+
+    ts = [rnd(B, N, H, D).to(dtype), rnd(B, N, H, D).to(dtype), rnd(B, N, H, Dv).to(dtype),
+          rnd(H, K, D), rnd(H, K, D, s=0.1), rnd(H, K)]
+    return [t.requires_grad_(grad) for t in ts]
+
+
+def rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def fwd_grads(fn, ins, do, **kw):
+    o = fn(*ins, **kw)
+    return [o.detach()] + [t.detach() for t in torch.autograd.grad(o, ins, do)]
+
+
+NAMES = ("o", "q", "k", "v", "mu", "log_sigma", "mix_logits")
+
+
+def floor(dtype, name):
+    if dtype == torch.float32:
+        return 1e-5
+    return 5e-5 if name in ("mu", "log_sigma", "mix_logits") else 1e-4
+
+
+def check(dtype_name, causal, N, B=1, H=4, D=64, Dv=64, K=64, precision=None, seed=1):
+    dtype = DT[dtype_name]
+    ins = inputs(B, N, H, D, Dv, K, dtype, seed)
+    do = (torch.randn(B, N, H, Dv, device="cuda") * 0.5).to(dtype)
+    kw = dict(causal=causal)
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    ref = fwd_grads(gma_spec_float64, ins64, do.double(), **kw)
+    base = fwd_grads(gma_reference, ins, do, **kw)
+    tri = fwd_grads(lambda *a, **k: gma_triton(*a, precision=precision, **k), ins, do, **kw)
+    row = dict(dtype=dtype_name, causal=causal, N=N, B=B, H=H, D=D, Dv=Dv, K=K,
+               precision=precision or "default", errors={}, ok=True)
+    for name, x, r, b in zip(NAMES, tri, ref, base):
+        e, eb = rel(x, r), rel(b, r)
+        bound = 2 * eb + floor(dtype, name)
+        good = math.isfinite(e) and e <= bound
+        row["errors"][name] = dict(triton=e, reference=eb, bound=bound, ok=good)
+        row["ok"] &= good
+    R["checks"].append(row)
+    worst = max(row["errors"].items(), key=lambda kv: kv[1]["triton"] / kv[1]["bound"])
+    eo = row["errors"]["o"]
+    print(f"check {dtype_name:4s} causal={causal!s:5s} N={N} K={K} D={D} Dv={Dv} "
+          f"prec={row['precision']}: {'PASS' if row['ok'] else 'FAIL'}  o={eo['triton']:.2e}"
+          f" (ref {eo['reference']:.2e}); worst {worst[0]} "
+          f"{worst[1]['triton']:.2e} / bound {worst[1]['bound']:.2e}  [{elapsed():.0f}s]")
+    del ins, ins64, ref, base, tri
+    torch.cuda.empty_cache()
+
+
+def sdpa_fn(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    be = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def fn(q, k, v, mu, ls, mix, causal):
+        with sdpa_kernel([be]):
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
+        return o.transpose(1, 2)
+    return fn
+
+
+IMPLS = {
+    "triton": lambda *a, causal: gma_triton(*a, causal=causal),
+    "triton_fast": lambda *a, causal: gma_triton(*a, causal=causal, precision="fast"),
+    "reference": lambda *a, causal: gma_reference(*a, causal=causal),
+    "sdpa_cudnn": None,  # filled lazily
+    "sdpa_flash": None,
+}
+
+
+def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", record=True):
+    fn = IMPLS[impl] or sdpa_fn(impl.split("_")[1])
+    ins = inputs(B, N, H, D, Dv, K, DT[dtype], seed=2, grad=(mode == "fwd_bwd"))
+    if impl.startswith("sdpa"):
+        ins = ins[:3]
+        ins_call = ins + [None, None, None]
+        grad_ins = ins
+    else:
+        ins_call = ins
+        grad_ins = ins
+    do = (torch.randn(B, N, H, Dv, device="cuda") * 0.5).to(DT[dtype])
+    if mode == "fwd":
+        f = lambda: fn(*ins_call, causal=causal)  # noqa: E731
+    else:
+        f = lambda: torch.autograd.grad(fn(*ins_call, causal=causal), grad_ins, do)  # noqa: E731
+    f()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    res = f()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del res
+    ms = do_bench(f, warmup=25, rep=100, return_mode="median")
+    out_bytes = B * N * H * Dv * torch.finfo(DT[dtype]).bits // 8
+    row = dict(impl=impl, N=N, causal=causal, mode=mode, B=B, H=H, D=D, Dv=Dv, K=K, dtype=dtype,
+               median_ms=ms, peak_bytes=peak, out_bytes=out_bytes)
+    if record:
+        R["timings"].append(row)
+    print(f"time {impl:12s} {'causal' if causal else 'bidir':6s} {mode:7s} N={N:6d}: "
+          f"{ms:9.4f} ms  peak {peak / 2**20:8.1f} MiB (out {out_bytes / 2**20:.0f} MiB)"
+          f"  [{elapsed():.0f}s]")
+    del ins, do
+    torch.cuda.empty_cache()
+    return ms
+
+
+def ceilings():
+    x = torch.empty(2**28, device="cuda", dtype=torch.float32)
+    x.uniform_()
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), return_mode="median")
+    R["ceilings"]["copy_TBps"] = 2 * x.numel() * 4 / (ms * 1e-3) / 1e12
+    del x, y
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, return_mode="median")
+    R["ceilings"]["bf16_mm_TFLOPs"] = 2 * 8192**3 / (ms * 1e-3) / 1e12
+    del a, b
+    torch.cuda.empty_cache()
+    print("ceilings", R["ceilings"])
+
+
+def table():
+    print("\n== checks (relative error vs float64 SPEC; bound = 2x gma_reference + floor) ==")
+    for c in R["checks"]:
+        errs = " ".join(f"{n}={e['triton']:.1e}{'' if e['ok'] else '!'}"
+                        for n, e in c["errors"].items())
+        print(f"{c['dtype']:4s} {'causal' if c['causal'] else 'bidir ':6s} N={c['N']} K={c['K']} "
+              f"D={c['D']} {c['precision']:7s} {'PASS' if c['ok'] else 'FAIL'} {errs}")
+    print("\n== timings, B=1 H=16 D=Dv=64 K=64 bf16, median ms (peak MiB) ==")
+    keys = sorted({(t["causal"], t["mode"], t["impl"]) for t in R["timings"]})
+    Ns = sorted({t["N"] for t in R["timings"]})
+    print(f"{'variant':34s}" + "".join(f"{n:>18d}" for n in Ns))
+    for causal, mode, impl in keys:
+        cells = []
+        for n in Ns:
+            m = [t for t in R["timings"] if (t["causal"], t["mode"], t["impl"], t["N"]) ==
+                 (causal, mode, impl, n)]
+            cells.append(f"{m[-1]['median_ms']:.4f} ({m[-1]['peak_bytes'] / 2**20:.0f})"
+                         if m else "-")
+        print(f"{('causal ' if causal else 'bidir ') + mode + ' ' + impl:34s}"
+              + "".join(f"{c:>18s}" for c in cells))
+    if R["sweep"]:
+        print("\n== sweep (N=131072 bf16) ==")
+        for s in R["sweep"]:
+            print(s)
+    print("ceilings", R["ceilings"], f"total {elapsed():.0f}s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--budget", type=float, default=330.0)
+    ap.add_argument("--sections", default="ceil,check,time,sweep,extra")
+    ap.add_argument("--ns", default="2048,4096,16384,65536,131072")
+    ap.add_argument("--check-n", type=int, default=4096 + 37)
+    args = ap.parse_args()
+    secs = args.sections.split(",")
+    Ns = [int(n) for n in args.ns.split(",")]
+    R["env"] = dict(torch=torch.__version__, triton=triton.__version__,
+                    device=torch.cuda.get_device_name(), sm=torch.cuda.get_device_capability())
+    print(R["env"])
+
+    def save():
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_kernels.json"), "w") as fh:
+            json.dump(R, fh, indent=1)
+
+    def guarded(tag, fn, *a, **kw):
+        if elapsed() > args.budget:
+            R["notes"].append(f"skipped (budget): {tag}")
+            return None
+        try:
+            return fn(*a, **kw)
+        except Exception as exc:  # keep going: one failure must not hide the other numbers
+            R["notes"].append(f"error in {tag}: {type(exc).__name__}: {exc}")
+            print(f"ERROR {tag}: {type(exc).__name__}: {str(exc)[:2000]}")
+            traceback.print_exc(limit=3)
+            torch.cuda.empty_cache()
+            return None
+
+    try:
+        if "ceil" in secs:
+            guarded("ceilings", ceilings)
+        if "check" in secs:
+            for causal in (False, True):
+                guarded(f"check bf16 {causal}", check, "bf16", causal, args.check_n)
+            save()
+        if "time" in secs:
+            for N in Ns:
+                for causal in (False, True):
+                    for mode in ("fwd", "fwd_bwd"):
+                        for impl in ("triton", "triton_fast", "sdpa_cudnn", "reference"):
+                            if impl == "reference" and causal and N > 16384:
+                                continue
+                            if impl.startswith("sdpa") and N > 16384:
+                                continue
+                            guarded(f"time {impl} {N} {causal} {mode}", bench, impl, N, causal,
+                                    mode)
+                save()
+        if "check" in secs:
+            for dt in ("fp16", "fp32"):
+                for causal in (False, True):
+                    guarded(f"check {dt} {causal}", check, dt, causal, args.check_n)
+            save()
+        if "sweep" in secs:
+            for causal in (True, False):
+                for block, warps, wload in ((64, 8, 0), (64, 8, 1), (64, 4, 0), (32, 8, 0),
+                                            (32, 4, 0)):
+                    TUNING.update(block=block, warps_causal=warps, warps_bidir=warps, wload=wload)
+                    ms = guarded(f"sweep {causal} {block} {warps} {wload}", bench, "triton",
+                                 131072, causal, "fwd", record=False)
+                    R["sweep"].append(dict(causal=causal, block=block, warps=warps, wload=wload,
+                                           ms=ms))
+            TUNING.update(block=None, warps_causal=None, warps_bidir=None, wload=None)
+            save()
+        if "extra" in secs:
+            for causal in (False, True):
+                guarded("extra K256 D128", check, "bf16", causal, 1000, B=2, H=2, D=128, Dv=128,
+                        K=256)
+                guarded("extra K1 D16 Dv32", check, "bf16", causal, 777, B=2, H=3, D=16, Dv=32,
+                        K=1)
+                guarded("extra fast", check, "bf16", causal, args.check_n, precision="fast")
+    finally:
+        save()
+        table()
+        for n in R["notes"]:
+            print("note:", n)
+
+
+if __name__ == "__main__":
+    main()

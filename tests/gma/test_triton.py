@@ -1,0 +1,183 @@
+"""The fused Triton GMA kernels against the float64 SPEC formula: output and all six gradients.
+
+Without a GPU the kernels run under Triton's interpreter on small shapes (TRITON_INTERPRET=1 is
+set here before gmabench.gma.triton is imported; if another test imported it first without the
+variable, its modules are reloaded). With a GPU, `test_gpu_real_sizes` checks real sizes.
+
+Criterion (SPEC): ||x - ref|| / ||ref|| <= 2 * (the same error of gma_reference on the same
+inputs) + floor, for the output and every gradient; ref is gma_spec_float64 on float64 copies of
+the inputs, so its gradients stay float64.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+_ON_GPU = torch.cuda.is_available()
+if not _ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
+    _common = sys.modules.get("gmabench.gma.triton.common")
+    if _common is not None and not _common.INTERPRET:  # imported earlier without the variable
+        for _name in ("common", "bidir", "causal", "autograd"):
+            importlib.reload(sys.modules[f"gmabench.gma.triton.{_name}"])
+        importlib.reload(sys.modules["gmabench.gma.triton"])
+
+pytest.importorskip("triton")
+
+from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
+from gmabench.gma.triton import TUNING, gma_triton, make_plan  # noqa: E402
+
+DEVICE = "cuda" if _ON_GPU else "cpu"
+NAMES = ("o", "q", "k", "v", "mu", "log_sigma", "mix_logits")
+
+
+def _inputs(B, N, H, D, Dv, K, dtype, seed, scale=0.5, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, s=scale):
+        return torch.randn(*shape, generator=g) * s
+
+    acts = [rnd(B, N, H, D), rnd(B, N, H, D), rnd(B, N, H, Dv)]
+    params = [rnd(H, K, D, s=0.5), rnd(H, K, D, s=0.1), rnd(H, K, s=0.5)]
+    acts = [t.to(device=device, dtype=dtype) for t in acts]
+    params = [t.to(device=device) for t in params]
+    return [t.requires_grad_() for t in acts + params]
+
+
+def _rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def _run(fn, ins, do, **kw):
+    o = fn(*ins, **kw)
+    grads = torch.autograd.grad(o, ins, do)
+    return [o.detach()] + [g_.detach() for g_ in grads]
+
+
+def _errors(B, N, H, D, Dv, K, dtype, causal, seed=0, temperature=1.0, precision=None):
+    ins = _inputs(B, N, H, D, Dv, K, dtype, seed)
+    kw = dict(causal=causal, temperature=temperature)
+    do = torch.randn(B, N, H, Dv, generator=torch.Generator().manual_seed(seed + 1))
+    do = (do * 0.5).to(device=ins[0].device, dtype=dtype)
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    ref = _run(gma_spec_float64, ins64, do.double(), **kw)
+    base = _run(gma_reference, ins, do, **kw)
+    fast = _run(lambda *a, **k: gma_triton(*a, precision=precision, **k), ins, do, **kw)
+    for name, x, r, like in zip(NAMES, fast, ref, [ins[2]] + ins):
+        assert x.shape == r.shape and x.dtype == like.dtype, name
+    return ({n: _rel(x, r) for n, x, r in zip(NAMES, fast, ref)},
+            {n: _rel(x, r) for n, x, r in zip(NAMES, base, ref)})
+
+
+def _floor(dtype, name):
+    if dtype == torch.float32:
+        return 1e-5
+    # 16-bit inputs: the gradients of the float32 parameters come out of the kernels' split-bf16
+    # products (about 16 bits per operand) while gma_reference computes them in plain float32.
+    return 5e-5 if name in ("mu", "log_sigma", "mix_logits") else 1e-4
+
+
+def _assert_spec(errs, base, dtype):
+    for name in errs:
+        bound = 2.0 * base[name] + _floor(dtype, name)
+        assert errs[name] <= bound, f"{name}: error {errs[name]:.3g} > bound {bound:.3g} " \
+                                    f"(gma_reference: {base[name]:.3g})"
+
+
+# N=37 with 16-token blocks: 3 blocks, a masked tail, and several segments per (b, h).
+CASES = [
+    # B, N, H, D, Dv, K, temperature
+    pytest.param(2, 37, 2, 16, 32, 5, 0.8, id="B2-N37-H2-D16-Dv32-K5-tau0.8"),
+    pytest.param(1, 1, 1, 32, 16, 3, 1.0, id="N1"),
+    pytest.param(1, 50, 1, 16, 16, 1, 1.0, id="K1"),
+    pytest.param(1, 64, 2, 32, 32, 20, 1.3, id="K20-Nfull-blocks"),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("B,N,H,D,Dv,K,tau", CASES)
+def test_float32_matches_spec(B, N, H, D, Dv, K, tau, causal):
+    errs, base = _errors(B, N, H, D, Dv, K, torch.float32, causal, temperature=tau)
+    if N == 1:
+        # o = v * x / (x + eps) with x = r_q.r_k: every gradient but dv is O(eps), so relative
+        # errors of those are rounding noise for any implementation; check o and dv only.
+        errs = {n: errs[n] for n in ("o", "v")}
+    _assert_spec(errs, base, torch.float32)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_inputs_match_spec(dtype, causal):
+    errs, base = _errors(2, 45, 2, 32, 16, 12, dtype, causal, seed=3)
+    _assert_spec(errs, base, dtype)
+
+
+@pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2)])
+def test_precision_modes_on_float32_inputs(precision, tol):
+    # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands.
+    errs, _ = _errors(1, 40, 2, 16, 16, 6, torch.float32, True, seed=5, precision=precision)
+    for name in NAMES:
+        assert errs[name] < tol, (name, errs[name])
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_launch_variants_do_not_change_the_result(causal):
+    # one segment vs five; weights held in registers vs re-read per block; 16- vs 32-token blocks
+    ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
+    do = torch.ones(1, 70, 1, 16, device=ins[0].device)
+    outs = []
+    for knobs in (dict(segments=1), dict(segments=5, wload=1), dict(block=32, segments=2)):
+        TUNING.update(knobs)
+        try:
+            outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
+        finally:
+            TUNING.update({key: None for key in knobs})
+    for other in outs[1:]:
+        for x, y in zip(other, outs[0]):
+            assert _rel(x, y.double()) < 1e-5
+
+
+def test_extreme_inputs_give_finite_results():
+    ins = _inputs(1, 33, 1, 16, 16, 7, torch.float32, seed=11, scale=30.0)
+    with torch.no_grad():
+        ins[3].mul_(20.0)
+        ins[4].sub_(3.0)   # sigma ~ 0.05: very peaked responsibilities
+    for causal in (False, True):
+        res = _run(lambda *a: gma_triton(*a, causal=causal, temperature=0.05), ins,
+                   torch.ones(1, 33, 1, 16))
+        for name, x in zip(NAMES, res):
+            assert torch.isfinite(x).all(), (causal, name)
+
+
+def test_plan_pads_components_and_covers_the_sequence():
+    for K in (1, 16, 17, 64, 200, 256):
+        for N in (1, 15, 16, 17, 1000):
+            plan = make_plan(2, N, 3, K, 64, 64, True, torch.device("cpu"))
+            assert plan.KP >= max(16, K) and plan.KP & (plan.KP - 1) == 0
+            nblk = -(-N // plan.BLOCK)
+            assert (plan.P - 1) * plan.bps < nblk <= plan.P * plan.bps
+
+
+def test_rejects_unsupported_shapes():
+    ins = _inputs(1, 8, 1, 16, 16, 2, torch.float32, seed=0)
+    bad_v = torch.randn(1, 8, 1, 24)
+    with pytest.raises(ValueError, match="Dv"):
+        gma_triton(ins[0], ins[1], bad_v, *ins[3:])
+    with pytest.raises(ValueError, match="K must be"):
+        H, D = 1, 16
+        gma_triton(*ins[:3], torch.zeros(H, 300, D), torch.zeros(H, 300, D), torch.zeros(H, 300))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp32", "bf16", "fp16"])
+def test_gpu_real_sizes(dtype, causal):
+    errs, base = _errors(2, 2048 + 37, 4, 64, 64, 64, dtype, causal, seed=13)
+    _assert_spec(errs, base, dtype)

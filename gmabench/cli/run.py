@@ -106,12 +106,14 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
         task = progress.add_task("measuring", total=len(cells))
 
         def on_record(rec: dict) -> None:
+            progress.advance(task)
+            if rec["status"] == "skipped":
+                return  # skips are grouped by reason in the table printed at the end
             style = STATUS_STYLE.get(rec["status"], "red")
             timing = f"{rec['median_ms']:.4g} ms" if rec.get("median_ms") is not None else rec["reason"][:60]
             progress.console.print(f"  [{style}]{rec['status']:>8}[/] {rec['mixer']} "
                                    f"{'causal' if rec['causal'] else 'bidir'} {rec['mode']} {rec['dtype']} "
                                    f"N={rec['N']} K={rec['K']}: {timing}", highlight=False)
-            progress.advance(task)
 
         runner = Runner(run_dir, suite_name=resolved.name, host_env=host_env,
                         ceilings=ceilings and device_kind == "cuda", on_record=on_record)

@@ -18,7 +18,9 @@ from plotly.colors import qualitative
 from gmabench.report.analysis import _as_frame, fit_scaling
 
 MIB = 2**20
-FACET_COLS = ["device_name", "device", "B", "N", "H", "D", "Dv", "K"]
+# One figure per fixed value of each of these that varies: lines never mix causal with
+# bidirectional, forward with forward+backward, or different shapes.
+FACET_COLS = ["device_name", "device", "causal", "mode", "dtype", "scope", "B", "N", "H", "D", "Dv", "K"]
 PALETTE = qualitative.Plotly + qualitative.D3
 _X_TITLES = {"N": "N (tokens)", "K": "K (mixture components / state size)"}
 
@@ -65,9 +67,16 @@ def _facet_title(g: pd.DataFrame, x: str) -> str:
     for c in FACET_COLS:
         vals = (g.loc[g["k_applies"], c] if c == "K" else g[c]).dropna().unique()
         # A GPU's name says more than "cuda"; "cpu" is worth saying.
-        if c == x or len(vals) != 1 or vals[0] in ("", "cuda"):
+        if c == x or len(vals) != 1 or vals[0] in ("", "cuda", "core"):
             continue
-        parts.append(str(vals[0]) if c in ("device_name", "device") else f"{c}={vals[0]}")
+        if c == "causal":
+            parts.append("causal" if vals[0] else "bidirectional")
+        elif c == "mode":
+            parts.append("forward+backward" if vals[0] == "fwd_bwd" else "forward")
+        elif c in ("device_name", "device", "dtype", "scope"):
+            parts.append(str(vals[0]))
+        else:
+            parts.append(f"{c}={vals[0]}")
     return " ".join(parts)
 
 

@@ -98,7 +98,8 @@ def _fit_section(df: pd.DataFrame) -> str:
     for label, x, y in [("latency vs N", "N", "median_ms"), ("peak memory vs N", "N", "peak_bytes"),
                         ("latency vs K", "K", "median_ms"), ("peak memory vs K", "K", "peak_bytes")]:
         fits = fit_scaling(df, x=x, y=y)
-        for r in fits[fits["n_x_cells"] >= 2].itertuples():
+        # Series with no measured point are listed among the failed cells, not here.
+        for r in fits[(fits["n_x_cells"] >= 2) & (fits["n_points"] > 0)].itertuples():
             fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
                              if c != x and getattr(r, c) is not pd.NA)
             slope = "—" if math.isnan(r.slope) else f"{r.slope:.2f} ± {r.stderr:.2f}"
@@ -113,12 +114,23 @@ def _fit_section(df: pd.DataFrame) -> str:
 
 
 def _failure_section(df: pd.DataFrame) -> str:
+    """Failed cells one by one; skipped cells grouped by mixer and reason (often hundreds)."""
     bad = df[df["status"] != "ok"].sort_values(["series", "N", "K"])
     if bad.empty:
         return "<h2>Failed and skipped cells</h2><p>None: every cell ran ok.</p>"
-    rows = [[r.series, _shape(r, r.k_applies), r.status, r.reason] for r in bad.itertuples()]
-    return ("<h2>Failed and skipped cells</h2>"
-            + _table(["series", "shape", "status", "reason"], rows, left=4))
+    out = "<h2>Failed and skipped cells</h2>"
+    failed = bad[bad["status"] != "skipped"]
+    if len(failed):
+        rows = [[r.series, _shape(r, r.k_applies), r.status, r.reason] for r in failed.itertuples()]
+        out += _table(["series", "shape", "status", "reason"], rows, left=4)
+    skipped = bad[bad["status"] == "skipped"]
+    if len(skipped):
+        rows = []
+        for (mixer, reason), g in skipped.groupby(["mixer", "reason"], sort=True):
+            ns = sorted({int(n) for n in g["N"]})
+            rows.append([mixer, len(g), ", ".join(map(str, ns)), reason])
+        out += "<h3>Skipped</h3>" + _table(["mixer", "cells", "N", "reason"], rows, left=1)
+    return out
 
 
 def _ok_section(df: pd.DataFrame) -> str:
@@ -161,9 +173,9 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict) -> 
         f"<details><summary>{html.escape(k)}</summary><pre>"
         f"{html.escape(json.dumps(v, indent=2, sort_keys=True, default=str))}</pre></details>"
         for k, v in [("Environment", env), ("Suite", suite)])
-    body = "".join([header, _fit_section(df) if len(df) else "", _failure_section(df),
+    body = "".join([header, "<h2>Figures</h2>", "".join(figs) or "<p>No sweep with two sizes.</p>",
+                    _fit_section(df) if len(df) else "", _failure_section(df),
                     _speedup_section(df, suite.get("baseline")) if len(df) else "",
-                    "<h2>Figures</h2>", "".join(figs) or "<p>No sweep with two sizes.</p>",
                     _ok_section(df), details])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape('gmabench: ' + title)}</title><style>{_CSS}</style></head>"

@@ -21,7 +21,10 @@ def _slopes(fits: pd.DataFrame, series: str, col: str) -> str:
     if not vals:
         return "—"
     lo, hi = min(vals), max(vals)
-    return f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}–{hi:.2f}"
+    if round(lo, 2) == round(hi, 2):
+        return f"{lo:.2f}"
+    a, b = f"{lo:.1f}", f"{hi:.1f}"
+    return f"≈{a}" if a == b else f"{a}–{b}"
 
 
 def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -29,33 +32,31 @@ def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
-    """One row per series: N range, log-log slopes of latency and memory, and cell counts."""
+    """One row per series with measured cells: N range, log-log slopes of latency and memory,
+    and cell counts. Series with no ok cell are left to failures_table."""
     df = _frame(records)
     lat_n = fit_scaling(df, x="N", y="median_ms")
     mem_n = fit_scaling(df, x="N", y="peak_bytes")
     lat_k = fit_scaling(df, x="K", y="median_ms")
-    show_scope = bool((df["scope"] != "core").any()) if len(df) else False
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
-                  caption="large-N: fit over the upper half of N; a range means several fixed "
+                  caption="ms~N big: fit over the upper half of N; a range means several fixed "
                           "shapes (B, H, D, K) were fitted separately")
-    cols = ["mixer", "causal", "mode", "dtype"] + (["scope"] if show_scope else [])
-    for c in cols:
-        table.add_column(c)
-    for c in ["N range", "ms vs N", "ms vs N (large-N)", "MiB vs N", "ms vs K", "ok", "failed",
-              "skipped"]:
-        table.add_column(c, justify="right")
+    # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
+    table.add_column("series", overflow="fold", min_width=24)
+    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "ok/bad/skip"]:
+        table.add_column(c, justify="right", no_wrap=True)
     for series, g in df.groupby("series", sort=True):
-        first = g.iloc[0]
-        ident = [escape(str(first["mixer"])), "causal" if first["causal"] else "bidir", str(first["mode"]),
-                 str(first["dtype"])] + ([str(first["scope"])] if show_scope else [])
-        k_slope = _slopes(lat_k, series, "slope") if g["k_applies"].any() else "n/a"
         status = g["status"]
+        ok = int((status == "ok").sum())
+        if not ok:
+            continue
+        k_slope = _slopes(lat_k, series, "slope") if g["k_applies"].any() else "n/a"
         failed = int(((status != "ok") & (status != "skipped")).sum())
+        counts = f"{ok}/{f'[red]{failed}[/red]' if failed else 0}/{int((status == 'skipped').sum())}"
         table.add_row(
-            *ident, f"{g['N'].min()}–{g['N'].max()}",
+            escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
             _slopes(lat_n, series, "slope"), _slopes(lat_n, series, "slope_large"),
-            _slopes(mem_n, series, "slope"), k_slope, str(int((status == "ok").sum())),
-            f"[red]{failed}[/red]" if failed else "0", str(int((status == "skipped").sum())))
+            _slopes(mem_n, series, "slope"), k_slope, counts)
     return table
 
 

@@ -20,18 +20,25 @@ def _row(text: str, mixer: str) -> list[str]:
 
 def test_summary_table_shows_fitted_slopes_and_counts(records):
     text = _text(summary_table(records))
-    # mixer, causal, mode, dtype, N range, ms vs N, large-N, MiB vs N, ms vs K, ok, failed, skipped
-    assert _row(text, "linear") == ["linear", "causal", "fwd", "bfloat16", "256–8192", "1.00",
-                                    "1.00", "1.00", "1.00", "18", "0", "0"]
-    assert _row(text, "quadratic") == ["quadratic", "causal", "fwd", "bfloat16", "256–8192",
-                                       "2.00", "2.00", "2.00", "n/a", "15", "3", "0"]
-    assert _row(text, "overhead")[5:7] == ["0.26", "0.45"]
-    assert _row(text, "tiny")[5:] == ["—", "—", "—", "—", "2", "0", "1"]
+    # series, N range, ms~N, ms~N big, MiB~N, ms~K, ok/failed/skipped
+    assert _row(text, "linear") == ["linear causal fwd bf16", "256–8192", "1.00", "1.00", "1.00", "1.00",
+                                    "18/0/0"]
+    assert _row(text, "quadratic") == ["quadratic causal fwd bf16", "256–8192", "2.00", "2.00", "2.00",
+                                       "n/a", "15/3/0"]
+    assert _row(text, "overhead")[2:4] == ["0.26", "0.45"]
+    assert _row(text, "tiny")[2:] == ["—", "—", "—", "—", "2/0/1"]
+
+
+def test_summary_table_leaves_series_without_ok_cells_to_the_failures_table(make_record):
+    recs = [make_record("never", N, status="skipped", reason="needs CUDA") for N in (256, 512, 1024)]
+    recs += [make_record("linear", N, median_ms=1e-3 * N) for N in (256, 512, 1024)]
+    text = _text(summary_table(recs))
+    assert "linear causal" in text and "never" not in text
 
 
 def test_summary_table_shows_a_range_when_fixed_shapes_differ(records, make_record):
     extra = [make_record("linear", N, 16, H=16, median_ms=1e-9 * N**1.5) for N in (256, 1024, 4096)]
-    assert _row(_text(summary_table(records + extra)), "linear")[5] == "1.00–1.50"
+    assert _row(_text(summary_table(records + extra)), "linear")[2] == "1.0–1.5"
 
 
 def test_failures_table_lists_status_and_reason(records, make_record):

@@ -50,6 +50,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: one per visible GPU, one on CPU).")] = None,
     ceilings: Annotated[bool, typer.Option(help="Measure copy-bandwidth and matmul ceilings on the GPU first.")] = True,
     report: Annotated[bool, typer.Option(help="Write report.html when the run ends.")] = True,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Start no cell after this many minutes; --resume runs the rest.")] = None,
 ) -> None:
     """Run a suite: every cell in an isolated worker, one JSON record per cell as it finishes."""
     from gmabench.sweep.plan import plan_sweep, resolve_device
@@ -67,6 +68,8 @@ def run(
     }
     if workers is not None and workers <= 0:
         fail(f"--workers: must be positive, got {workers}")
+    if time_budget is not None and time_budget <= 0:
+        fail(f"--time-budget: must be positive, got {time_budget}")
     name = suite or _default_suite()
     try:
         resolved = load_suite(name, overrides)
@@ -88,11 +91,12 @@ def run(
     if existing and not resume:
         fail(f"--out: {run_dir} already holds {len(existing)} records; pass --resume to continue that run "
              "or choose another --out (nothing was overwritten)")
-    _run_and_report(resolved, cells, run_dir, device_kind, n_workers, resume, ceilings, report)
+    _run_and_report(resolved, cells, run_dir, device_kind, n_workers, resume, ceilings, report,
+                    time_budget * 60 if time_budget else None)
 
 
 def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers: int, resume: bool,
-                    ceilings: bool, report: bool) -> None:
+                    ceilings: bool, report: bool, time_budget_s: float | None) -> None:
     from gmabench.measure.environment import host_environment
     from gmabench.sweep.runner import Runner
 
@@ -118,13 +122,17 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
         runner = Runner(run_dir, suite_name=resolved.name, host_env=host_env,
                         ceilings=ceilings and device_kind == "cuda", on_record=on_record)
         try:
-            summary = runner.run(cells, device_kind=device_kind, n_workers=n_workers, resume=resume)
+            summary = runner.run(cells, device_kind=device_kind, n_workers=n_workers, resume=resume,
+                                 time_budget_s=time_budget_s)
         finally:
             env = {**host_env, **runner.device_env}
             (run_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
         progress.update(task, completed=len(cells))
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_status.items())) or "nothing new"
     console.print(f"recorded {summary.ran} cells ({counts}); {summary.skipped_existing} already present")
+    if summary.left_for_resume:
+        console.print(f"[yellow]time budget spent: {summary.left_for_resume} cells not run; "
+                      f"continue with --resume --out {run_dir}[/]")
     console.print(f"results: {run_dir / 'results.jsonl'}")
     if report:
         from gmabench.cli.report import render_report

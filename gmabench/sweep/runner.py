@@ -103,6 +103,7 @@ class Worker:
 class RunSummary:
     ran: int = 0
     skipped_existing: int = 0
+    left_for_resume: int = 0        # cells not started because the time budget ran out
     by_status: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,6 +122,7 @@ class Runner:
         self.on_record = on_record or (lambda r: None)
         self.ctx = mp.get_context("spawn")
         self.device_env: dict[str, Any] = {}
+        self.stop_at: float | None = None
 
     # ---- records -------------------------------------------------------------------------
     def _record(self, cell: Cell, fields: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +146,12 @@ class Runner:
         return (*cell_key(d), d.get("device_name", ""), d.get("git_commit", ""))
 
     # ---- the loop ------------------------------------------------------------------------
-    def run(self, cells: list[Cell], *, device_kind: str, n_workers: int = 1, resume: bool = False) -> RunSummary:
+    def run(self, cells: list[Cell], *, device_kind: str, n_workers: int = 1, resume: bool = False,
+            time_budget_s: float | None = None) -> RunSummary:
+        """Run every cell not yet recorded (with resume). With a time budget, no cell starts after
+        it is spent; the cells left are counted in the summary and a later --resume runs them."""
         summary = RunSummary()
+        self.stop_at = time.monotonic() + time_budget_s if time_budget_s else None
         torn = self.store.repair()
         if torn:
             self.log(f"repaired a torn last record ({torn} bytes cut)")
@@ -187,6 +193,12 @@ class Runner:
         busy: dict[int, Worker] = {}
         idle = list(range(len(workers)))
         while queue or busy:
+            if queue and self.stop_at is not None and time.monotonic() >= self.stop_at:
+                summary.left_for_resume = len(queue)
+                self.log(f"time budget spent: {len(queue)} cells left for --resume")
+                queue.clear()
+                if not busy:
+                    break
             while queue and idle:
                 i = idle.pop(0)
                 cell = queue.pop(0)

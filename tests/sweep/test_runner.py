@@ -66,3 +66,11 @@ def test_resume_skips_recorded_cells(tmp_path):
     assert (tmp_path / "results.jsonl").read_bytes().startswith(before)
     keys = [(r["mixer"], r["N"]) for r in load_records(tmp_path)]
     assert len(keys) == len(set(keys)) == 3
+
+
+def test_time_budget_leaves_cells_for_resume(tmp_path):
+    cells, seen, summary = _run(tmp_path, ["gma", "softmax-naive"], time_budget_s=1e-9)
+    assert summary.left_for_resume == len(cells) and seen == [] and load_records(tmp_path) == []
+    assert "cells left for --resume" in (tmp_path / "run.log").read_text()
+    _, seen, summary = _run(tmp_path, ["gma", "softmax-naive"], resume=True)
+    assert summary.left_for_resume == 0 and len(load_records(tmp_path)) == len(cells)

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gmabench.results.schema import KEY_FIELDS
 from gmabench.sweep.suite import Suite, Timing
 
 
@@ -33,8 +34,8 @@ class Cell:
     timing: Timing = field(default_factory=Timing, compare=False, hash=False)
 
     def key(self) -> tuple:
-        return (self.mixer, self.causal, self.mode, self.scope, self.B, self.N, self.H,
-                self.D, self.Dv, self.K, self.dtype, self.device)
+        """The same identity a record of this cell carries (results.schema.KEY_FIELDS)."""
+        return tuple(getattr(self, f) for f in KEY_FIELDS)
 
     def label(self) -> str:
         kind = "causal" if self.causal else "bidir"

@@ -92,7 +92,7 @@ def _slope_text(fit: pd.Series | None, x: str) -> str:
 
 def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float = 1.0,
                   errors: bool = False, guides: tuple[int, ...] = (), slopes: bool = True,
-                  extra_y: str | None = None) -> list[go.Figure]:
+                  extra_y: str | None = None, ceiling: tuple[str, float] | None = None) -> list[go.Figure]:
     frame = _as_frame(df)
     if x == "K":
         frame = frame[frame["k_applies"]]
@@ -126,6 +126,11 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
                     mode="lines+markers", line=dict(color=color, dash="dot"), legendgroup=series,
                     name=html.escape(f"{series} {extra_y.removesuffix('_bytes')}")))
         _add_guides(fig, g, x, y, scale, guides)
+        if ceiling is not None:
+            label, value = ceiling
+            fig.add_hline(y=value * scale, line=dict(color="black", dash="dot", width=1),
+                          annotation_text=html.escape(label), annotation_position="top left")
+            tops.append(value * scale)
         _add_failures(fig, g, x, colors, top=max(tops) * 1.8 if tops else 1.0)
         fig.update_layout(
             title=html.escape(f"{title} · {_facet_title(g, x)}".strip(" ·")),
@@ -189,12 +194,33 @@ def memory_vs_k(df) -> list[go.Figure]:
                          scale=1 / MIB, guides=(1,), extra_y="saved_bytes")
 
 
-def all_figures(df) -> list[tuple[str, go.Figure]]:
-    """Every figure of the report, each with the name of the section it belongs to."""
+def bandwidth_vs_n(df, ceilings: dict | None = None) -> list[go.Figure]:
+    """Achieved bytes/s of the analytic fewest bytes, against the measured copy ceiling."""
+    c = (ceilings or {}).get("copy_bytes_per_s")
+    return _sweep_figure(df, "N", "tb_per_s", title="Achieved bandwidth vs N (fewest bytes / time)",
+                         y_title="TB/s", slopes=False,
+                         ceiling=(f"measured copy {c / 1e12:.2f} TB/s", c / 1e12) if c else None)
+
+
+def flops_vs_n(df, ceilings: dict | None = None) -> list[go.Figure]:
+    """Achieved FLOP/s of the analytic FLOPs, against the measured matmul ceiling."""
+    c = (ceilings or {}).get("matmul_flops_per_s")
+    return _sweep_figure(df, "N", "tflops_per_s", title="Achieved FLOP/s vs N (analytic FLOPs / time)",
+                         y_title="TFLOP/s", slopes=False,
+                         ceiling=(f"measured bf16 matmul {c / 1e12:.0f} TFLOP/s", c / 1e12) if c else None)
+
+
+def all_figures(df, ceilings: dict | None = None) -> list[tuple[str, go.Figure]]:
+    """Every figure of the report, each with the name of the section it belongs to.
+    `ceilings` (copy bytes/s, matmul FLOP/s measured on the device) draws the roofs."""
     frame = _as_frame(df)
     out = []
     for name, make in [("Latency vs N", latency_vs_n), ("Peak memory vs N", memory_vs_n),
                        ("Throughput vs N", throughput_vs_n), ("Latency vs K", latency_vs_k),
                        ("Peak memory vs K", memory_vs_k)]:
         out.extend((name, fig) for fig in make(frame))
+    if "tb_per_s" in frame and frame["tb_per_s"].notna().any():
+        out.extend(("Achieved bandwidth vs N", fig) for fig in bandwidth_vs_n(frame, ceilings))
+    if "tflops_per_s" in frame and frame["tflops_per_s"].notna().any():
+        out.extend(("Achieved FLOP/s vs N", fig) for fig in flops_vs_n(frame, ceilings))
     return out

@@ -164,7 +164,7 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict) -> 
     df = records_frame(records, env)
     title, header = _header(df, env, suite)
     figs = []
-    for i, (section, fig) in enumerate(all_figures(df) if len(df) else []):
+    for i, (section, fig) in enumerate(all_figures(df, env.get("ceilings")) if len(df) else []):
         # The first figure carries the whole plotly.js bundle; the rest reuse it.
         div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{i}",
                           config={"displaylogo": False, "responsive": True})

@@ -109,3 +109,16 @@ def test_runs_from_two_gpus_never_share_a_line(make_record):
     assert sorted(f.layout.title.text.split(" · ")[1].split(" causal")[0] for f in figs) == [
         "NVIDIA A100", "NVIDIA H200"]
     assert all(len(f.data[0].x) == 3 for f in figs)
+
+
+def test_achieved_bandwidth_and_flops_are_drawn_against_the_measured_ceilings(make_record):
+    # 1 ms per call moving 2 GB and doing 300 GFLOP: 2 TB/s and 300 TFLOP/s achieved.
+    recs = [make_record("gma", n, median_ms=1.0, min_bytes=2e9, flops=3e11) for n in (1024, 2048, 4096)]
+    ceilings = {"copy_bytes_per_s": 4.27e12, "matmul_flops_per_s": 686e12}
+    figs = dict((name, fig) for name, fig in all_figures(records_frame(recs, {"ceilings": ceilings}), ceilings))
+    bw, fl = figs["Achieved bandwidth vs N"], figs["Achieved FLOP/s vs N"]
+    assert list(bw.data[0].y) == pytest.approx([2.0, 2.0, 2.0])
+    assert list(fl.data[0].y) == pytest.approx([300.0, 300.0, 300.0])
+    assert "measured copy 4.27 TB/s" in bw.layout.annotations[0].text
+    assert bw.layout.shapes[0].y0 == pytest.approx(4.27)
+    assert "686 TFLOP/s" in fl.layout.annotations[0].text

@@ -137,3 +137,14 @@ def test_kill_9_then_resume_records_every_cell_once(tmp_path):
     # GMA mixers: 4 N x 2 K x 2 modes x 2 causal each; K collapses for the two mixers it does not apply to.
     assert len(final) == 2 * (4 * 2 * 2 * 2) + 2 * (4 * 2 * 2)
     assert final[:len(partial)] == partial           # earlier records unchanged
+
+
+def test_run_without_a_suite_picks_smoke_on_a_cpu_machine(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--mixers", "gma", "--seq-lens", "32,64,128", "--components", "4",
+                                 "--modes", "fwd", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "suite.json").read_text())["name"] == "smoke"
+    recs = load_records(out)
+    assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}
+    assert (out / "report.html").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+from .common import (_add_param_sums, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
                      _segment, _to_out)
 
 
@@ -125,7 +125,6 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
         ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
-    dd_ = tl.arange(0, D)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     Mt = tl.trans(tl.load(sbase + kk[:, None] * DV + ee[None, :]))
     s = tl.load(sbase + KP * DV + kk)
@@ -170,10 +169,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.atomic_add(gbase + KP * DV + kk, g)
-    pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit
@@ -193,7 +189,6 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_pt
         ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
-    dd_ = tl.arange(0, D)
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
     g = tl.load(gbase + KP * DV + kk)
@@ -232,7 +227,4 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_pt
                                       X_EXACT, INTERP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
-    pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+from .common import (_add_param_sums, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
                      _segment, _to_out)
 
 
@@ -183,14 +183,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
         s += tl.sum(rk, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
-    dd_ = tl.arange(0, D)
     gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
     tl.store(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.store(gbase + KP * DV + kk, g)
-    pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit
@@ -282,9 +278,4 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gto
                  mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
-    kk = tl.arange(0, KP)
-    dd_ = tl.arange(0, D)
-    pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd_[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd_[None, :], -0.5 * pb)
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

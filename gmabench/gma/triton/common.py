@@ -228,6 +228,18 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
 
 
 @triton.jit
+def _add_param_sums(pg_ptr, h, pa, pb, pc, KP: tl.constexpr, D: tl.constexpr):
+    """Add a program's partial sums dl^T x, dl^T x^2 and dl into its head's (a, b, c) gradients:
+    da = sum dl^T x, db = -1/2 sum dl^T x^2, dc = sum dl (float32 atomics)."""
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + dd[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+
+
+@triton.jit
 def _to_out(x, ptr):
     """Cast float32 x to ptr's element type, rounding to nearest even. Triton's interpreter
     truncates float32 -> bfloat16, which would double the output's rounding error in CPU tests,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+from .common import (_add_param_sums, _split, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
                      _segment, _to_out)
 
 
@@ -83,8 +83,7 @@ def _bidir_out_kernel(q_ptr, w_ptr, c_ptr, st_ptr, o_ptr, N, H, eps, bps,
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     M = tl.load(sbase + kk[:, None] * DV + ee[None, :])
     s = tl.load(sbase + KP * DV + kk)
-    Mh = _hi(M, PREC)
-    Ml = _lo(M, Mh, PREC)
+    Mh, Ml = _split(M, PREC)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
     obase = o_ptr + (b.to(tl.int64) * N * H + h) * DV
@@ -128,8 +127,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     Mt = tl.trans(tl.load(sbase + kk[:, None] * DV + ee[None, :]))
     s = tl.load(sbase + KP * DV + kk)
-    Mth = _hi(Mt, PREC)
-    Mtl = _lo(Mt, Mth, PREC)
+    Mth, Mtl = _split(Mt, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
     pa = tl.zeros((KP, D), dtype=tl.float32)
@@ -192,11 +190,9 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_pt
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
     g = tl.load(gbase + KP * DV + kk)
-    Gh = _hi(G, PREC)
-    Gl = _lo(G, Gh, PREC)
+    Gh, Gl = _split(G, PREC)
     Gt = tl.trans(G)
-    Gth = _hi(Gt, PREC)
-    Gtl = _lo(Gt, Gth, PREC)
+    Gth, Gtl = _split(Gt, PREC)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
     pc = tl.zeros((KP,), dtype=tl.float32)

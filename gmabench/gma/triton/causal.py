@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
+from .common import (_add_param_sums, _split, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
                      _segment, _to_out)
 
 
@@ -67,17 +67,14 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, c_ptr, tot_ptr, o_ptr,
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh = _hi(rq, PREC)
-        rql = _lo(rq, rqh, PREC)
+        rqh, rql = _split(rq, PREC)
         rkt = tl.trans(rk)
-        rkth = _hi(rkt, PREC)
-        rktl = _lo(rkt, rkth, PREC)
+        rkth, rktl = _split(rkt, PREC)
         A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                 False, INTERP)
         A = tl.where(tri, A, 0.0)
         Ah = _hi(A, PREC)
-        vh = _hi(v, PREC)
-        vl = _lo(v, vh, PREC)
+        vh, vl = _split(v, PREC)
         n = _mm(Ah, _lo(A, Ah, PREC), vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
                 False, X_EXACT, INTERP)
         Sh = _hi(S, PREC)
@@ -136,19 +133,15 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh = _hi(rq, PREC)
-        rql = _lo(rq, rqh, PREC)
+        rqh, rql = _split(rq, PREC)
         rkt = tl.trans(rk)
-        rkth = _hi(rkt, PREC)
-        rktl = _lo(rkt, rkth, PREC)
+        rkth, rktl = _split(rkt, PREC)
         A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                 False, INTERP)
         A = tl.where(tri, A, 0.0)
-        doh = _hi(do, PREC)
-        dol = _lo(do, doh, PREC)
+        doh, dol = _split(do, PREC)
         vt = tl.trans(v)
-        vth = _hi(vt, PREC)
-        vtl = _lo(vt, vth, PREC)
+        vth, vtl = _split(vt, PREC)
         W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
                 X_EXACT, INTERP)
         St = tl.trans(S)
@@ -237,26 +230,21 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gto
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]
-        rkh = _hi(rk, PREC)
-        rkl = _lo(rk, rkh, PREC)
+        rkh, rkl = _split(rk, PREC)
         rqt = tl.trans(rq)
-        rqth = _hi(rqt, PREC)
-        rqtl = _lo(rqt, rqth, PREC)
+        rqth, rqtl = _split(rqt, PREC)
         At = _mm(rkh, rkl, rqth, rqtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                  False, INTERP)
         At = tl.where(triT, At, 0.0)
-        vh = _hi(v, PREC)
-        vl = _lo(v, vh, PREC)
+        vh, vl = _split(v, PREC)
         dot_ = tl.trans(do)
         doth = _hi(dot_, PREC)
         Wt = _mm(vh, vl, doth, _lo(dot_, doth, PREC), tl.zeros((BLOCK, BLOCK), dtype=tl.float32),
                  PREC, X_EXACT, X_EXACT, INTERP)
         dAt = tl.where(triT, Wt / d[None, :] + ddv[None, :], 0.0)
         dn = do.to(tl.float32) / d[:, None]
-        dnh = _hi(dn, PREC)
-        dnl = _lo(dn, dnh, PREC)
-        rqh = _hi(rq, PREC)
-        rql = _lo(rq, rqh, PREC)
+        dnh, dnl = _split(dn, PREC)
+        rqh, rql = _split(rq, PREC)
         Gt = tl.trans(G)
         Gth = _hi(Gt, PREC)
         dR = _mm(vh, vl, Gth, _lo(Gt, Gth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,

@@ -79,6 +79,13 @@ def _lo(x, hi, PREC: tl.constexpr):
 
 
 @triton.jit
+def _split(x, PREC: tl.constexpr):
+    """x as the (hi, lo) operand pair that _mm takes (lo matters only in split precision)."""
+    hi = _hi(x, PREC)
+    return hi, _lo(x, hi, PREC)
+
+
+@triton.jit
 def _mm(ah, al, bh, bl, acc, PREC: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr,
         INTERP: tl.constexpr):
     """acc + a @ b from split operands (see the module docstring for PREC)."""

@@ -86,8 +86,11 @@ def run(
     cells = plan_sweep(resolved)
     run_dir = out or Path("results") / f"{date.today().isoformat()}-{_device_slug(device_kind)}-{resolved.name}"
 
-    from gmabench.results.store import load_records
-    existing = load_records(run_dir) if run_dir.exists() else []
+    from gmabench.results.store import CorruptResultsError, load_records
+    try:
+        existing = load_records(run_dir) if run_dir.exists() else []
+    except CorruptResultsError as exc:
+        fail(f"--out: {exc}; nothing was run or changed")
     if existing and not resume:
         fail(f"--out: {run_dir} already holds {len(existing)} records; pass --resume to continue that run "
              "or choose another --out (nothing was overwritten)")

@@ -148,3 +148,13 @@ def test_run_without_a_suite_picks_smoke_on_a_cpu_machine(tmp_path):
     recs = load_records(out)
     assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}
     assert (out / "report.html").exists()
+
+
+def test_resume_into_a_corrupt_results_file_exits_2_naming_the_line(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    content = '{"mixer": "gma"}\nnot json at all\n{"mixer": "sdpa"}\n'
+    (out / "results.jsonl").write_text(content)
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--resume"])
+    assert result.exit_code == 2 and "line 2" in result.output
+    assert (out / "results.jsonl").read_text() == content

@@ -74,3 +74,10 @@ def test_time_budget_leaves_cells_for_resume(tmp_path):
     assert "cells left for --resume" in (tmp_path / "run.log").read_text()
     _, seen, summary = _run(tmp_path, ["gma", "softmax-naive"], resume=True)
     assert summary.left_for_resume == 0 and len(load_records(tmp_path)) == len(cells)
+
+
+def test_two_workers_share_the_cells(tmp_path):
+    cells, seen, summary = _run(tmp_path, ["gma", "softmax-naive", "linear-attention", "gma-chunked"], n_workers=2)
+    recs = load_records(tmp_path)
+    assert len(recs) == len(cells) and {r["status"] for r in recs} == {"ok"}
+    assert len({r["worker_pid"] for r in recs}) == 2

@@ -1,0 +1,45 @@
+"""One cell measured in-process: core and layer scopes, failures classified as data."""
+
+import pytest
+import torch
+
+from gmabench.sweep.cell import classify_failure, run_cell
+from gmabench.sweep.plan import Cell
+from gmabench.sweep.suite import Timing
+
+FAST = Timing(warmup_ms=0.5, rep_ms=1, min_reps=3, max_ms=10, accuracy_tokens=16)
+
+
+def _cell(**kw):
+    base = dict(mixer="gma", causal=True, mode="fwd_bwd", scope="core", B=1, N=48, H=2, D=16, Dv=16, K=4,
+                dtype="float32", device="cpu", timing=FAST)
+    return Cell(**{**base, **kw})
+
+
+@pytest.mark.parametrize("scope", ["core", "layer"])
+@pytest.mark.parametrize("mixer", ["gma", "mamba2", "sdpa"])
+def test_scopes_measure_time_memory_and_accuracy(scope, mixer):
+    rec = run_cell(_cell(mixer=mixer, scope=scope), torch.device("cpu"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["median_ms"] > 0 and len(rec["samples_ms"]) >= 3
+    assert rec["fwd_peak_bytes"] > 0 and rec["bwd_peak_bytes"] > 0 and rec["saved_bytes"] > 0
+    assert rec["rel_error"] < 1e-4 and rec["rel_error_tokens"] == 16
+    assert rec["flops"] > 0 and rec["min_bytes"] > 0
+
+
+def test_layer_saves_more_than_the_core_it_wraps():
+    core = run_cell(_cell(), torch.device("cpu"))
+    layer = run_cell(_cell(scope="layer"), torch.device("cpu"))
+    assert layer["saved_bytes"] > core["saved_bytes"]  # projections keep their inputs too
+
+
+def test_unsupported_mode_or_shape_is_a_skip_with_its_reason():
+    rec = run_cell(_cell(mixer="mamba2", causal=False), torch.device("cpu"))
+    assert rec["status"] == "skipped" and "no bidirectional form" in rec["reason"]
+
+
+def test_failures_are_classified():
+    assert classify_failure(torch.cuda.OutOfMemoryError("CUDA out of memory")) == "oom"
+    assert classify_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried")) == "oom"
+    assert classify_failure(RuntimeError("CUDA error: an illegal memory access was encountered")) == "cuda_error"
+    assert classify_failure(ValueError("bad shape")) == "error"

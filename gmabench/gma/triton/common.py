@@ -102,11 +102,9 @@ def _mm(ah, al, bh, bl, acc, PREC: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT:
 
 
 @triton.jit
-def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr):
-    """a = mu/sigma^2/tau, b = 1/sigma^2/tau (KP, D) and c (KP) for head h, float32.
-
-    Padded components (k >= K) get a = b = 0 and c = NEG_BIG, so their responsibility is 0.
-    """
+def _load_mixture(mu_ptr, ls_ptr, mix_ptr, h, K, KP: tl.constexpr, D: tl.constexpr):
+    """Head h's mu, log_sigma (KP, D) and mix_logits (KP) in float32; padded rows k >= K read
+    as mu = log_sigma = 0 and mix_logits = NEG_BIG. Also returns the row mask and offsets."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     kmask = kk < K
@@ -114,6 +112,16 @@ def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: t
     mu = tl.load(mu_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
     ls = tl.load(ls_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
     mix = tl.load(mix_ptr + h * K + kk, mask=kmask, other=NEG_BIG).to(tl.float32)
+    return mu, ls, mix, kmask, offs
+
+
+@triton.jit
+def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr):
+    """a = mu/sigma^2/tau, b = 1/sigma^2/tau (KP, D) and c (KP) for head h, float32.
+
+    Padded components (k >= K) get a = b = 0 and c = NEG_BIG, so their responsibility is 0.
+    """
+    mu, ls, mix, kmask, offs = _load_mixture(mu_ptr, ls_ptr, mix_ptr, h, K, KP, D)
     e = tl.where(kmask[:, None], tl.exp(-2.0 * ls), 0.0)
     a = mu * e * inv_tau
     b = e * inv_tau
@@ -285,11 +293,7 @@ def _param_grad_kernel(mu_ptr, ls_ptr, mix_ptr, pg_ptr, dmu_ptr, dls_ptr, dmix_p
     h = tl.program_id(0)
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
-    kmask = kk < K
-    offs = h * K * D + kk[:, None] * D + dd[None, :]
-    mu = tl.load(mu_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
-    ls = tl.load(ls_ptr + offs, mask=kmask[:, None], other=0.0).to(tl.float32)
-    mix = tl.load(mix_ptr + h * K + kk, mask=kmask, other=NEG_BIG).to(tl.float32)
+    mu, ls, mix, kmask, offs = _load_mixture(mu_ptr, ls_ptr, mix_ptr, h, K, KP, D)
     base = pg_ptr + h * KP * (2 * D + 1)
     poffs = kk[:, None] * D + dd[None, :]
     pa = tl.load(base + poffs)

@@ -235,6 +235,9 @@ class Runner:
         if w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive():
             w.proc.join(5)
             why = _signal_name(w.proc.exitcode)
+            if w.proc.exitcode == -signal.SIGKILL:
+                # Nobody here sent it: on Linux that is almost always the kernel's OOM killer.
+                why += " (not by gmabench: on Linux usually the kernel's out-of-memory killer)"
             self.log(f"worker pid={w.proc.pid} died during {w.cell.label()}: {why}")
             return {"status": "crashed", "reason": f"worker process {why}", "_dead": True}
         if time.monotonic() >= w.deadline:

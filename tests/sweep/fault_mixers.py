@@ -46,3 +46,12 @@ class HugeAlloc(_Fault):
 
     def fail(self):
         torch.empty(1 << 62, dtype=torch.uint8)  # far beyond any machine: allocator refuses
+
+
+class SigKill(_Fault):
+    name = "test-sigkill"
+
+    def fail(self):
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does

@@ -11,7 +11,8 @@ from gmabench.sweep.suite import parse_suite
 
 HERE = Path(__file__).parent
 FAULTS = ",".join(f"test-{n}=fault_mixers:{c}" for n, c in
-                  [("segfault", "Segfault"), ("hang", "Hang"), ("raise", "Raise"), ("oom", "HugeAlloc")])
+                  [("segfault", "Segfault"), ("hang", "Hang"), ("raise", "Raise"), ("oom", "HugeAlloc"),
+                   ("sigkill", "SigKill")])
 
 TIMING = {"warmup_ms": 1, "rep_ms": 2, "min_reps": 3, "max_ms": 20, "timeout_s": 8, "accuracy_tokens": 32}
 
@@ -35,7 +36,7 @@ def _run(tmp_path, mixers, **kw):
 @pytest.mark.slow
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fault_env):
     mixers = ["gma", "test-segfault", "softmax-naive", "test-hang", "linear-attention", "test-raise",
-              "test-oom", "gma-chunked"]
+              "test-oom", "test-sigkill", "gma-chunked"]
     cells, seen, summary = _run(tmp_path, mixers)
     recs = load_records(tmp_path)
     assert recs == seen and len(recs) == len(cells) == len(mixers)
@@ -47,6 +48,8 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fault_env):
     assert by_mixer["test-raise"]["status"] == "error"
     assert "ValueError: deliberate failure" in by_mixer["test-raise"]["reason"]
     assert by_mixer["test-oom"]["status"] == "oom"
+    assert by_mixer["test-sigkill"]["status"] == "crashed"
+    assert "SIGKILL" in by_mixer["test-sigkill"]["reason"] and "out-of-memory killer" in by_mixer["test-sigkill"]["reason"]
     for name in ("gma", "softmax-naive", "linear-attention", "gma-chunked"):
         assert by_mixer[name]["status"] == "ok", by_mixer[name]
         assert by_mixer[name]["median_ms"] > 0 and len(by_mixer[name]["samples_ms"]) >= 3

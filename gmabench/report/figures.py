@@ -157,7 +157,9 @@ def _add_guides(fig: go.Figure, g: pd.DataFrame, x: str, y: str, scale: float,
 
 
 def _add_failures(fig: go.Figure, g: pd.DataFrame, x: str, colors: dict, top: float) -> None:
-    bad = g[g["status"] != "ok"].sort_values(["series", x])
+    """Failed cells (oom, timeout, crash...) as markers at the top, so they stay visible. Skipped
+    cells (a form the mixer does not have, a package missing) are listed in the tables instead."""
+    bad = g[~g["status"].isin(["ok", "skipped"])].sort_values(["series", x])
     if bad.empty:
         return
     hover = [html.escape(f"{r.series} {x}={getattr(r, x)}: {r.status} {r.reason}".strip())
@@ -165,7 +167,7 @@ def _add_failures(fig: go.Figure, g: pd.DataFrame, x: str, colors: dict, top: fl
     fig.add_trace(go.Scatter(
         x=bad[x].astype("float64"), y=[top] * len(bad), mode="markers+text",
         text=[html.escape(s) for s in bad["status"]], textposition="bottom center",
-        hovertext=hover, hoverinfo="text", name="not ok (status shown at top)",
+        hovertext=hover, hoverinfo="text", name="failed (status shown at top)",
         marker=dict(symbol="x", size=11, color=[colors.get(s, "black") for s in bad["series"]])))
 
 

@@ -117,13 +117,17 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
         call, forward, backward, wrt, rec["backend"] = _build_calls(mixer, cell, shape, dtype, device, seed)
 
         # Memory, phase by phase, before timing (so timing's allocations don't pollute it).
+        # Each phase's result is dropped before the next phase, so no graph or gradient from
+        # one measurement is still alive (and occupying memory) during the next.
         if forward is not None:
             out, fwd = measure_peak(forward, device)
-            _, bwd = measure_peak(lambda: backward(out), device)
-            del out
+            grads, bwd = measure_peak(lambda: backward(out), device)
+            del out, grads
             rec["fwd_peak_bytes"], rec["bwd_peak_bytes"] = fwd.peak_bytes, bwd.peak_bytes
-            _, rec["saved_bytes"] = saved_tensor_bytes(forward, exclude=wrt)
-        _, total = measure_peak(call, device)
+            out, rec["saved_bytes"] = saved_tensor_bytes(forward, exclude=wrt)
+            del out
+        result, total = measure_peak(call, device)
+        del result
         rec["peak_bytes"], rec["memory_method"] = total.peak_bytes, total.method
         if forward is None:
             rec["fwd_peak_bytes"] = total.peak_bytes

@@ -84,3 +84,10 @@ def test_two_workers_share_the_cells(tmp_path):
     recs = load_records(tmp_path)
     assert len(recs) == len(cells) and {r["status"] for r in recs} == {"ok"}
     assert len({r["worker_pid"] for r in recs}) == 2
+
+
+def test_worker_module_imports_no_torch_before_choosing_its_gpu():
+    import subprocess
+    import sys
+    code = "import sys, gmabench.sweep.worker; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

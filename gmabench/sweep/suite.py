@@ -9,6 +9,7 @@ the value, so the CLI can exit with code 2 before any worker starts.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+# The repository's suites/ (an editable install, or running from a checkout).
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -86,7 +88,15 @@ class Suite:
 
 
 def available_suites() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(SUITES_DIR.glob("*.toml"))}
+    """Named suites: GMABENCH_SUITES (a folder), then ./suites, then the checkout's suites/.
+    A name found earlier wins, so a project can shadow a shipped suite."""
+    found: dict[str, Path] = {}
+    dirs = [os.environ.get("GMABENCH_SUITES", ""), "suites", str(SUITES_DIR)]
+    for folder in dirs:
+        if folder and Path(folder).is_dir():
+            for p in sorted(Path(folder).glob("*.toml")):
+                found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
 
 
 def _check_list(where: str, key: str, value: Any) -> list:

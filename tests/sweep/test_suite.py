@@ -93,3 +93,12 @@ def test_missing_required_key():
     data = {k: v for k, v in BASE.items() if k != "seq_lens"}
     with pytest.raises(SuiteError, match="missing 'seq_lens'"):
         parse_suite(data)
+
+
+def test_suites_folder_from_the_environment_shadows_shipped_ones(tmp_path, monkeypatch):
+    (tmp_path / "smoke.toml").write_text('mixers = ["gma"]\nseq_lens = [8, 16, 32]\ndevice = "cpu"\n')
+    (tmp_path / "mine.toml").write_text('mixers = ["sdpa"]\nseq_lens = [64]\n')
+    monkeypatch.setenv("GMABENCH_SUITES", str(tmp_path))
+    assert available_suites()["mine"] == tmp_path / "mine.toml"
+    assert load_suite("smoke").sweeps[0].seq_lens == [8, 16, 32]
+    assert "paper" in available_suites()

@@ -20,6 +20,7 @@ start=$(date +%s)
 
 [[ -d .whl ]] && { source scripts/gpu_env.sh || echo "gpu_env: some wheels did not install"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+COLUMNS=200 python3 -m gmabench mixers 2>&1 | tee "$OUT/mixers.txt"   # which competitors run here
 if [[ "${GMABENCH_KERNEL_CHECK:-1}" == 1 ]]; then
     python3 scripts/gpu_kernels.py --out "$OUT" --sections check --budget 120 2>&1 | tail -40 | tee "$OUT/kernels.log"
 fi

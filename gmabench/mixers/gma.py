@@ -28,11 +28,15 @@ class GMAMixer(Mixer):
     uses_components = True
     eps: float = 1e-6
 
-    def __init__(self, impl: str = "auto") -> None:
+    def __init__(self, impl: str = "auto", precision: str | None = None) -> None:
         self.requested_impl = impl
         self.impl = impl     # "auto" becomes the implementation that ran after the first forward
         self.name = "gma" if impl == "auto" else f"gma-{impl}"
         self.cuda_only = impl == "triton"
+        # The fused kernels' product precision ("split", "fast", "ieee"); None: their default.
+        if precision is not None and impl != "triton":
+            raise ValueError(f"precision applies to impl='triton' only, not {impl!r}")
+        self.precision = precision
 
     def make_params(self, shape: Shape, device: torch.device,
                     generator: torch.Generator | None = None) -> Inputs:
@@ -63,10 +67,14 @@ class GMAMixer(Mixer):
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_attention
+        args = [inputs[name] for name in ("q", "k", "v", "mu", "log_sigma", "mix_logits")]
+        if self.precision is not None:
+            from gmabench.gma.triton import gma_triton
+            self.impl = f"triton-{self.precision}"
+            return gma_triton(*args, causal=causal, eps=self.eps, precision=self.precision)
         # Resolve once here and pass the concrete name on, so gma_attention does not resolve again.
         self.impl = self.backend(inputs, causal)
-        return gma_attention(*(inputs[name] for name in ("q", "k", "v", "mu", "log_sigma", "mix_logits")),
-                             causal=causal, eps=self.eps, impl=self.impl)
+        return gma_attention(*args, causal=causal, eps=self.eps, impl=self.impl)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_spec_float64

@@ -47,6 +47,9 @@ MIXERS: tuple[MixerEntry, ...] = (
                "GMA, chunked PyTorch (causal state passing, linear memory)"),
     MixerEntry("gma-triton", "gma", _GMA, {"impl": "triton"},
                "GMA, fused Triton kernels", requires=("triton",), cuda_only=True),
+    MixerEntry("gma-triton-fast", "gma", _GMA, {"impl": "triton", "precision": "fast"},
+               "GMA, fused Triton kernels with single bf16/fp16 products (faster; its rel_error "
+               "shows the accuracy given up)", requires=("triton",), cuda_only=True),
     MixerEntry("gma-fla", "gma", "gmabench.mixers.fla:GMAFLA", {},
                "GMA responsibilities fed to fla chunk_linear_attn(normalize=True), causal",
                requires=("fla", "triton"), cuda_only=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gmabench.mixers.base import Shape
 from gmabench.mixers.registry import MIXERS, load_mixer
 
 from .helpers import cpu_mixer_names, fresh_inputs, grads_of, rel_err, small_shape
@@ -136,3 +137,23 @@ def test_mamba2_refuses_bidirectional_with_a_reason():
 def test_mode_reasons_are_empty_by_default_and_off_cuda():
     for name in ("gma", "sdpa", "fla-simple-gla"):
         assert load_mixer(name).mode_not_supported_reasons("fwd_bwd", CPU) == []
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gma_triton_fast_computes_gma(causal):
+    """The single-product variant runs the same function (under the CPU interpreter here)."""
+    from gmabench.mixers.registry import load_mixer
+    mixer = load_mixer("gma-triton-fast")
+    shape = Shape(B=1, N=37, H=2, D=16, K=8, causal=causal)
+    inputs = mixer.make_inputs(shape, torch.bfloat16, torch.device("cpu"), torch.Generator().manual_seed(5))
+    out = mixer.forward(inputs, causal)
+    ref = mixer.reference(inputs, causal)
+    assert mixer.impl == "triton-fast" and out.dtype == torch.bfloat16
+    err = (torch.linalg.vector_norm(out.double() - ref) / torch.linalg.vector_norm(ref)).item()
+    assert err < 2e-2
+
+
+def test_precision_is_only_for_the_fused_kernels():
+    from gmabench.mixers.gma import GMAMixer
+    with pytest.raises(ValueError, match="impl='triton' only"):
+        GMAMixer(impl="chunked", precision="fast")

@@ -6,6 +6,7 @@
 #   bash scripts/gpu_session.sh MINUTES SUITE[:EXTRA-ARGS] ...
 #   e.g. bash scripts/gpu_session.sh 7 paper "oom-isolation" "oom-isolation:--mixers gma-reference,sdpa-flash"
 #
+# GMABENCH_KERNEL_CHECK=0 skips the kernel check (later calls of one lease).
 # Runs go to results/gpu/<name>/ (name = suite, plus "-control" when extra arguments are given) and
 # continue with --resume when that folder came along, so a sweep larger than one call's limit is
 # finished over several calls: unpack runs.tar.gz into the repo between calls. MINUTES is shared

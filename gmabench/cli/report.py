@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,8 +18,9 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def render_report(run_dir: Path) -> Path:
+def render_report(run_dir: Path, baseline: str | None = None) -> Path:
     from gmabench.report import failures_table, summary_table, write_report
+    from gmabench.report.table import speedup_summary
     from gmabench.results.store import CorruptResultsError, load_records
 
     try:
@@ -30,16 +31,26 @@ def render_report(run_dir: Path) -> Path:
         fail(f"DIR: {run_dir} holds no run (no records in {run_dir / 'results.jsonl'})")
     env = _read_json(run_dir / "environment.json")
     suite = _read_json(run_dir / "suite.json")
+    if baseline is not None:
+        if baseline not in {r.get("mixer") for r in records}:
+            fail(f"--baseline: {baseline!r} is not a mixer of this run "
+                 f"(it has: {', '.join(sorted({str(r.get('mixer')) for r in records}))})")
+        suite = {**suite, "baseline": baseline}
     path = write_report(run_dir, records, env, suite)
     console.print(summary_table(records))
+    if suite.get("baseline") in {r.get("mixer") for r in records}:
+        console.print(speedup_summary(records, suite["baseline"]))
     if any(r.get("status") != "ok" for r in records):
         console.print(failures_table(records))
     console.print(f"report: {path}")
     return path
 
 
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding results.jsonl).")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holding results.jsonl).")],
+    baseline: Annotated[Optional[str], typer.Option(help="Mixer to state speed-ups against (default: the suite's baseline).")] = None,
+) -> None:
     """Write DIR/report.html (offline plotly figures, fitted log-log slopes) and print a summary."""
     if not run_dir.is_dir():
         fail(f"DIR: {run_dir} is not a directory")
-    render_report(run_dir)
+    render_report(run_dir, baseline)

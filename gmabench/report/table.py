@@ -83,3 +83,21 @@ def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
         # Text from records goes through escape: "[rank 0] ..." is not rich markup.
         table.add_row(escape(str(mixer)), shown, str(len(g)), n_text, escape(str(reason)))
     return table
+
+
+def speedup_summary(records: Iterable[dict[str, Any]] | pd.DataFrame, baseline: str) -> Table:
+    """Per series, how many times faster than `baseline` it ran (above 1 is faster) at the
+    smallest and the largest N both measured, as hyperfine states it."""
+    from gmabench.report.analysis import speedup_table
+
+    sp = speedup_table(_frame(records), baseline)
+    table = Table(title=f"Speed-up against {escape(baseline)} (baseline time / time; >1 is faster)")
+    table.add_column("series", overflow="fold", min_width=24)
+    for c in ["N", "at smallest N", "at largest N"]:
+        table.add_column(c, justify="right", no_wrap=True)
+    for series, g in sp.groupby("series", sort=True):
+        g = g.sort_values("N")
+        first, last = g.iloc[0], g.iloc[-1]
+        table.add_row(escape(str(series)), f"{first['N']}–{last['N']}",
+                      f"{first['speedup']:.3g}x", f"{last['speedup']:.3g}x")
+    return table

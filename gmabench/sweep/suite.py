@@ -35,7 +35,7 @@ GRID_KEYS = {
 }
 POSITIVE_KEYS = ("seq_lens", "components", "heads", "head_dims", "batch")
 SWEEP_ONLY_KEYS = {"max_seq_len"}  # per-mixer caps: {"softmax-naive" = 16384}
-TOP_KEYS = {"name", "description", "device", "timing", "sweep"}
+TOP_KEYS = {"name", "description", "device", "timing", "sweep", "baseline"}
 TIMING_KEYS = {
     "warmup_ms": float, "rep_ms": float, "min_reps": int, "max_reps": int,
     "max_ms": float, "noise_threshold": float, "timeout_s": float,
@@ -81,6 +81,7 @@ class Suite:
     device: str
     timing: Timing
     sweeps: list[Sweep]
+    baseline: str | None = None   # the mixer the report measures speed-ups against
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -179,7 +180,13 @@ def parse_suite(data: dict[str, Any], name: str = "suite", overrides: dict[str, 
             raise SuiteError(f"sweep[{i}]: expected a table, got {table!r}")
         merged = {**defaults, **table, **overrides}
         sweeps.append(_parse_sweep(f"sweep[{i}]" if "sweep" in data else "suite", merged))
+    baseline = data.get("baseline")
+    if baseline is not None:
+        from gmabench.mixers.registry import mixer_names
+        if baseline not in mixer_names():
+            raise SuiteError(f"baseline: unknown mixer {baseline!r} (known: {', '.join(mixer_names())})")
     return Suite(
+        baseline=baseline,
         name=str(data.get("name", name)),
         description=str(data.get("description", "")),
         device=device,

@@ -158,3 +158,23 @@ def test_resume_into_a_corrupt_results_file_exits_2_naming_the_line(tmp_path):
     result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--resume"])
     assert result.exit_code == 2 and "line 2" in result.output
     assert (out / "results.jsonl").read_text() == content
+
+
+def test_report_states_speedups_against_a_baseline(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--mixers", "gma,sdpa", "--seq-lens", "32,64,128",
+                                 "--components", "4", "--modes", "fwd", "--out", str(out), "--no-report"])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(app, ["report", str(out), "--baseline", "mamba2"])
+    assert bad.exit_code == 2 and "not a mixer of this run" in bad.output
+    good = runner.invoke(app, ["report", str(out), "--baseline", "sdpa"])
+    assert good.exit_code == 0, good.output
+    html = (out / "report.html").read_text()
+    assert "Speed against sdpa" in html and html.count("gma bidir fwd fp32 cpu") >= 1
+
+
+def test_suite_baseline_must_be_a_known_mixer(tmp_path):
+    bad = tmp_path / "b.toml"
+    bad.write_text('mixers = ["gma"]\nseq_lens = [64]\nbaseline = "nope"\n')
+    result = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "baseline: unknown mixer 'nope'" in result.output

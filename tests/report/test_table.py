@@ -62,3 +62,12 @@ def test_failures_table_groups_cells_by_reason(make_record):
 def test_tables_accept_no_records():
     assert "Cells not ok (0)" in _text(failures_table([]))
     assert "Scaling summary" in _text(summary_table([]))
+
+
+def test_speedup_summary_states_times_faster_at_both_ends(make_record):
+    recs = [make_record("fast", n, median_ms=1e-3 * n) for n in (256, 1024)]
+    recs += [make_record("base", n, median_ms=4e-3 * n * (n / 256)) for n in (256, 1024)]
+    from gmabench.report.table import speedup_summary
+    text = _text(speedup_summary(recs, "base"))
+    row = _row(text, "fast")
+    assert row[1:] == ["256–1024", "4x", "16x"]

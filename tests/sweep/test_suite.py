@@ -9,7 +9,7 @@ BASE = {"mixers": ["gma", "softmax-naive"], "seq_lens": [32, 64], "components": 
         "head_dims": [16], "dtypes": ["float32"], "device": "cpu"}
 
 
-@pytest.mark.parametrize("name", ["smoke", "seqlen", "components", "heads", "dtype", "paper", "kernels",
+@pytest.mark.parametrize("name", ["smoke", "seqlen", "components", "heads", "dtype", "paper", "kernels", "layer",
                                   "oom-isolation", "gpu-quick"])
 def test_named_suites_load_and_plan(name):
     suite = load_suite(name, {"device": "cpu"})

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -25,13 +26,7 @@ class Timings:
     extra: dict = field(default_factory=dict)
 
     def quantile(self, q: float) -> float:
-        s = sorted(self.samples_ms)
-        if len(s) == 1:
-            return s[0]
-        pos = q * (len(s) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+        return float(np.quantile(self.samples_ms, q))  # linear interpolation between samples
 
     @property
     def median_ms(self) -> float:

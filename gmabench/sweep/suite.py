@@ -117,7 +117,10 @@ def _check_list(where: str, key: str, value: Any) -> list:
                 raise SuiteError(f"{where}.{key}: unknown value {item!r} (known: {', '.join(allowed)})")
     if key == "mixers":
         from gmabench.mixers.registry import mixer_names
-        known = mixer_names()
+        try:
+            known = mixer_names()
+        except ValueError as exc:  # a malformed GMABENCH_MIXERS is bad input too
+            raise SuiteError(str(exc)) from None
         for item in value:
             if item not in known:
                 raise SuiteError(f"{where}.mixers: unknown mixer {item!r} (known: {', '.join(known)})")

@@ -102,3 +102,9 @@ def test_suites_folder_from_the_environment_shadows_shipped_ones(tmp_path, monke
     assert available_suites()["mine"] == tmp_path / "mine.toml"
     assert load_suite("smoke").sweeps[0].seq_lens == [8, 16, 32]
     assert "paper" in available_suites()
+
+
+def test_malformed_plugin_variable_is_a_suite_error(monkeypatch):
+    monkeypatch.setenv("GMABENCH_MIXERS", "broken-entry")
+    with pytest.raises(SuiteError, match="GMABENCH_MIXERS: expected 'name=module:Class'"):
+        parse_suite(BASE)

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import torch
 
 from gmabench.mixers.base import Mixer, Shape
-from gmabench.mixers.softmax import softmax_attention, softmax_flops
+from gmabench.mixers.softmax import softmax_flops, softmax_reference
 
 __all__ = ["FA2", "FA3", "FA4", "GENERATIONS", "FlashAttn", "available_generation"]
 
@@ -168,8 +168,7 @@ class FlashAttn(Mixer):
         return out
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
-        up = {name: inputs[name].detach().double() for name in ("q", "k", "v")}
-        return softmax_attention(up["q"], up["k"], up["v"], causal)
+        return softmax_reference(inputs, causal)
 
     def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
         """The generation and version that runs (after a forward) or would run (before one)."""

@@ -37,6 +37,7 @@ class GMAMixer(Mixer):
         if precision is not None and impl != "triton":
             raise ValueError(f"precision applies to impl='triton' only, not {impl!r}")
         self.precision = precision
+        self._resolved: dict[tuple[str, bool], str] = {}   # (device type, causal) -> impl
 
     def make_params(self, shape: Shape, device: torch.device,
                     generator: torch.Generator | None = None) -> Inputs:
@@ -62,8 +63,13 @@ class GMAMixer(Mixer):
         return reasons
 
     def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
-        from gmabench.gma import resolve_impl
-        return resolve_impl(self.requested_impl, inputs["q"].device, causal)
+        # Resolved once per device type and causality: forward runs in timed loops, and "auto"
+        # would otherwise try the Triton import on every call.
+        key = (inputs["q"].device.type, bool(causal))
+        if key not in self._resolved:
+            from gmabench.gma import resolve_impl
+            self._resolved[key] = resolve_impl(self.requested_impl, inputs["q"].device, causal)
+        return self._resolved[key]
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_attention
@@ -72,7 +78,7 @@ class GMAMixer(Mixer):
             from gmabench.gma.triton import gma_triton
             self.impl = f"triton-{self.precision}"
             return gma_triton(*args, causal=causal, eps=self.eps, precision=self.precision)
-        # Resolve once here and pass the concrete name on, so gma_attention does not resolve again.
+        # Pass the concrete name on, so gma_attention does not resolve "auto" again.
         self.impl = self.backend(inputs, causal)
         return gma_attention(*args, causal=causal, eps=self.eps, impl=self.impl)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gmabench.mixers.base import Mixer, Shape
-from gmabench.mixers.softmax import softmax_attention, softmax_flops
+from gmabench.mixers.softmax import softmax_flops, softmax_reference
 
 __all__ = ["BACKENDS", "SDPA", "only_backend"]
 
@@ -158,8 +158,7 @@ class SDPA(Mixer):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
-        up = {name: inputs[name].detach().double() for name in ("q", "k", "v")}
-        return softmax_attention(up["q"], up["k"], up["v"], causal)
+        return softmax_reference(inputs, causal)
 
     def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
         """The backend that runs for these inputs (a forced one is the only one enabled)."""

@@ -12,7 +12,7 @@ import torch
 
 from gmabench.mixers.base import Mixer, Shape
 
-__all__ = ["SoftmaxNaive", "softmax_attention", "softmax_flops"]
+__all__ = ["SoftmaxNaive", "softmax_attention", "softmax_flops", "softmax_reference"]
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -29,6 +29,12 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
         scores = scores.masked_fill(future, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
     return (probs.to(v.dtype) @ vh).transpose(1, 2)
+
+
+def softmax_reference(inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
+    """Exact float64 softmax attention of q, k, v: the reference of every softmax mixer."""
+    q, k, v = (inputs[name].detach().double() for name in ("q", "k", "v"))
+    return softmax_attention(q, k, v, causal)
 
 
 def softmax_flops(shape: Shape) -> float:

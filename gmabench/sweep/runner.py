@@ -19,7 +19,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable
 
-from gmabench.results.schema import Record, cell_key
+from gmabench.results.schema import KEY_FIELDS, Record, cell_key
 from gmabench.results.store import ResultStore
 from gmabench.sweep.plan import Cell
 
@@ -126,8 +126,7 @@ class Runner:
 
     # ---- records -------------------------------------------------------------------------
     def _record(self, cell: Cell, fields: dict[str, Any]) -> dict[str, Any]:
-        base = {k: getattr(cell, k) for k in ("mixer", "causal", "mode", "scope", "B", "N", "H", "D",
-                                               "Dv", "K", "dtype", "device", "k_applies")}
+        base = {k: getattr(cell, k) for k in (*KEY_FIELDS, "k_applies")}
         rec = Record(**base, status="error", suite=self.suite_name,
                      gmabench_version=self.host_env.get("gmabench_version", ""),
                      git_commit=self.host_env.get("git_commit", ""), timestamp=_now(),

@@ -157,3 +157,17 @@ def test_precision_is_only_for_the_fused_kernels():
     from gmabench.mixers.gma import GMAMixer
     with pytest.raises(ValueError, match="impl='triton' only"):
         GMAMixer(impl="chunked", precision="fast")
+
+
+def test_gma_resolves_its_implementation_once_not_per_timed_call(monkeypatch):
+    import gmabench.gma
+    calls = []
+    real = gmabench.gma.resolve_impl
+    monkeypatch.setattr(gmabench.gma, "resolve_impl", lambda *a, **k: calls.append(a) or real(*a, **k))
+    mixer = load_mixer("gma")
+    shape = Shape(B=1, N=16, H=1, D=8, K=4, causal=True)
+    inputs = mixer.make_inputs(shape, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(1))
+    for _ in range(3):
+        mixer.forward(inputs, True)
+    mixer.forward(inputs, False)
+    assert len(calls) == 2 and mixer.impl == "reference"  # once per causality; CPU bidir -> reference

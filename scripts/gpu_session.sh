@@ -1,41 +1,105 @@
 #!/usr/bin/env bash
-# One device call that does a GPU session's measuring: install the carried competitor wheels,
-# check the fused GMA kernels at real sizes, run suites (resumable, within a time budget) and pack
-# every run directory into $OUT/runs.tar.gz for the committed results/.
+# One device call that does a GPU session's measuring: install the carried competitor wheels, then
+# run jobs in lanes (one lane per set of GPUs, lanes in parallel, a lane's jobs one after another),
+# all within MINUTES, and pack the runs and logs into $OUT/session.tar.gz for the committed results/.
 #
-#   bash scripts/gpu_session.sh MINUTES SUITE[:EXTRA-ARGS] ...
-#   e.g. bash scripts/gpu_session.sh 7 paper "oom-isolation" "oom-isolation:--mixers gma-reference,sdpa-flash"
+#   bash scripts/gpu_session.sh MINUTES JOB [JOB ...]
 #
-# GMABENCH_KERNEL_CHECK=0 skips the kernel check (later calls of one lease).
-# Runs go to results/gpu/<name>/ (name = suite, plus "-control" when extra arguments are given) and
-# continue with --resume when that folder came along, so a sweep larger than one call's limit is
-# finished over several calls: unpack runs.tar.gz into the repo between calls. MINUTES is shared
-# by all suites. No report is written there (plotly is not on the GPU image): run
-# `gmabench report results/gpu/<name>` afterwards on any machine.
+#   JOB   = [GPUS/]WHAT        GPUS: comma-separated GPU indices (default 0); a suite run in a
+#                              lane of several GPUs uses one worker per GPU
+#   WHAT  = check              the fused GMA kernels against the float64 SPEC at real sizes, every
+#                              dtype, plus the copy/matmul ceilings and kernel timings
+#                              (scripts/gpu_kernels.py; results in logs/gpu_kernels.json)
+#         | pytest             the GPU-marked tests (competitors against their references, kernels)
+#         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
+#                              "-control" when EXTRA is given), resumed when that folder exists
+#
+#   e.g. on four GPUs, everything at once:
+#   bash scripts/gpu_session.sh 9 0/check 0/oom-isolation "0/oom-isolation:--mixers gma-reference,sdpa-flash" \
+#        0/pytest 1/kernels 2,3/paper
+#
+# A sweep larger than one call is finished over several: unpack session.tar.gz into the checkout
+# (results/gpu/ is untracked, so it travels) and call again: runs resume. No report is written
+# here (plotly is not on the GPU image): `gmabench report results/gpu/NAME` on any machine.
+# GMABENCH_GIT_COMMIT, when set, is recorded as the code version (the GPU host gets no .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder that comes back}"
 minutes="${1:?minutes}"; shift
+(($#)) || { echo "usage: gpu_session.sh MINUTES JOB..." >&2; exit 2; }
 export PYTHONUNBUFFERED=1
-start=$(date +%s)
+deadline=$(( $(date +%s) + minutes * 60 ))
+logs="$OUT/logs"
+mkdir -p "$logs" results/gpu
 
-[[ -d .whl ]] && { source scripts/gpu_env.sh || echo "gpu_env: some wheels did not install"; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-COLUMNS=200 python3 -m gmabench mixers 2>&1 | tee "$OUT/mixers.txt"   # which competitors run here
-if [[ "${GMABENCH_KERNEL_CHECK:-1}" == 1 ]]; then
-    python3 scripts/gpu_kernels.py --out "$OUT" --sections check --budget 120 2>&1 | tail -40 | tee "$OUT/kernels.log"
+if [[ -d .whl ]]; then   # not in a pipeline: its PYTHONPATH must reach this shell
+    source scripts/gpu_env.sh >"$logs/gpu_env.log" 2>&1 || echo "gpu_env: some wheels did not install"
+    cat "$logs/gpu_env.log"
 fi
+nvidia-smi --query-gpu=index,name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv \
+    | tee "$logs/gpu.txt"
+COLUMNS=200 python3 -m gmabench mixers 2>&1 | tee "$logs/mixers.txt"   # which competitors run here
 
-mkdir -p results/gpu
-for spec in "$@"; do
-    suite="${spec%%:*}"; extra=""; name="$suite"
-    if [[ "$spec" == *:* ]]; then extra="${spec#*:}"; name="$suite-control"; fi
-    left=$(( minutes * 60 - ($(date +%s) - start) ))
-    (( left > 30 )) || { echo "no time left for $name"; break; }
-    resume=(); [[ -s "results/gpu/$name/results.jsonl" ]] && resume=(--resume)
-    # shellcheck disable=SC2086
-    python3 -m gmabench run "$suite" $extra --out "results/gpu/$name" "${resume[@]}" --no-report \
-        --time-budget "$(python3 -c "print(max($left - 20, 10) / 60)")" 2>&1 | grep -v "^ *ok " | tail -25
+left() { echo $(( deadline - $(date +%s) )); }
+
+run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
+    local gpus="$1" what="$2" s suite extra name
+    s=$(left)
+    (( s > 30 )) || { echo "== $what: no time left"; return; }
+    echo "== $what on GPU $gpus, $s s left, $(date -u +%T)"
+    case "$what" in
+        check)
+            python3 scripts/gpu_kernels.py --out "$logs" --sections ceil,check,time \
+                --budget "$(( s > 260 ? 240 : s - 20 ))" 2>&1 | tail -60 ;;
+        pytest)
+            timeout -s INT "$(( s - 10 ))" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -rfEs \
+                --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
+        *)
+            suite="${what%%:*}"; extra=""; name="$suite"
+            if [[ "$what" == *:* ]]; then extra="${what#*:}"; name="$suite-control"; fi
+            local resume=(); [[ -s "results/gpu/$name/results.jsonl" ]] && resume=(--resume)
+            # shellcheck disable=SC2086
+            python3 -m gmabench run "$suite" $extra --out "results/gpu/$name" "${resume[@]}" --no-report \
+                --time-budget "$(python3 -c "print(max($s - 25, 10) / 60)")" 2>&1 | grep -v "^ *ok " | tail -30 ;;
+    esac
+    echo "== $what done, $(date -u +%T)"
+}
+
+declare -A lanes=()
+order=()
+for job in "$@"; do
+    gpus=0; what="$job"
+    if [[ "${job%%:*}" == */* ]]; then gpus="${job%%/*}"; what="${job#*/}"; fi
+    [[ -v "lanes[$gpus]" ]] || order+=("$gpus")
+    lanes[$gpus]+="$what"$'\n'
 done
-tar czf "$OUT/runs.tar.gz" results/gpu
+
+pids=()
+for gpus in "${order[@]}"; do
+    (
+        export CUDA_VISIBLE_DEVICES="$gpus"
+        while IFS= read -r what; do
+            [[ -n "$what" ]] && run_job "$gpus" "$what"
+        done <<<"${lanes[$gpus]}"
+    ) >"$logs/lane-${gpus//,/_}.log" 2>&1 &
+    pids+=($!)
+done
+# The time budget stops new cells, not a running one: at the deadline plus a grace period, stop
+# what still runs (every record already written is on disk) so the archive is still made.
+(
+    sleep "$(( $(left) + 40 ))"
+    pkill -INT -f "gmabench run|pytest -m gpu|gpu_kernels.py" && sleep 8
+    pkill -KILL -f "gmabench run|pytest -m gpu|gpu_kernels.py|multiprocessing.spawn"
+) >/dev/null 2>&1 &
+watchdog=$!
+wait "${pids[@]}"
+kill "$watchdog" 2>/dev/null
+
+for gpus in "${order[@]}"; do
+    echo "######## lane GPU $gpus"; tail -n 40 "$logs/lane-${gpus//,/_}.log"
+done
+cp -r results/gpu "$OUT/runs" 2>/dev/null
+tar czf "$OUT/session.tar.gz" -C "$OUT" runs logs
+cp "$logs/mixers.txt" "$logs/gpu.txt" "$OUT/" 2>/dev/null
+rm -rf "$OUT/runs" "$logs"      # at most 8 files come back: the archive holds them
 ls -la "$OUT"

@@ -8,6 +8,7 @@ and matmul ceilings that the report sets achieved throughput against.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -23,6 +24,12 @@ OPTIONAL_PACKAGES = ("triton", "flash-linear-attention", "fla-core", "mamba-ssm"
 
 
 def git_commit() -> str:
+    """HEAD of the checkout gmabench runs from ("-dirty" with uncommitted changes), "unknown" outside
+    a git checkout. GMABENCH_GIT_COMMIT overrides it, for a copy of a checkout without its .git
+    (a GPU host that received only the working tree)."""
+    given = os.environ.get("GMABENCH_GIT_COMMIT", "").strip()
+    if given:
+        return given
     root = Path(gmabench.__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)

@@ -25,7 +25,7 @@ MATCH_COLS = ["causal", "mode", "dtype", "scope", "device", "device_name", "B", 
 
 _INT_COLS = SHAPE_COLS + ["seed", "schema_version", "peak_bytes", "fwd_peak_bytes",
                           "bwd_peak_bytes", "saved_bytes", "allocated_bytes", "reserved_bytes",
-                          "rel_error_tokens", "worker_pid"]
+                          "rel_error_tokens", "worker_pid", "gpu_index"]
 _FLOAT_COLS = ["median_ms", "p20_ms", "p80_ms", "iqr_over_median", "tokens_per_s", "flops",
                "min_bytes", "rel_error", "wall_s"]
 _BOOL_COLS = ["causal", "k_applies"]

@@ -69,6 +69,7 @@ class Record:
     wall_s: float | None = None          # wall-clock seconds the whole cell took
     clocks: dict[str, Any] = field(default_factory=dict)  # NVML readings around the cell
     worker_pid: int | None = None
+    gpu_index: int | None = None         # physical (NVML) index of the GPU that measured the cell
     traceback: str = ""                  # last frames of a failing cell's exception
     schema_version: int = SCHEMA_VERSION
 

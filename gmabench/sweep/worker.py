@@ -41,6 +41,8 @@ def worker_main(conn, device_kind: str, gpu_index: int, measure_ceilings: bool) 
             break
         record = run_cell(Cell.from_dict(payload), device, gpu_index)
         record["worker_pid"] = os.getpid()
+        if device_kind == "cuda":
+            record["gpu_index"] = gpu_index
         conn.send(("record", record))
         if record["status"] == "cuda_error":
             break

@@ -3,7 +3,7 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
 
-Sections (in order): ceil, check, time, sweep, extra. A time budget (seconds) stops new work once
+Sections (in order): ceil, check, time, overhead, sweep, extra. A time budget (seconds) stops new work once
 spent; whatever was measured is still written to OUT/gpu_kernels.json and printed.
 """
 
@@ -29,7 +29,8 @@ from gmabench.gma.triton import TUNING, gma_triton  # noqa: E402
 
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T0 = time.time()
-R: dict = {"env": {}, "ceilings": {}, "checks": [], "timings": [], "sweep": [], "notes": []}
+R: dict = {"env": {}, "ceilings": {}, "checks": [], "timings": [], "sweep": [], "overhead": [],
+           "notes": []}
 
 
 def elapsed():
@@ -151,6 +152,80 @@ def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", rec
     return ms
 
 
+def overhead():
+    """Host cost of one call: wall time per call at a tiny N (the GPU idles, so this is what the
+    launches cost), and a profiler table of one call at N=2048."""
+    from torch.profiler import ProfilerActivity, profile
+    for causal in (False, True):
+        for mode in ("fwd", "fwd_bwd"):
+            ins = inputs(1, 256, 16, 64, 64, 64, torch.bfloat16, grad=(mode == "fwd_bwd"))
+            do = torch.randn(1, 256, 16, 64, device="cuda").to(torch.bfloat16)
+            if mode == "fwd":
+                f = lambda: gma_triton(*ins, causal=causal)  # noqa: E731
+            else:
+                f = lambda: torch.autograd.grad(gma_triton(*ins, causal=causal), ins, do)  # noqa: E731
+            for _ in range(20):
+                f()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(200):
+                f()
+            torch.cuda.synchronize()
+            us = (time.perf_counter() - t) / 200 * 1e6
+            R["overhead"].append(dict(causal=causal, mode=mode, N=256, wall_us_per_call=us))
+            print(f"overhead {'causal' if causal else 'bidir'} {mode}: {us:.1f} us per call (N=256)")
+    ins = inputs(1, 2048, 16, 64, 64, 64, torch.bfloat16, grad=False)
+    gma_triton(*ins, causal=False)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            gma_triton(*ins, causal=False)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=40))
+
+
+# (block, warps, stages) for the forward kernels, (block, warps_bwd, stages) for fwd_bwd.
+SWEEP_FWD = [(b, w, s) for b in (64, 128, 32) for w in (8, 4) for s in (2, 1, 3)]
+SWEEP_BWD = [(b, w, s) for b in (64, 32, 128) for w in (8, 4) for s in (2, 1)]
+
+
+def sweep(guarded, save, N=131072):
+    """Time the launch-plan knobs (TUNING) at the target shape; the default plan first."""
+    def one(causal, mode, **knobs):
+        TUNING.update({k: None for k in TUNING})
+        TUNING.update(knobs)
+        ms = guarded(f"sweep {causal} {mode} {knobs}", bench, "triton", N, causal, mode, record=False)
+        row = dict(causal=causal, mode=mode, ms=ms, **knobs)
+        R["sweep"].append(row)
+        print("sweep", row, f"[{elapsed():.0f}s]")
+        return ms
+
+    for causal in (True, False):
+        one(causal, "fwd")
+        for b, w, s in SWEEP_FWD:
+            one(causal, "fwd", block=b, warps_causal=w, warps_bidir=w, stages=s)
+        save()
+    for causal in (True, False):
+        best = min((r for r in R["sweep"] if r["causal"] == causal and r["mode"] == "fwd"
+                    and r["ms"] is not None and r.get("block")), key=lambda r: r["ms"], default=None)
+        wf = {} if best is None else dict(warps_causal=best["warps_causal"], warps_bidir=best["warps_bidir"])
+        one(causal, "fwd_bwd")
+        for b, w, s in SWEEP_BWD:
+            one(causal, "fwd_bwd", block=b, warps_bwd=w, stages=s, **wf)
+        save()
+    for causal in (True, False):
+        for mode in ("fwd", "fwd_bwd"):
+            rows = [r for r in R["sweep"] if (r["causal"], r["mode"]) == (causal, mode) and r["ms"]]
+            if not rows:
+                continue
+            best = min(rows, key=lambda r: r["ms"])
+            knobs = {k: best[k] for k in TUNING if best.get(k) is not None}
+            for seg in (8, 16, 66, 132):
+                one(causal, mode, segments=seg, **knobs)
+    TUNING.update({k: None for k in TUNING})
+    save()
+
+
 def ceilings():
     x = torch.empty(2**28, device="cuda", dtype=torch.float32)
     x.uniform_()
@@ -188,9 +263,16 @@ def table():
         print(f"{('causal ' if causal else 'bidir ') + mode + ' ' + impl:34s}"
               + "".join(f"{c:>18s}" for c in cells))
     if R["sweep"]:
-        print("\n== sweep (N=131072 bf16) ==")
-        for s in R["sweep"]:
-            print(s)
+        print("\n== sweep (N=131072 bf16, split), best per variant ==")
+        for causal in (False, True):
+            for mode in ("fwd", "fwd_bwd"):
+                rows = sorted((r for r in R["sweep"] if (r["causal"], r["mode"]) == (causal, mode)
+                               and r["ms"]), key=lambda r: r["ms"])
+                default = [r["ms"] for r in rows if not any(r.get(k) for k in TUNING)]
+                for r in rows[:4]:
+                    print(f"{'causal' if causal else 'bidir'} {mode}: {r['ms']:.4f} ms "
+                          f"(default {default[0] if default else float('nan'):.4f}) "
+                          + " ".join(f"{k}={r[k]}" for k in TUNING if r.get(k) is not None))
     print("ceilings", R["ceilings"], f"total {elapsed():.0f}s")
 
 
@@ -250,17 +332,11 @@ def main():
                 for causal in (False, True):
                     guarded(f"check {dt} {causal}", check, dt, causal, args.check_n)
             save()
-        if "sweep" in secs:
-            for causal in (True, False):
-                for block, warps, wload in ((64, 8, 0), (64, 8, 1), (64, 4, 0), (32, 8, 0),
-                                            (32, 4, 0)):
-                    TUNING.update(block=block, warps_causal=warps, warps_bidir=warps, wload=wload)
-                    ms = guarded(f"sweep {causal} {block} {warps} {wload}", bench, "triton",
-                                 131072, causal, "fwd", record=False)
-                    R["sweep"].append(dict(causal=causal, block=block, warps=warps, wload=wload,
-                                           ms=ms))
-            TUNING.update(block=None, warps_causal=None, warps_bidir=None, wload=None)
+        if "overhead" in secs:
+            guarded("overhead", overhead)
             save()
+        if "sweep" in secs:
+            sweep(guarded, save)
         if "extra" in secs:
             for causal in (False, True):
                 guarded("extra K256 D128", check, "bf16", causal, 1000, B=2, H=2, D=128, Dv=128,

@@ -10,6 +10,8 @@
 #   WHAT  = check              the fused GMA kernels against the float64 SPEC at real sizes, every
 #                              dtype, plus the copy/matmul ceilings and kernel timings
 #                              (scripts/gpu_kernels.py; results in logs/gpu_kernels.json)
+#         | tune               host cost per call, and a sweep of the launch-plan knobs (block,
+#                              warps, stages, segments) at N=131072 (logs/gpu_kernels.json)
 #         | pytest             the GPU-marked tests (competitors against their references, kernels)
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given), resumed when that folder exists
@@ -51,6 +53,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         check)
             python3 scripts/gpu_kernels.py --out "$logs" --sections ceil,check,time \
                 --budget "$(( s > 260 ? 240 : s - 20 ))" 2>&1 | tail -60 ;;
+        tune)
+            python3 scripts/gpu_kernels.py --out "$logs" --sections overhead,sweep --budget "$(( s - 30 ))" 2>&1 \
+                | tail -60 ;;
         pytest)
             timeout -s INT "$(( s - 10 ))" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;

@@ -81,6 +81,22 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, warmup_ms: 
     return _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, noise_threshold)
 
 
+def warm_up(fn: Callable[[], object], warmup_ms: float, sync: Callable[[], None] = lambda: None) -> int:
+    """One first call (compilation, autotuning, lazy initialisation), then calls until warmup_ms
+    of *completed* work: each call is waited for with sync, so on a GPU, where a call returns as
+    soon as it is queued, the loop does not queue hundreds of calls of a slow kernel (it did: a
+    150 ms attention cell spent over a minute warming up). Returns the number of calls made."""
+    fn()
+    sync()
+    calls = 1
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        fn()
+        sync()
+        calls += 1
+    return calls
+
+
 def _stop(samples: list[float], rep_ms: float, min_reps: int, max_reps: int, max_ms: float,
           threshold: float) -> str:
     total = sum(samples)
@@ -94,12 +110,7 @@ def _stop(samples: list[float], rep_ms: float, min_reps: int, max_reps: int, max
 
 
 def _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
-    fn()  # first call: lazy initialisation stays out of the samples
-    calls = 1
-    start = time.perf_counter()
-    while (time.perf_counter() - start) * 1e3 < warmup_ms:
-        fn()
-        calls += 1
+    calls = warm_up(fn, warmup_ms)
     samples: list[float] = []
     while True:
         t0 = time.perf_counter()
@@ -112,14 +123,7 @@ def _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> T
 
 def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
     flush = _L2Flusher(device)
-    fn()
-    torch.cuda.synchronize(device)
-    calls = 1
-    start = time.perf_counter()
-    while (time.perf_counter() - start) * 1e3 < warmup_ms:
-        fn()
-        calls += 1
-    torch.cuda.synchronize(device)
+    calls = warm_up(fn, warmup_ms, lambda: torch.cuda.synchronize(device))
     samples: list[float] = []
     batch = 5  # record a few repetitions per synchronisation to keep the GPU busy
     while True:

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from gmabench.measure.timing import Timings, time_callable
+from gmabench.measure.timing import Timings, time_callable, warm_up
 
 
 def test_summary_statistics_from_raw_samples():
@@ -35,3 +35,20 @@ def test_max_reps_bounds_repetitions():
     t = time_callable(lambda: None, torch.device("cpu"), warmup_ms=0.1, rep_ms=1e9, min_reps=3, max_reps=7,
                       max_ms=1e9)
     assert len(t.samples_ms) == 7 and t.stopped_by == "max_reps"
+
+
+def test_warm_up_waits_for_each_call_like_an_asynchronous_device():
+    """A GPU call returns once queued; warm-up must count completed work, not queued calls.
+    Model: fn queues 20 ms of work instantly, sync waits for the queue to drain."""
+    queued = []
+
+    def launch():
+        queued.append(0.020)
+
+    def sync():
+        time.sleep(sum(queued))
+        queued.clear()
+
+    calls = warm_up(launch, warmup_ms=50, sync=sync)
+    assert 3 <= calls <= 5  # first call + about 50 ms / 20 ms; unsynchronised it queued thousands
+    assert queued == []

@@ -18,9 +18,26 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _unrecorded(suite: dict, records: list[dict]) -> list[dict]:
+    """Cells of the saved suite without a record, as key-field dicts; [] when the suite file is
+    missing or from an older layout (then nothing can be said, and nothing is claimed)."""
+    from gmabench.results.schema import KEY_FIELDS
+    from gmabench.sweep.plan import unrecorded_cells
+    from gmabench.sweep.suite import Suite
+
+    devices = {r.get("device") for r in records}
+    if not suite.get("sweeps") or len(devices) != 1:
+        return []
+    try:
+        cells = unrecorded_cells(Suite.from_dict(suite), devices.pop(), records)
+    except (KeyError, TypeError, ValueError):
+        return []
+    return [{k: getattr(c, k) for k in KEY_FIELDS} for c in cells]
+
+
 def render_report(run_dir: Path, baseline: str | None = None) -> Path:
     from gmabench.report import failures_table, summary_table, write_report
-    from gmabench.report.table import speedup_summary
+    from gmabench.report.table import speedup_summary, unrecorded_table
     from gmabench.results.store import CorruptResultsError, load_records
 
     try:
@@ -36,12 +53,15 @@ def render_report(run_dir: Path, baseline: str | None = None) -> Path:
             fail(f"--baseline: {baseline!r} is not a mixer of this run "
                  f"(it has: {', '.join(sorted({str(r.get('mixer')) for r in records}))})")
         suite = {**suite, "baseline": baseline}
-    path = write_report(run_dir, records, env, suite)
+    unrecorded = _unrecorded(suite, records)
+    path = write_report(run_dir, records, env, suite, unrecorded)
     console.print(summary_table(records))
     if suite.get("baseline") in {r.get("mixer") for r in records}:
         console.print(speedup_summary(records, suite["baseline"]))
     if any(r.get("status") != "ok" for r in records):
         console.print(failures_table(records))
+    if unrecorded:
+        console.print(unrecorded_table(unrecorded))
     console.print(f"report: {path}")
     return path
 

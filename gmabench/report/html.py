@@ -17,6 +17,7 @@ import pandas as pd
 
 from gmabench.report.analysis import fit_scaling, records_frame, speedup_table
 from gmabench.report.figures import MIB, all_figures
+from gmabench.report.table import group_unrecorded
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -158,8 +159,26 @@ def _speedup_section(df: pd.DataFrame, baseline: Any) -> str:
             + _table(["series", "shape", "median ms", "baseline ms", "speedup"], rows, left=2))
 
 
-def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict) -> Path:
-    """Write run_dir/report.html and return its path."""
+def _unrecorded_section(unrecorded: list[dict]) -> str:
+    """Cells of the suite that the run never reached, grouped like skipped cells."""
+    if not unrecorded:
+        return ""
+    rows = []
+    for (mixer, causal, mode), g in group_unrecorded(unrecorded):
+        ns = sorted({int(c["N"]) for c in g})
+        ks = sorted({int(c["K"]) for c in g})
+        rows.append([mixer, "causal" if causal else "bidir", mode, len(g), ", ".join(map(str, ns)),
+                     ", ".join(map(str, ks))])
+    return (f"<h2>Not measured ({len(unrecorded)} cells of the suite)</h2><p>The run stopped before "
+            "these cells (a time budget or an interruption); <code>gmabench run SUITE --out DIR "
+            "--resume</code> measures them.</p>"
+            + _table(["mixer", "kind", "mode", "cells", "N", "K"], rows, left=3))
+
+
+def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict,
+                 unrecorded: list[dict] | None = None) -> Path:
+    """Write run_dir/report.html and return its path. `unrecorded`: cells of the suite without a
+    record (as dicts of the record's key fields), listed in their own section."""
     env, suite = env or {}, suite or {}
     df = records_frame(records, env)
     title, header = _header(df, env, suite)
@@ -175,6 +194,7 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict) -> 
         for k, v in [("Environment", env), ("Suite", suite)])
     body = "".join([header, "<h2>Figures</h2>", "".join(figs) or "<p>No sweep with two sizes.</p>",
                     _fit_section(df) if len(df) else "", _failure_section(df),
+                    _unrecorded_section(unrecorded or []),
                     _speedup_section(df, suite.get("baseline")) if len(df) else "",
                     _ok_section(df), details])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -85,6 +85,30 @@ def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     return table
 
 
+def group_unrecorded(unrecorded: Iterable[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+    """Unrecorded cells grouped by (mixer, causal, mode), in the suite's order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for c in unrecorded:
+        groups.setdefault((c["mixer"], bool(c["causal"]), c["mode"]), []).append(c)
+    return list(groups.items())
+
+
+def unrecorded_table(unrecorded: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"Not measured: {len(unrecorded)} cells of the suite have no record "
+                        "(time budget or interruption; --resume measures them)")
+    for c in ["mixer", "kind", "mode", "cells", "N", "K"]:
+        table.add_column(c, justify="right" if c == "cells" else "left")
+    for (mixer, causal, mode), g in group_unrecorded(unrecorded):
+        table.add_row(escape(str(mixer)), "causal" if causal else "bidir", str(mode), str(len(g)),
+                      _values(c["N"] for c in g), _values(c["K"] for c in g))
+    return table
+
+
+def _values(vs: Iterable[Any]) -> str:
+    v = sorted({int(x) for x in vs})
+    return ", ".join(map(str, v)) if len(v) <= 4 else f"{v[0]}..{v[-1]} ({len(v)} values)"
+
+
 def speedup_summary(records: Iterable[dict[str, Any]] | pd.DataFrame, baseline: str) -> Table:
     """Per series, how many times faster than `baseline` it ran (above 1 is faster) at the
     smallest and the largest N both measured, as hyperfine states it."""

@@ -8,10 +8,10 @@ instead of silently missing rows. Planning never initialises CUDA.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
 
-from gmabench.results.schema import KEY_FIELDS
+from gmabench.results.schema import KEY_FIELDS, cell_key
 from gmabench.sweep.suite import Suite, Timing
 
 
@@ -83,26 +83,39 @@ def _static_skip_reason(mixer_name: str, causal: bool, dtype: str, device: str, 
     return ""
 
 
-def plan_sweep(suite: Suite) -> list[Cell]:
-    """All cells of the suite in a stable order, de-duplicated across sweeps.
-
-    Mixers for which K does not apply get one cell per other parameters (at the smallest K of
-    the grid) with k_applies=False, rather than identical repeats.
-    """
+def _grid(suite: Suite, device: str) -> Iterator[tuple[Cell, dict[str, int]]]:
+    """Every cell of the suite's sweeps in order (repeats included), with its sweep's N caps.
+    Mixers for which K does not apply get the smallest K of the grid, with k_applies=False."""
     from gmabench.mixers.registry import get_entry
 
-    device = resolve_device(suite.device)
-    cells: dict[tuple, Cell] = {}
     for sweep in suite.sweeps:
         grid = itertools.product(sweep.mixers, sweep.causal, sweep.modes, sweep.scopes, sweep.batch,
                                  sweep.heads, sweep.head_dims, sweep.dtypes, sweep.components, sweep.seq_lens)
         for mixer, causal, mode, scope, B, H, D, dtype, K, N in grid:
             k_applies = get_entry(mixer).k_applies
-            if not k_applies:
-                K = min(sweep.components)
-            reason = _static_skip_reason(mixer, causal, dtype, device, N, sweep.max_seq_len)
-            cell = Cell(mixer=mixer, causal=causal, mode=mode, scope=scope, B=B, N=N, H=H, D=D, Dv=D,
-                        K=K, dtype=dtype, device=device, k_applies=k_applies, skip_reason=reason,
-                        timing=suite.timing)
-            cells.setdefault(cell.key(), cell)
+            yield Cell(mixer=mixer, causal=causal, mode=mode, scope=scope, B=B, N=N, H=H, D=D, Dv=D,
+                       K=K if k_applies else min(sweep.components), dtype=dtype, device=device,
+                       k_applies=k_applies, timing=suite.timing), sweep.max_seq_len
+
+
+def plan_sweep(suite: Suite) -> list[Cell]:
+    """All cells of the suite in a stable order, de-duplicated across sweeps, each with the
+    reason it will be skipped here (empty when it will run)."""
+    device = resolve_device(suite.device)
+    cells: dict[tuple, Cell] = {}
+    for cell, caps in _grid(suite, device):
+        if cell.key() not in cells:
+            reason = _static_skip_reason(cell.mixer, cell.causal, cell.dtype, device, cell.N, caps)
+            cells[cell.key()] = replace(cell, skip_reason=reason)
     return list(cells.values())
+
+
+def unrecorded_cells(suite: Suite, device: str, records: list[dict[str, Any]]) -> list[Cell]:
+    """Cells of a run's suite with no record: what a time budget or an interruption left out
+    (`gmabench run ... --resume` measures them). Needs no GPU and no mixer package."""
+    seen = {cell_key(r) for r in records if all(k in r for k in KEY_FIELDS)}
+    out: dict[tuple, Cell] = {}
+    for cell, _ in _grid(suite, device):
+        if cell.key() not in seen:
+            out.setdefault(cell.key(), cell)
+    return list(out.values())

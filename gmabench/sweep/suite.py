@@ -87,6 +87,13 @@ class Suite:
         from dataclasses import asdict
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Suite":
+        """The inverse of to_dict: a resolved suite as a run saved it (suite.json)."""
+        return cls(name=d["name"], description=d.get("description", ""), device=d["device"],
+                   timing=Timing(**d.get("timing", {})), sweeps=[Sweep(**s) for s in d["sweeps"]],
+                   baseline=d.get("baseline"))
+
 
 def available_suites() -> dict[str, Path]:
     """Named suites: GMABENCH_SUITES (a folder), then ./suites, then the checkout's suites/.

@@ -178,3 +178,25 @@ def test_suite_baseline_must_be_a_known_mixer(tmp_path):
     bad.write_text('mixers = ["gma"]\nseq_lens = [64]\nbaseline = "nope"\n')
     result = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "baseline: unknown mixer 'nope'" in result.output
+
+
+def test_report_lists_the_cells_a_stopped_run_never_reached(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--mixers", "gma,sdpa", "--seq-lens", "32,64,128",
+                                 "--components", "4", "--modes", "fwd", "--out", str(out), "--no-report"])
+    assert result.exit_code == 0, result.output
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    dropped = [json.loads(line) for line in lines[-2:]]
+    (out / "results.jsonl").write_text("".join(lines[:-2]))   # as if the budget stopped the run
+    rep = runner.invoke(app, ["report", str(out)], env={"COLUMNS": "200"})
+    assert rep.exit_code == 0, rep.output
+    assert "Not measured: 2 cells" in rep.output
+    html = (out / "report.html").read_text()
+    assert "Not measured (2 cells of the suite)" in html
+    section = html.split("Not measured (2 cells of the suite)")[1].split("<h2>")[0]
+    for r in dropped:
+        assert f">{r['mixer']}</td>" in section and str(r["N"]) in section
+    # A complete run claims nothing.
+    (out / "results.jsonl").write_text("".join(lines))
+    rep = runner.invoke(app, ["report", str(out)])
+    assert "Not measured" not in rep.output and "Not measured" not in (out / "report.html").read_text()

@@ -1,9 +1,11 @@
 """Suite loading and validation: every bad input names its field and value."""
 
+import json
+
 import pytest
 
-from gmabench.sweep.plan import plan_sweep
-from gmabench.sweep.suite import SuiteError, available_suites, load_suite, parse_suite
+from gmabench.sweep.plan import plan_sweep, unrecorded_cells
+from gmabench.sweep.suite import Suite, SuiteError, available_suites, load_suite, parse_suite
 
 BASE = {"mixers": ["gma", "softmax-naive"], "seq_lens": [32, 64], "components": [2, 4], "heads": [2],
         "head_dims": [16], "dtypes": ["float32"], "device": "cpu"}
@@ -108,3 +110,22 @@ def test_malformed_plugin_variable_is_a_suite_error(monkeypatch):
     monkeypatch.setenv("GMABENCH_MIXERS", "broken-entry")
     with pytest.raises(SuiteError, match="GMABENCH_MIXERS: expected 'name=module:Class'"):
         parse_suite(BASE)
+
+
+def test_suite_round_trips_through_its_saved_form():
+    suite = load_suite("paper")
+    again = Suite.from_dict(json.loads(json.dumps(suite.to_dict())))
+    assert again == suite
+
+
+def test_unrecorded_cells_are_exactly_the_planned_cells_without_a_record():
+    suite = parse_suite({"mixers": ["gma", "sdpa"], "seq_lens": [64, 128, 256], "components": [4, 8],
+                         "device": "cpu"})
+    planned = plan_sweep(suite)
+    assert len(planned) == 3 * 2 + 3  # sdpa: K does not apply, one cell per N
+    records = [{**c.to_dict(), "status": "ok"} for c in planned[::2]]
+    left = unrecorded_cells(suite, "cpu", records)
+    assert [c.key() for c in left] == [c.key() for c in planned[1::2]]
+    assert unrecorded_cells(suite, "cpu", [{**c.to_dict(), "status": "oom"} for c in planned]) == []
+    # Records of another device do not count for this one.
+    assert len(unrecorded_cells(suite, "cuda", records)) == len(planned)

@@ -35,7 +35,7 @@ def _unrecorded(suite: dict, records: list[dict]) -> list[dict]:
     return [{k: getattr(c, k) for k in KEY_FIELDS} for c in cells]
 
 
-def render_report(run_dir: Path, baseline: str | None = None) -> Path:
+def render_report(run_dir: Path, baseline: str | None = None, shared_js: bool = False) -> Path:
     from gmabench.report import failures_table, summary_table, write_report
     from gmabench.report.table import speedup_summary, unrecorded_table
     from gmabench.results.store import CorruptResultsError, load_records
@@ -54,7 +54,7 @@ def render_report(run_dir: Path, baseline: str | None = None) -> Path:
                  f"(it has: {', '.join(sorted({str(r.get('mixer')) for r in records}))})")
         suite = {**suite, "baseline": baseline}
     unrecorded = _unrecorded(suite, records)
-    path = write_report(run_dir, records, env, suite, unrecorded)
+    path = write_report(run_dir, records, env, suite, unrecorded, shared_js=shared_js)
     console.print(summary_table(records))
     if suite.get("baseline") in {r.get("mixer") for r in records}:
         console.print(speedup_summary(records, suite["baseline"]))
@@ -69,8 +69,11 @@ def render_report(run_dir: Path, baseline: str | None = None) -> Path:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holding results.jsonl).")],
     baseline: Annotated[Optional[str], typer.Option(help="Mixer to state speed-ups against (default: the suite's baseline).")] = None,
+    shared_js: Annotated[bool, typer.Option("--shared-js", help="Load plotly.js from one copy beside DIR "
+                                            "(DIR/../plotly-VERSION.min.js) instead of embedding 4.6 MB in each report, "
+                                            "for a folder of many runs such as a repository's results/.")] = False,
 ) -> None:
     """Write DIR/report.html (offline plotly figures, fitted log-log slopes) and print a summary."""
     if not run_dir.is_dir():
         fail(f"DIR: {run_dir} is not a directory")
-    render_report(run_dir, baseline)
+    render_report(run_dir, baseline, shared_js)

@@ -175,17 +175,37 @@ def _unrecorded_section(unrecorded: list[dict]) -> str:
             + _table(["mixer", "kind", "mode", "cells", "N", "K"], rows, left=3))
 
 
+def shared_plotly_js(folder: Path) -> Path:
+    """folder/plotly-<version>.min.js, written from the installed plotly if missing: one copy of
+    the 4.6 MB bundle for every report under a results folder instead of one per report."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / f"plotly-{plotly.__version__}.min.js"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(get_plotlyjs(), encoding="utf-8")
+    return path
+
+
 def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict,
-                 unrecorded: list[dict] | None = None) -> Path:
+                 unrecorded: list[dict] | None = None, shared_js: bool = False) -> Path:
     """Write run_dir/report.html and return its path. `unrecorded`: cells of the suite without a
-    record (as dicts of the record's key fields), listed in their own section."""
+    record (as dicts of the record's key fields), listed in their own section. shared_js: load
+    plotly.js from ../plotly-<version>.min.js (written there if missing) instead of embedding it,
+    for many reports kept side by side (the report then opens offline only beside that file)."""
     env, suite = env or {}, suite or {}
+    run_dir = Path(run_dir)
+    script = ""
+    if shared_js:
+        js = shared_plotly_js(run_dir.resolve().parent)
+        script = '<script src="../' + html.escape(js.name) + '"></script>'
     df = records_frame(records, env)
     title, header = _header(df, env, suite)
     figs = []
     for i, (section, fig) in enumerate(all_figures(df, env.get("ceilings")) if len(df) else []):
         # The first figure carries the whole plotly.js bundle; the rest reuse it.
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{i}",
+        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0 and not shared_js), div_id=f"fig-{i}",
                           config={"displaylogo": False, "responsive": True})
         figs.append(f'<section class="figure" data-section="{html.escape(section)}">{div}</section>')
     details = "".join(
@@ -198,9 +218,8 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict,
                     _speedup_section(df, suite.get("baseline")) if len(df) else "",
                     _ok_section(df), details])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape('gmabench: ' + title)}</title><style>{_CSS}</style></head>"
+            f"<title>{html.escape('gmabench: ' + title)}</title><style>{_CSS}</style>{script}</head>"
             f"<body>{body}</body></html>")
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")

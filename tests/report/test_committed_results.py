@@ -25,3 +25,19 @@ def test_committed_run_loads_and_renders(run, tmp_path):
 
 def test_there_is_committed_evidence():
     assert len(RUNS) >= 1
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[p.name for p in RUNS])
+def test_committed_report_opens_offline(run):
+    """A committed report.html either embeds plotly.js or loads a copy committed beside it."""
+    import re
+    page = run / "report.html"
+    if not page.exists():
+        pytest.skip("no committed report for this run")
+    text = page.read_text(encoding="utf-8")
+    sources = re.findall(r'<script[^>]*\bsrc="([^"]+)"', text)
+    assert all(not s.startswith(("http:", "https:", "//")) for s in sources)
+    if sources:
+        assert all((run / s).resolve().is_file() for s in sources), sources
+    else:
+        assert "Plotly" in text and len(text) > 3_000_000  # the bundle is inline

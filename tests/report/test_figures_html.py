@@ -55,6 +55,19 @@ def test_memory_in_mib_with_saved_bytes(records):
     assert list(saved.y) == pytest.approx([1024 * n * 16 / MIB for n in saved.x])
 
 
+def test_shared_plotly_js_is_written_once_beside_the_runs(tmp_path, records):
+    bundle = plotly.offline.get_plotlyjs()
+    pages = [write_report(tmp_path / "results" / name, records, ENV, SUITE, shared_js=True).read_text()
+             for name in ("run-a", "run-b")]
+    js = tmp_path / "results" / f"plotly-{plotly.__version__}.min.js"
+    assert js.read_text(encoding="utf-8") == bundle
+    assert [p.name for p in (tmp_path / "results").iterdir() if p.is_file()] == [js.name]
+    for text in pages:
+        assert f'<script src="../{js.name}"></script>' in text
+        assert bundle[:200] not in text and bundle[-3000:] not in text  # nothing embedded
+        assert text.count('class="plotly-graph-div"') == len(all_figures(records_frame(records)))
+
+
 def test_latency_vs_k_only_for_mixers_where_k_applies(records):
     figs = latency_vs_k(records_frame(records))
     assert len(figs) == 6  # one per N

@@ -121,3 +121,15 @@ def test_forced_flash_refuses_float32_and_big_head_dims_with_reasons():
     inputs = fresh_inputs(flash, Shape(B=1, N=128, H=2, D=512, K=1), dtype=torch.bfloat16, device="cuda")
     with pytest.raises(RuntimeError):      # never a silent fallback to another backend
         flash.forward(inputs, False)
+
+
+def test_activations_are_drawn_on_the_device_reproducibly():
+    mixer = load_mixer("gma")
+    shape = Shape(B=1, N=4096, H=4, D=64, K=8, Dv=32, causal=True)
+    dev = torch.device("cuda")
+    a, b, c = (mixer.make_inputs(shape, torch.bfloat16, dev, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
+    for name in ("q", "k", "v"):
+        assert a[name].device.type == "cuda" and a[name].dtype == torch.bfloat16
+        assert torch.equal(a[name], b[name]) and not torch.equal(a[name], c[name])
+        assert abs(a[name].float().std().item() - 0.5) < 0.02  # 0.5 x unit normal, as on CPU
+    assert not torch.equal(a["q"], a["k"])  # q, k, v are independent draws

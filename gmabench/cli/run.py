@@ -127,6 +127,11 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
         try:
             summary = runner.run(cells, device_kind=device_kind, n_workers=n_workers, resume=resume,
                                  time_budget_s=time_budget_s)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"[yellow]interrupted[/]: the records so far are in {run_dir / 'results.jsonl'}; "
+                          f"continue with --resume --out {run_dir}")
+            raise typer.Exit(130)
         finally:
             env = {**host_env, **runner.device_env}
             (run_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")

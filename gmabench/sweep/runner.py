@@ -174,6 +174,14 @@ class Runner:
                 else:
                     pending.append(cell)
             self._dispatch(pending, workers, device_kind, summary)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGINT (a batch system's soft stop): every record written so far is on
+            # disk; the cells in flight are dropped and their workers killed, not waited for.
+            self.log("interrupted (SIGINT): cells in flight not recorded; --resume measures them")
+            for w in workers:
+                w.kill()
+            workers = []
+            raise
         finally:
             for w in workers:
                 w.stop()

@@ -200,3 +200,32 @@ def test_report_lists_the_cells_a_stopped_run_never_reached(tmp_path):
     (out / "results.jsonl").write_text("".join(lines))
     rep = runner.invoke(app, ["report", str(out)])
     assert "Not measured" not in rep.output and "Not measured" not in (out / "report.html").read_text()
+
+
+def test_sigint_stops_cleanly_and_resume_completes(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'mixers = ["gma", "linear-attention"]\nseq_lens = [32, 64, 128]\ncomponents = [2]\n'
+        'heads = [2]\nhead_dims = [16]\ndtypes = ["float32"]\nmodes = ["fwd", "fwd_bwd"]\n'
+        'causal = [false, true]\ndevice = "cpu"\n'
+        '[timing]\nwarmup_ms = 5\nrep_ms = 60\nmin_reps = 3\naccuracy_tokens = 32\n')
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gmabench", "run", str(suite), "--out", str(out), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C sends to the foreground group
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "--resume" in output
+    assert "interrupted (SIGINT)" in (out / "run.log").read_text()
+    partial = load_records(out)             # every line written is a whole record
+    assert 4 <= len(partial) < 24
+    done = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    keys = [tuple(r[k] for k in KEY_FIELDS) for r in load_records(out)]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 2 * 2

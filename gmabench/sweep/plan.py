@@ -99,15 +99,24 @@ def _grid(suite: Suite, device: str) -> Iterator[tuple[Cell, dict[str, int]]]:
 
 
 def plan_sweep(suite: Suite) -> list[Cell]:
-    """All cells of the suite in a stable order, de-duplicated across sweeps, each with the
-    reason it will be skipped here (empty when it will run)."""
+    """All cells of the suite, de-duplicated across sweeps, each with the reason it will be
+    skipped here (empty when it will run).
+
+    Ordered by tokens (B x N), then as the suite lists them: a run cut short by --time-budget
+    (or an interruption) holds every mixer side by side at the sizes it reached, instead of
+    every size of the first mixers and nothing of the last ones.
+    """
     device = resolve_device(suite.device)
     cells: dict[tuple, Cell] = {}
     for cell, caps in _grid(suite, device):
         if cell.key() not in cells:
             reason = _static_skip_reason(cell.mixer, cell.causal, cell.dtype, device, cell.N, caps)
             cells[cell.key()] = replace(cell, skip_reason=reason)
-    return list(cells.values())
+    return _by_size(cells.values())
+
+
+def _by_size(cells) -> list[Cell]:
+    return sorted(cells, key=lambda c: c.B * c.N)  # stable: the suite's order within a size
 
 
 def unrecorded_cells(suite: Suite, device: str, records: list[dict[str, Any]]) -> list[Cell]:
@@ -118,4 +127,4 @@ def unrecorded_cells(suite: Suite, device: str, records: list[dict[str, Any]]) -
     for cell, _ in _grid(suite, device):
         if cell.key() not in seen:
             out.setdefault(cell.key(), cell)
-    return list(out.values())
+    return _by_size(out.values())

@@ -129,3 +129,15 @@ def test_unrecorded_cells_are_exactly_the_planned_cells_without_a_record():
     assert unrecorded_cells(suite, "cpu", [{**c.to_dict(), "status": "oom"} for c in planned]) == []
     # Records of another device do not count for this one.
     assert len(unrecorded_cells(suite, "cuda", records)) == len(planned)
+
+
+def test_cells_run_smallest_first_so_a_cut_run_has_every_mixer_side_by_side():
+    suite = load_suite("paper", {"device": "cpu"})
+    cells = plan_sweep(suite)
+    sizes = [c.B * c.N for c in cells]
+    assert sizes == sorted(sizes)
+    first = {c.mixer for c in cells if c.N == 1024}
+    assert {"gma", "sdpa-cudnn", "flash-attn", "mamba2-ssd", "fla-simple-gla", "performer"} <= first
+    # Within one size the suite's own order holds (first sweep's mixers before the second's).
+    at_1024 = [c.mixer for c in cells if c.N == 1024]
+    assert at_1024.index("fla-simple-gla") < at_1024.index("softmax-naive")

@@ -20,8 +20,8 @@
 #   bash scripts/gpu_session.sh 9 0/check 0/oom-isolation "0/oom-isolation:--mixers gma-reference,sdpa-flash" \
 #        0/pytest 1/kernels 2,3/paper
 #
-# A sweep larger than one call is finished over several: unpack session.tar.gz into the checkout
-# (results/gpu/ is untracked, so it travels) and call again: runs resume. No report is written
+# A sweep larger than one call is finished over several: `tar xzf session.tar.gz results/gpu` in
+# the checkout (results/gpu/ is untracked, so it travels) and call again: runs resume. No report is written
 # here (plotly is not on the GPU image): `gmabench report results/gpu/NAME` on any machine.
 # GMABENCH_GIT_COMMIT, when set, is recorded as the code version (the GPU host gets no .git).
 set -uo pipefail
@@ -103,8 +103,8 @@ kill "$watchdog" 2>/dev/null
 for gpus in "${order[@]}"; do
     echo "######## lane GPU $gpus"; tail -n 40 "$logs/lane-${gpus//,/_}.log"
 done
-cp -r results/gpu "$OUT/runs" 2>/dev/null
-tar czf "$OUT/session.tar.gz" -C "$OUT" runs logs
+# results/gpu/... and logs/...: `tar xzf session.tar.gz results/gpu` in the checkout restores the runs.
+tar czf "$OUT/session.tar.gz" results/gpu -C "$OUT" logs
 cp "$logs/mixers.txt" "$logs/gpu.txt" "$OUT/" 2>/dev/null
-rm -rf "$OUT/runs" "$logs"      # at most 8 files come back: the archive holds them
+rm -rf "$logs"      # at most 8 files come back: the archive holds them
 ls -la "$OUT"

@@ -86,7 +86,7 @@ def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
 
 
 def group_unrecorded(unrecorded: Iterable[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
-    """Unrecorded cells grouped by (mixer, causal, mode), in the suite's order."""
+    """Unrecorded cells grouped by (mixer, causal, mode), groups in the order of their first cell."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in unrecorded:
         groups.setdefault((c["mixer"], bool(c["causal"]), c["mode"]), []).append(c)

@@ -33,14 +33,19 @@ class Shape:
 Inputs = dict[str, torch.Tensor]
 
 
-def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    """A generator on an accelerator, seeded from `generator` (so inputs stay reproducible per
-    device), or None on CPU. Drawing the activations on the host and copying them cost seconds
-    per cell at the paper suite's sizes (9 s for N=262144, H=16 on a 2-core host)."""
+def random_activations(size: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Independent tensors of 0.5 x unit normal, one per shape in `size`, reproducible from
+    `generator`. On an accelerator they are drawn there, from a seed drawn from `generator`:
+    drawing them on the host and copying cost seconds per cell at the paper suite's sizes
+    (9 s for N=262144, H=16 on a 2-core host)."""
     if device.type == "cpu":
-        return None
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+        draw = [torch.randn(*s, generator=generator, dtype=torch.float32) for s in size]
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        on_device = torch.Generator(device=device).manual_seed(seed)
+        draw = [torch.randn(*s, generator=on_device, dtype=torch.float32, device=device) for s in size]
+    return [(0.5 * t).to(device=device, dtype=dtype) for t in draw]
 
 
 class Mixer:
@@ -91,16 +96,9 @@ class Mixer:
         B, N, H = shape.B, shape.N, shape.H
         dqk = self.qk_dim(shape)
 
-        on_device = _device_generator(generator, device)
-
-        def randn(*size: int) -> torch.Tensor:
-            if on_device is None:
-                t = torch.randn(*size, generator=generator, dtype=torch.float32, device="cpu")
-            else:
-                t = torch.randn(*size, generator=on_device, dtype=torch.float32, device=device)
-            return (0.5 * t).to(device=device, dtype=dtype)
-
-        inputs = {"q": randn(B, N, H, dqk), "k": randn(B, N, H, dqk), "v": randn(B, N, H, shape.dv)}
+        q, k, v = random_activations(((B, N, H, dqk), (B, N, H, dqk), (B, N, H, shape.dv)), dtype, device,
+                                     generator)
+        inputs = {"q": q, "k": k, "v": v}
         inputs.update(self.make_params(shape, device, generator))
         return inputs
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from gmabench.mixers.base import Mixer, Shape
+from gmabench.mixers.base import Mixer, Shape, random_activations
 
 __all__ = ["MixerLayer", "build_layer"]
 
@@ -83,5 +83,5 @@ def build_layer(mixer: Mixer, shape: Shape, dtype: torch.dtype, device: torch.de
     layer = MixerLayer(mixer, shape, generator).to(device)
     for module in (layer.q_proj, layer.k_proj, layer.v_proj, layer.out_proj, layer.token_projs):
         module.to(dtype=dtype)
-    x = 0.5 * torch.randn(shape.B, shape.N, layer.d_model, generator=generator)
-    return layer, x.to(device=device, dtype=dtype)
+    (x,) = random_activations(((shape.B, shape.N, layer.d_model),), dtype, device, generator)
+    return layer, x

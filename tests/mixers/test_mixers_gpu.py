@@ -133,3 +133,12 @@ def test_activations_are_drawn_on_the_device_reproducibly():
         assert torch.equal(a[name], b[name]) and not torch.equal(a[name], c[name])
         assert abs(a[name].float().std().item() - 0.5) < 0.02  # 0.5 x unit normal, as on CPU
     assert not torch.equal(a["q"], a["k"])  # q, k, v are independent draws
+
+
+def test_layer_input_is_drawn_on_the_device_reproducibly():
+    from gmabench.mixers.layer import build_layer
+    shape = Shape(B=1, N=2048, H=4, D=32, K=8, Dv=32, causal=True)
+    xs = [build_layer(load_mixer("gma"), shape, torch.bfloat16, "cuda", torch.Generator().manual_seed(s))[1]
+          for s in (3, 3, 4)]
+    assert xs[0].device.type == "cuda" and xs[0].dtype == torch.bfloat16
+    assert torch.equal(xs[0], xs[1]) and not torch.equal(xs[0], xs[2])

@@ -8,10 +8,12 @@
 #   JOB   = [GPUS/]WHAT        GPUS: comma-separated GPU indices (default 0); a suite run in a
 #                              lane of several GPUs uses one worker per GPU
 #   WHAT  = check              the fused GMA kernels against the float64 SPEC at real sizes, every
-#                              dtype, plus the copy/matmul ceilings and kernel timings
-#                              (scripts/gpu_kernels.py; results in logs/gpu_kernels.json)
+#                              dtype, plus the copy/matmul ceilings (scripts/gpu_kernels.py;
+#                              results in logs/check/gpu_kernels.json)
 #         | tune               host cost per call, and a sweep of the launch-plan knobs (block,
-#                              warps, stages, segments) at N=131072 (logs/gpu_kernels.json)
+#                              warps, stages, waves, min_bps) per variant: the best become
+#                              results/gpu/triton-plan.json, which every later job and call of
+#                              the session uses (GMA_TRITON_PLAN)
 #         | pytest             the GPU-marked tests (competitors against their references, kernels)
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given), resumed when that folder exists
@@ -30,6 +32,10 @@ OUT="${OUT:?set OUT to the folder that comes back}"
 minutes="${1:?minutes}"; shift
 (($#)) || { echo "usage: gpu_session.sh MINUTES JOB..." >&2; exit 2; }
 export PYTHONUNBUFFERED=1
+# fla's and mamba_ssm's autotuned configs kept on disk: a resumed run's fresh worker reuses them
+export TRITON_CACHE_AUTOTUNING=1
+# launch plans tuned earlier in this session (job tune)
+[[ -s results/gpu/triton-plan.json ]] && export GMA_TRITON_PLAN="$PWD/results/gpu/triton-plan.json"
 deadline=$(( $(date +%s) + minutes * 60 ))
 logs="$OUT/logs"
 mkdir -p "$logs" results/gpu
@@ -51,11 +57,15 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
     echo "== $what on GPU $gpus, $s s left, $(date -u +%T)"
     case "$what" in
         check)
-            python3 scripts/gpu_kernels.py --out "$logs" --sections ceil,check,time \
+            python3 scripts/gpu_kernels.py --out "$logs/check" --sections ceil,check \
                 --budget "$(( s > 260 ? 240 : s - 20 ))" 2>&1 | tail -60 ;;
         tune)
-            python3 scripts/gpu_kernels.py --out "$logs" --sections overhead,sweep --budget "$(( s - 30 ))" 2>&1 \
-                | tail -60 ;;
+            python3 scripts/gpu_kernels.py --out "$logs/tune" --sections overhead,sweep \
+                --budget "$(( s > 390 ? 360 : s - 30 ))" 2>&1 | tail -80
+            if [[ -s "$logs/tune/triton-plan.json" ]]; then
+                cp "$logs/tune/triton-plan.json" results/gpu/triton-plan.json
+                export GMA_TRITON_PLAN="$PWD/results/gpu/triton-plan.json"
+            fi ;;
         pytest)
             timeout -s INT "$(( s - 10 ))" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;

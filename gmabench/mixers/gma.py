@@ -62,7 +62,7 @@ class GMAMixer(Mixer):
                 reasons.append(why)
         return reasons
 
-    def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
+    def _resolve(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
         # Resolved once per device type and causality: forward runs in timed loops, and "auto"
         # would otherwise try the Triton import on every call.
         key = (inputs["q"].device.type, bool(causal))
@@ -70,6 +70,18 @@ class GMAMixer(Mixer):
             from gmabench.gma import resolve_impl
             self._resolved[key] = resolve_impl(self.requested_impl, inputs["q"].device, causal)
         return self._resolved[key]
+
+    def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
+        impl = self._resolve(inputs, causal)
+        if impl != "triton":
+            return impl
+        # The fused kernels: their product precision and where their launch plans came from.
+        from gmabench.gma.triton import plan
+        from gmabench.gma.triton.autograd import precision_name
+        dtype = inputs["q"].dtype
+        fwd, train = (precision_name(dtype, self.precision, grad) for grad in (False, True))
+        precision = fwd if fwd == train else f"{fwd} (inference) / {train} (training)"
+        return f"triton {precision}, plans: {plan.PLAN_SOURCE}"
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_attention
@@ -79,7 +91,7 @@ class GMAMixer(Mixer):
             self.impl = f"triton-{self.precision}"
             return gma_triton(*args, causal=causal, eps=self.eps, precision=self.precision)
         # Pass the concrete name on, so gma_attention does not resolve "auto" again.
-        self.impl = self.backend(inputs, causal)
+        self.impl = self._resolve(inputs, causal)
         return gma_attention(*args, causal=causal, eps=self.eps, impl=self.impl)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:

@@ -50,6 +50,9 @@ MIXERS: tuple[MixerEntry, ...] = (
     MixerEntry("gma-triton-fast", "gma", _GMA, {"impl": "triton", "precision": "fast"},
                "GMA, fused Triton kernels with single bf16/fp16 products (faster; its rel_error "
                "shows the accuracy given up)", requires=("triton",), cuda_only=True),
+    MixerEntry("gma-triton-split", "gma", _GMA, {"impl": "triton", "precision": "split"},
+               "GMA, fused Triton kernels with split-bf16 products everywhere (inference too: the "
+               "default before the scaled-fp16 forward)", requires=("triton",), cuda_only=True),
     MixerEntry("gma-fla", "gma", "gmabench.mixers.fla:GMAFLA", {},
                "GMA responsibilities fed to fla chunk_linear_attn(normalize=True), causal",
                requires=("fla", "triton"), cuda_only=True),

@@ -23,7 +23,7 @@ if not _ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
     _common = sys.modules.get("gmabench.gma.triton.common")
     if _common is not None and not _common.INTERPRET:  # imported earlier without the variable
-        for _name in ("common", "bidir", "causal", "autograd"):
+        for _name in ("common", "plan", "bidir", "causal", "autograd"):
             importlib.reload(sys.modules[f"gmabench.gma.triton.{_name}"])
         importlib.reload(sys.modules["gmabench.gma.triton"])
 
@@ -117,6 +117,56 @@ def test_half_inputs_match_spec(dtype, causal):
     _assert_spec(errs, base, dtype)
 
 
+def _forward_errors(ins, causal, temperature=1.0, precision=None):
+    """Forward-only (inference) relative errors of the kernels and of gma_reference vs float64."""
+    kw = dict(causal=causal, temperature=temperature)
+    with torch.no_grad():
+        ref = gma_spec_float64(*[t.double() for t in ins], **kw)
+        base = gma_reference(*ins, **kw)
+        out = gma_triton(*ins, precision=precision, **kw)
+    assert torch.isfinite(out).all()
+    return _rel(out, ref), _rel(base, ref)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, None), (torch.bfloat16, "fp16"),
+                                             (torch.float16, "fp16"), (torch.float16, None)],
+                         ids=["bf16-default", "bf16-fp16", "fp16-fp16", "fp16-default"])
+def test_inference_forward_meets_spec(dtype, precision, causal):
+    # No gradient needed: bf16 inputs take the scaled-fp16 products by default (common.py).
+    ins = _inputs(2, 45, 2, 32, 16, 12, dtype, seed=23)
+    err, base = _forward_errors(ins, causal, precision=precision)
+    assert err <= 2 * base + _floor(dtype, "o"), (err, base)
+    if dtype == torch.bfloat16:   # bf16 output rounding dominates: within 10% of the reference
+        assert err <= 1.1 * base, (err, base)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_fp16_products_are_scaled_into_range(causal):
+    # x*x = 3.6e5 and v = 1e6 overflow float16 (max 65504) unless scaled; sigma ~ 0.05 and
+    # temperature 0.1 push the logit weights past it too.
+    ins = _inputs(1, 40, 2, 16, 16, 5, torch.bfloat16, seed=29)
+    with torch.no_grad():
+        ins[0].mul_(1200.0)
+        ins[1].mul_(1200.0)
+        ins[2].mul_(2e6)
+        ins[3].mul_(600.0)
+        ins[4].sub_(3.0)
+    for temperature in (1.0, 0.1):
+        err, base = _forward_errors(ins, causal, temperature=temperature, precision="fp16")
+        assert err <= 2 * base + 1e-4, (temperature, err, base)
+
+
+def test_backward_after_an_fp16_forward_runs_split():
+    # precision="fp16" with gradients: the forward state comes from fp16 products, the backward
+    # kernels run split. Input gradients meet the SPEC; the parameter gradients read the fp16
+    # state and err by ~2.5e-4 (why training calls default to "split").
+    errs, base = _errors(2, 45, 2, 32, 16, 12, torch.bfloat16, False, seed=3, precision="fp16")
+    _assert_spec({n: errs[n] for n in ("o", "q", "k", "v")}, base, torch.bfloat16)
+    for name in ("mu", "log_sigma", "mix_logits"):
+        assert errs[name] < 1e-3, (name, errs[name])
+
+
 @pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2)])
 def test_precision_modes_on_float32_inputs(precision, tol):
     # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands.
@@ -127,11 +177,12 @@ def test_precision_modes_on_float32_inputs(precision, tol):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launch_variants_do_not_change_the_result(causal):
-    # one segment vs five; weights held in registers vs re-read per block; 16- vs 32-token blocks
+    # one segment vs five; weights held in registers vs re-read per block; 16-, 32-, 128-token blocks
     ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.ones(1, 70, 1, 16, device=ins[0].device)
     outs = []
-    for knobs in (dict(segments=1), dict(segments=5, wload=1), dict(block=32, segments=2)):
+    for knobs in (dict(segments=1), dict(segments=5, wload=1), dict(block=32, segments=2),
+                  dict(block=128, segments=1)):
         TUNING.update(knobs)
         try:
             outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
@@ -181,3 +232,31 @@ def test_rejects_unsupported_shapes():
 def test_gpu_real_sizes(dtype, causal):
     errs, base = _errors(2, 2048 + 37, 4, 64, 64, 64, dtype, causal, seed=13)
     _assert_spec(errs, base, dtype)
+    # inference (no gradient): bf16 takes the scaled-fp16 forward
+    ins = _inputs(2, 2048 + 37, 4, 64, 64, 64, dtype, seed=17)
+    err, base_o = _forward_errors(ins, causal)
+    assert err <= 2 * base_o + _floor(dtype, "o"), (err, base_o)
+
+
+def test_inference_and_training_calls_take_their_own_plans():
+    from gmabench.gma.triton import plan as plan_mod
+    ins = _inputs(1, 20, 1, 16, 16, 3, torch.float32, seed=2)
+    plan_mod._PLANS.clear()
+    with torch.no_grad():
+        gma_triton(*ins, causal=True)
+    assert [key[7] for key in plan_mod._PLANS] == [False]      # key[7]: grad
+    gma_triton(*ins, causal=True).sum().backward()
+    assert sorted(key[7] for key in plan_mod._PLANS) == [False, True]
+
+
+def test_gma_mixer_records_precision_and_plan_source():
+    from gmabench.gma.triton import plan as plan_mod
+    from gmabench.mixers.gma import GMAMixer
+    q16, q32 = torch.zeros(1, 4, 1, 16, dtype=torch.bfloat16), torch.zeros(1, 4, 1, 16)
+    source = plan_mod.PLAN_SOURCE
+    assert GMAMixer("triton").backend({"q": q16}, False) == \
+        f"triton fp16 (inference) / split (training), plans: {source}"
+    assert GMAMixer("triton").backend({"q": q32}, True) == f"triton ieee, plans: {source}"
+    assert GMAMixer("triton", precision="fast").backend({"q": q16}, True).startswith("triton fast,")
+    assert GMAMixer("triton").backend({"q": q16.half()}, True).startswith("triton split,")
+    assert GMAMixer("chunked").backend({"q": q16}, True) == "chunked"

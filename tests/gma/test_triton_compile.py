@@ -24,7 +24,7 @@ if torch.cuda.is_available():
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from gmabench.gma.triton import autograd as plan_mod  # noqa: E402
+from gmabench.gma.triton import plan as plan_mod  # noqa: E402
 from gmabench.gma.triton import gma_triton  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +96,9 @@ def _record_launches(monkeypatch, causal: bool, dtype: torch.dtype) -> list[dict
     v = (0.5 * torch.randn(B, N, H, D, generator=g)).to(dtype)
     mu, log_sigma, mix = 0.5 * torch.randn(H, K, D, generator=g), 0.1 * torch.randn(H, K, D, generator=g), torch.randn(H, K, generator=g)
     inputs = [t.requires_grad_() for t in (q, k, v, mu, log_sigma, mix)]
-    out = gma_triton(*inputs, causal=causal)
+    with torch.no_grad():   # inference: the forward kernels in fp16 precision
+        gma_triton(*inputs, causal=causal)
+    out = gma_triton(*inputs, causal=causal)   # training: split forward and backward
     out.float().sum().backward()
     unique = {json.dumps(x, sort_keys=True): x for x in launches}
     return list(unique.values())
@@ -108,6 +110,8 @@ def test_launches_compile_for_sm90(monkeypatch, causal):
     launches = _record_launches(monkeypatch, causal, torch.bfloat16)
     names = {x["name"] for x in launches}
     assert len(names) >= 4, names  # prep, forward passes, backward passes, parameter gradients
+    # the key pass twice: fp16 products (inference) and split (training)
+    assert sum(x["name"] == "_state_kernel" for x in launches) == 2, launches
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "-c", COMPILE], input=json.dumps(launches), text=True,

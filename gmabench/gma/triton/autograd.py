@@ -1,16 +1,17 @@
-"""Launch planning and the autograd Function that ties the fused GMA kernels together.
+"""The autograd Function that ties the fused GMA kernels together (launch plans: plan.py).
 
 Forward, bidirectional: key pass (atomic add into one KP x (DV+1) state per (b, h)) + query pass.
 Forward, causal: key pass storing each segment's total + chunk walk per segment.
-Backward: a query-side and a key-side kernel for each variant, then one tiny kernel per head that
-chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size N x K is stored;
-saved for backward are the inputs and the float32 states (tiny).
+Forward programs compute their head's Gaussian weights themselves: two launches per call.
+Backward: a prep kernel (the weights, once per head), a query-side and a key-side kernel for each
+variant, then one tiny kernel per head that chains the gradients of a, b, c to mu, log_sigma,
+mix_logits. Nothing of size N x K is stored; saved for backward are the inputs and the float32
+states (tiny).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -18,77 +19,7 @@ import triton
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .common import INTERPRET, PRECISIONS, _param_grad_kernel, _prep_kernel
-
-# Knobs for tests and tuning scripts: None means "decide from the shape".
-TUNING: dict[str, int | None] = {
-    "block": None,          # tokens per block / chunk
-    "segments": None,       # segments per (b, h) (programs along the sequence)
-    "warps_bidir": None,
-    "warps_causal": None,
-    "warps_bwd": None,
-    "stages": None,
-    "wload": None,          # 1: weights re-read per block; 0: held in registers for the program
-}
-
-_SM_COUNT: dict[int, int] = {}
-_PLANS: dict[tuple, "Plan"] = {}
-
-
-@dataclass(frozen=True)
-class Plan:
-    KP: int        # K padded to a power of two >= 16
-    BLOCK: int     # tokens per block (chunk length for causal)
-    P: int         # segments per (b, h); grid is (P, B*H)
-    bps: int       # blocks per segment
-    warps_fwd: int
-    warps_bwd: int
-    stages: int
-    wload: bool
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
-def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
-              device: torch.device) -> Plan:
-    key = (B, N, H, K, D, DV, causal, device.type, device.index, tuple(TUNING.values()))
-    plan = _PLANS.get(key)
-    if plan is not None:
-        return plan
-    KP = max(16, triton.next_power_of_2(K))
-    wide = max(D, DV)
-    if INTERPRET:
-        block, min_bps, target = 16, 1, 3
-    else:
-        block = 64 if (KP <= 64 and wide <= 64) else 32
-        if KP >= 256 and wide >= 128:
-            block = 16
-        min_bps = 4
-        target = 4 * _sm_count(device)
-    block = TUNING["block"] or block
-    nblk = triton.cdiv(N, block)
-    P = TUNING["segments"] or max(1, min(triton.cdiv(target, B * H), nblk // min_bps))
-    P = max(1, min(P, nblk))
-    bps = triton.cdiv(nblk, P)
-    P = triton.cdiv(nblk, bps)  # no empty segment
-    # 8 warps: at 4 the register tiles of a 64-token block spill (ptxas -v on sm_90a, see
-    # docs/kernels.md); the interpreter ignores it.
-    if causal:
-        wf = TUNING["warps_causal"] or 8
-    else:
-        wf = TUNING["warps_bidir"] or 8
-    wb = TUNING["warps_bwd"] or 8
-    stages = TUNING["stages"] or (1 if INTERPRET else 2)
-    wload = bool(TUNING["wload"])  # default 0: no fewer spills seen with 1 (docs/kernels.md)
-    plan = Plan(KP, block, P, bps, wf, wb, stages, wload)
-    _PLANS[key] = plan
-    return plan
+from .plan import make_plan
 
 
 def _check(q, k, v, mu, log_sigma, mix_logits):
@@ -125,45 +56,62 @@ def _launch(kernel, grid, args, consts, warps, stages):
         kernel[grid](*args, **consts, num_warps=warps, num_stages=1)
 
 
+def _consts(dtype, D, DV, pl, prec):
+    """The compile-time constants every kernel of a call shares."""
+    return dict(D=D, DV=DV, KP=pl.KP, BLOCK=pl.BLOCK, PREC=prec,
+                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET,
+                WLOAD=pl.wload)
+
+
+def _weights(mu, log_sigma, mix_logits, inv_tau, KP, prec):
+    """The backward's per-head weights (logit weights, a and b) and biases, from _prep_kernel."""
+    H, K, D = mu.shape
+    wdtype = torch.float32 if prec == PRECISIONS["ieee"] else torch.bfloat16
+    w = torch.empty(H * 8 * KP * D, device=mu.device, dtype=wdtype)
+    c2 = torch.empty(H * KP, device=mu.device, dtype=torch.float32)
+    _prep_kernel[(H,)](mu, log_sigma, mix_logits, w, c2, K, inv_tau, KP=KP, D=D, PREC=prec, num_warps=4)
+    return w, c2
+
+
 class GMATritonFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec):
+    def forward(ctx, q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec, grad):
         B, N, H, D, DV, K = _check(q, k, v, mu, log_sigma, mix_logits)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         mu, log_sigma, mix_logits = mu.contiguous(), log_sigma.contiguous(), mix_logits.contiguous()
-        pl = make_plan(B, N, H, K, D, DV, causal, q.device)
+        pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
         inv_tau = 1.0 / float(temperature)
-        consts = dict(D=D, DV=DV, KP=pl.KP, BLOCK=pl.BLOCK, PREC=prec,
-                      X_EXACT=(q.dtype == torch.bfloat16 and prec != 2), INTERP=INTERPRET,
-                      WLOAD=pl.wload)
+        # The forward kernels compute their head's weights themselves: two launches per call.
+        consts = _consts(q.dtype, D, DV, pl, prec)
+        del consts["WLOAD"]
         grid = (pl.P, B * H)
         o = torch.empty_like(v)
-        w = torch.empty(H * 8 * pl.KP * D, device=q.device,
-                        dtype=torch.float32 if prec == 2 else torch.bfloat16)
-        c2 = torch.empty(H * pl.KP, device=q.device, dtype=torch.float32)
-        _prep_kernel[(H,)](mu, log_sigma, mix_logits, w, c2, K, inv_tau, KP=pl.KP, D=D, PREC=prec,
-                           num_warps=4)
+        mix = (mu, log_sigma, mix_logits)
         state_len = pl.KP * (DV + 1)
         if causal:
             st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, w, c2, st, N, H, pl.bps),
+            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
                     dict(consts, ATOMIC=False), pl.warps_fwd, pl.stages)
-            _launch(_causal_out_kernel, grid, (q, k, v, w, c2, st, o, N, H, float(eps), pl.bps),
+            _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
                     consts, pl.warps_fwd, pl.stages)
         else:
             st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, w, c2, st, N, H, pl.bps),
+            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
                     dict(consts, ATOMIC=True), pl.warps_fwd, pl.stages)
-            _launch(_bidir_out_kernel, grid, (q, w, c2, st, o, N, H, float(eps), pl.bps),
+            _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
                     consts, pl.warps_fwd, pl.stages)
-        ctx.save_for_backward(q, k, v, mu, log_sigma, mix_logits, st, w, c2)
-        ctx.cfg = (causal, inv_tau, float(eps), pl, consts, (B, N, H, D, DV, K))
+        ctx.save_for_backward(q, k, v, mu, log_sigma, mix_logits, st)
+        ctx.cfg = (causal, inv_tau, float(eps), pl, prec, (B, N, H, D, DV, K))
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, mu, log_sigma, mix_logits, st, w, c2 = ctx.saved_tensors
-        causal, inv_tau, eps, pl, consts, (B, N, H, D, DV, K) = ctx.cfg
+        q, k, v, mu, log_sigma, mix_logits, st = ctx.saved_tensors
+        causal, inv_tau, eps, pl, prec, (B, N, H, D, DV, K) = ctx.cfg
+        if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
+            prec = PRECISIONS["split"]
+        consts = _consts(q.dtype, D, DV, pl, prec)
+        w, c2 = _weights(mu, log_sigma, mix_logits, inv_tau, pl.KP, prec)
         do = do.to(v.dtype).contiguous()
         grid = (pl.P, B * H)
         dq = torch.empty_like(q)
@@ -191,18 +139,26 @@ class GMATritonFunction(torch.autograd.Function):
         dmix = torch.empty_like(mix_logits)
         _param_grad_kernel[(H,)](mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau,
                                  KP=pl.KP, D=D, num_warps=4)
-        return dq, dk, dv, dmu, dls, dmix, None, None, None, None
+        return dq, dk, dv, dmu, dls, dmix, None, None, None, None, None
 
 
-def resolve_precision(dtype: torch.dtype, precision: str | None) -> int:
+def precision_name(dtype: torch.dtype, precision: str | None, grad: bool) -> str:
+    """The product precision of a call's forward kernels (common.py), unless `precision` or
+    $GMA_TRITON_PRECISION names one: float32 inputs "ieee"; bfloat16 inputs "fp16" for a call
+    that will not be differentiated, "split" for one that will (the parameter gradients read the
+    forward's state: from fp16 products they err by ~2.5e-4 instead of ~1e-5); float16 inputs
+    "split" (their output rounds 8x finer than bfloat16's, so fp16 products would dominate the
+    error: 1.9x gma_reference's instead of 1.0x). The backward always runs "split" after an
+    "fp16" forward. Errors measured under the interpreter: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
             precision = "ieee"
         else:
-            precision = os.environ.get("GMA_TRITON_PRECISION", "split")
+            auto = "fp16" if (dtype == torch.bfloat16 and not grad) else "split"
+            precision = os.environ.get("GMA_TRITON_PRECISION", auto)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
+    return precision
 
 
 def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
@@ -210,11 +166,13 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     """Fused GMA (see SPEC-gma.md): q, k (B,N,H,D), v (B,N,H,Dv), mu, log_sigma (H,K,D),
     mix_logits (H,K) -> (B,N,H,Dv) in v's dtype. Differentiable in all six tensors.
 
-    precision: None (float32 inputs: "ieee"; 16-bit inputs: "split", or $GMA_TRITON_PRECISION),
-    "split", "fast" or "ieee"; see common.py.
+    precision: None (see precision_name), "fp16", "split", "fast" or "ieee"; see common.py.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
-    prec = resolve_precision(q.dtype, precision)
-    return GMATritonFunction.apply(q, k, v, mu, log_sigma, mix_logits, bool(causal),
-                                   float(temperature), float(eps), prec)
+    tensors = (q, k, v, mu, log_sigma, mix_logits)
+    # Will a backward follow? Inference and training calls differ in launch plan (plan.py) and
+    # in the forward's default precision.
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    prec = PRECISIONS[precision_name(q.dtype, precision, grad)]
+    return GMATritonFunction.apply(*tensors, bool(causal), float(temperature), float(eps), prec, grad)

@@ -2,7 +2,8 @@
 and the two backward passes.
 
 Grid of every kernel: (segments, B*H). A program walks the blocks of its segment of the sequence
-of one (batch, head). The per-head weights come from common._prep_kernel (one launch per call).
+of one (batch, head). Forward programs compute their head's weights themselves (no prep launch);
+the backward kernels read them from common._prep_kernel's buffer.
 Tensors are contiguous (B, N, H, W). The memory state of one (b, h) is KP*(DV+1) float32:
 M (KP, DV) then s (KP).
 """
@@ -12,15 +13,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _split, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
-                     _segment, _to_out)
+from .common import (_add_param_sums, _bwd_w, _fwd_w, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+                     _row_ptrs, _segment, _split, _to_out)
 
 
 @triton.jit
-def _state_kernel(k_ptr, v_ptr, w_ptr, c_ptr, st_ptr, N, H, bps,
+def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
                   D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                   PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
-                  INTERP: tl.constexpr, WLOAD: tl.constexpr):
+                  INTERP: tl.constexpr):
     """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
 
     ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
@@ -30,26 +31,21 @@ def _state_kernel(k_ptr, v_ptr, w_ptr, c_ptr, st_ptr, N, H, bps,
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
     S = tl.zeros((KP, DV), dtype=tl.float32)
     s = tl.zeros((KP,), dtype=tl.float32)
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rt = tl.trans(r)
-        rth = _hi(rt, PREC)
-        vh = _hi(v, PREC)
-        S = _mm(rth, _lo(rt, rth, PREC), vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
+        rth, rtl = _split(tl.trans(r), PREC, True)
+        vh, vl = _split(v, PREC)
+        S = _mm(rth, rtl, vh, vl, S, PREC, False, X_EXACT, INTERP)
         s += tl.sum(r, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
@@ -67,17 +63,14 @@ def _state_kernel(k_ptr, v_ptr, w_ptr, c_ptr, st_ptr, N, H, bps,
 
 
 @triton.jit
-def _bidir_out_kernel(q_ptr, w_ptr, c_ptr, st_ptr, o_ptr, N, H, eps, bps,
+def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, inv_tau, eps, bps,
                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                      PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                      WLOAD: tl.constexpr):
+                      PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     """o = (R_q M) / (R_q s + eps) for this program's segment of queries."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
@@ -88,15 +81,12 @@ def _bidir_out_kernel(q_ptr, w_ptr, c_ptr, st_ptr, o_ptr, N, H, eps, bps,
     xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
     obase = o_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rh = _hi(r, PREC)
-        n = _mm(rh, _lo(r, rh, PREC), Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
-                False, False, INTERP)
+        rh, rl = _split(r, PREC, True)
+        n = _mm(rh, rl, Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, False, INTERP)
         d = tl.sum(r * s[None, :], 1) + eps
         o = n / d[:, None]
         tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),

@@ -16,8 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _split, _bwd_w, _fwd_w, _hi, _input_grads, _lo, _mm, _resp, _row_ptrs,
-                     _segment, _to_out)
+from .common import (_add_param_sums, _bwd_w, _fwd_w, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+                     _row_ptrs, _segment, _split, _to_out)
 
 
 @triton.jit
@@ -35,19 +35,16 @@ def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
 
 
 @triton.jit
-def _causal_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, c_ptr, tot_ptr, o_ptr,
-                       N, H, eps, bps,
+def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_ptr,
+                       N, H, K, inv_tau, eps, bps,
                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                       WLOAD: tl.constexpr):
+                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)
@@ -58,8 +55,6 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, c_ptr, tot_ptr, o_ptr,
     ii = tl.arange(0, BLOCK)
     tri = ii[:, None] >= ii[None, :]
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -67,18 +62,17 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, c_ptr, tot_ptr, o_ptr,
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh, rql = _split(rq, PREC)
-        rkt = tl.trans(rk)
-        rkth, rktl = _split(rkt, PREC)
+        rqh, rql = _split(rq, PREC, True)
+        rkth, rktl = _split(tl.trans(rk), PREC, True)
         A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                 False, INTERP)
-        A = tl.where(tri, A, 0.0)
-        Ah = _hi(A, PREC)
+        A = tl.where(tri, A, 0.0)     # entries r_q . r_k lie in [0, 1]
+        Ah, Al = _split(A, PREC, True)
         vh, vl = _split(v, PREC)
-        n = _mm(Ah, _lo(A, Ah, PREC), vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
-                False, X_EXACT, INTERP)
-        Sh = _hi(S, PREC)
-        n = _mm(rqh, rql, Sh, _lo(S, Sh, PREC), n, PREC, False, False, INTERP)
+        n = _mm(Ah, Al, vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, X_EXACT,
+                INTERP)
+        Sh, Sl = _split(S, PREC)
+        n = _mm(rqh, rql, Sh, Sl, n, PREC, False, False, INTERP)
         d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
         o = n / d[:, None]
         tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),

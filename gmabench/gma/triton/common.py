@@ -12,6 +12,12 @@ Precision (constexpr PREC):
               lo part). About 16 bits of operand precision at 2-3x the tensor-core work; this is
               what keeps bf16/fp16 results within the SPEC criterion (see docs/kernels.md).
   2  "ieee":  float32 operands, input_precision="ieee" (used for float32 inputs).
+  3  "fp16":  forward kernels only: one float16 tensor-core product per matmul, each operand first
+              scaled by a power of two (exact) so that it lies in [-1, 1]: no overflow whatever the
+              inputs' range, and 11 significant bits, 8 times finer than bfloat16. The scale rides
+              in the "lo" slot of the operand pair: _mm returns acc + (s_a * s_b) * (a' @ b').
+              Output error: 1.04x gma_reference's in a float64 simulation (docs/kernels.md), at
+              the tensor-core work of "fast". Backward kernels never run in this mode.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # logit of a padded component: exp2 underflows to exactly 0, no inf arithmetic
 NEG_BIG = tl.constexpr(-1.0e30)
 
-PRECISIONS = {"fast": 0, "split": 1, "ieee": 2}
+PRECISIONS = {"fast": 0, "split": 1, "ieee": 2, "fp16": 3}
 _INTERP = tl.constexpr(INTERPRET)
 
 
@@ -79,18 +85,39 @@ def _lo(x, hi, PREC: tl.constexpr):
 
 
 @triton.jit
-def _split(x, PREC: tl.constexpr):
-    """x as the (hi, lo) operand pair that _mm takes (lo matters only in split precision)."""
-    hi = _hi(x, PREC)
-    return hi, _lo(x, hi, PREC)
+def _pow2_scale(x):
+    """(2^e, 2^-e) with 2^e the power of two at or above max|x| (floored at 1e-30): x * 2^-e lies
+    in [-1, 1] and the scaling is exact."""
+    m = tl.maximum(tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0), 1e-30)
+    e = tl.ceil(tl.log2(m))
+    return tl.exp2(e), tl.exp2(-e)
+
+
+@triton.jit
+def _split(x, PREC: tl.constexpr, UNIT: tl.constexpr = False):
+    """x as the operand pair that _mm takes: (hi, lo) in split precision, (hi, hi) in fast/ieee,
+    (x / scale in float16, scale) in fp16 precision; UNIT: x is known to lie in [0, 1] (scale 1)."""
+    if PREC == 3:
+        if UNIT:
+            hi = x.to(tl.float16)
+            lo = 1.0
+        else:
+            lo, inv = _pow2_scale(x)
+            hi = (x.to(tl.float32) * inv).to(tl.float16)
+    else:
+        hi = _hi(x, PREC)
+        lo = _lo(x, hi, PREC)
+    return hi, lo
 
 
 @triton.jit
 def _mm(ah, al, bh, bl, acc, PREC: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr,
         INTERP: tl.constexpr):
-    """acc + a @ b from split operands (see the module docstring for PREC)."""
+    """acc + a @ b from operand pairs made by _split (see the module docstring for PREC)."""
     if PREC == 2:
         acc = tl.dot(ah, bh, acc, input_precision="ieee")
+    elif PREC == 3:
+        acc = acc + (al * bl) * _dot16(ah, bh, tl.zeros(acc.shape, dtype=tl.float32), INTERP)
     else:
         acc = _dot16(ah, bh, acc, INTERP)
         if PREC == 1:
@@ -133,9 +160,21 @@ def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: t
 
 
 @triton.jit
+def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
+                 PREC: tl.constexpr):
+    """Head h's base-2 logit weights as operand pairs for _resp, computed by the program itself
+    (a forward call launches no prep kernel): c2 = c*log2(e) (KP), A2 = a*log2(e) and
+    B2 = -b*log2(e)/2 transposed to (D, KP)."""
+    a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+    a2h, a2l = _split(tl.trans(a * LOG2E), PREC)
+    b2h, b2l = _split(tl.trans(b * (-0.5 * LOG2E)), PREC)
+    return c * LOG2E, a2h, a2l, b2h, b2l
+
+
+@triton.jit
 def _prep_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, c_ptr, K, inv_tau,
                  KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    """One program per head: the weights every kernel of the call reads.
+    """One program per head: the weights the backward kernels read (PREC 0-2).
 
     w (H, 8, KP*D) in bf16 (PREC < 2) or float32: slots 0-3 the base-2 logit weights transposed
     to (D, KP), A2 = a*log2(e) and B2 = -b*log2(e)/2, as hi, lo, hi, lo; slots 4-7 the natural a, b
@@ -150,6 +189,7 @@ def _prep_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, c_ptr, K, inv_tau,
     base = w_ptr + h * (8 * KP * D)
     a2 = tl.trans(a * LOG2E)
     b2 = tl.trans(b * (-0.5 * LOG2E))
+    tl.store(c_ptr + h * KP + kk, c * LOG2E)
     hi = _hi(a2, PREC)
     tl.store(base + t_offs, hi)
     tl.store(base + KP * D + t_offs, _lo(a2, hi, PREC))
@@ -162,7 +202,6 @@ def _prep_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, c_ptr, K, inv_tau,
     hi = _hi(b, PREC)
     tl.store(base + 6 * KP * D + n_offs, hi)
     tl.store(base + 7 * KP * D + n_offs, _lo(b, hi, PREC))
-    tl.store(c_ptr + h * KP + kk, c * LOG2E)
 
 
 @triton.jit
@@ -198,15 +237,21 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
           PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     """Responsibilities (BLOCK, KP) in float32 of a tile x (BLOCK, D); rows outside the sequence
     (rowmask False) get 0 so they add nothing to any sum."""
-    xf = x.to(tl.float32)
-    xh = _hi(x, PREC)
-    xl = _lo(xf, xh, PREC)
-    x2 = xf * xf
-    x2h = _hi(x2, PREC)
-    x2l = _lo(x2, x2h, PREC)
     l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
-    l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
-    l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
+    if PREC == 3:
+        xh, xs = _split(x, PREC)        # x = xs * xh, |xh| <= 1
+        xhf = xh.to(tl.float32)
+        l2 = _mm(xh, xs, a2h, a2l, l2, PREC, False, False, INTERP)
+        l2 = _mm((xhf * xhf).to(tl.float16), xs * xs, b2h, b2l, l2, PREC, False, False, INTERP)
+    else:
+        xf = x.to(tl.float32)
+        xh = _hi(x, PREC)
+        xl = _lo(xf, xh, PREC)
+        x2 = xf * xf
+        x2h = _hi(x2, PREC)
+        x2l = _lo(x2, x2h, PREC)
+        l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
+        l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
     m = tl.max(l2, 1)
     p = tl.exp2(l2 - m[:, None])
     r = p / tl.sum(p, 1)[:, None]

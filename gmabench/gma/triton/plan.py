@@ -1,0 +1,142 @@
+"""Launch plans for the fused GMA kernels: block size, segments, warps and pipeline stages.
+
+A plan depends on the shape and on the variant: bidirectional or causal, and whether the call
+will be differentiated ("fwd_bwd") or not ("fwd"): an inference call and a training call may
+want different blocks, and the backward reuses the forward's plan (the causal backward needs the
+forward's segment totals).
+
+Three layers, the later overriding the earlier:
+  1. built-in defaults (`PLAN_TABLE`) for the shapes the tuning sweep measures (K <= 64 padded,
+     D, Dv <= 64), and a register-pressure rule for wider shapes;
+  2. a plan file, `GMA_TRITON_PLAN=path.json` (written by `scripts/gpu_kernels.py --sections
+     sweep`): {"bidir/fwd": {"block": 64, ...}, ...}, replacing table entries;
+  3. `TUNING`, explicit knobs for tests and the sweep itself (None = not set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+from .common import INTERPRET
+
+VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
+# block: tokens per block (the chunk length for causal); warps_fwd / warps_bwd: warps of the
+# forward / backward kernels; stages: software-pipelining depth of the block loop; waves: target
+# programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
+# blocks per segment.
+PLAN_KEYS = ("block", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps")
+_BASE = {"block": 64, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4, "min_bps": 4}
+PLAN_TABLE: dict[str, dict[str, int]] = {v: dict(_BASE) for v in VARIANTS}
+PLAN_SOURCE = "built-in"
+
+# Knobs for tests and tuning scripts: None means "decide from the table and the shape".
+TUNING: dict[str, int | None] = {
+    "block": None,
+    "segments": None,       # segments per (b, h), overriding waves / min_bps
+    "warps_fwd": None,
+    "warps_bwd": None,
+    "stages": None,
+    "waves": None,
+    "min_bps": None,
+    "wload": None,          # 1: weights re-read per block; 0: held in registers for the program
+}
+
+_SM_COUNT: dict[int, int] = {}
+_PLANS: dict[tuple, "Plan"] = {}
+
+
+@dataclass(frozen=True)
+class Plan:
+    KP: int        # K padded to a power of two >= 16
+    BLOCK: int     # tokens per block (chunk length for causal)
+    P: int         # segments per (b, h); grid is (P, B*H)
+    bps: int       # blocks per segment
+    warps_fwd: int
+    warps_bwd: int
+    stages: int
+    wload: bool
+
+
+def load_plan_file(path: str | os.PathLike) -> None:
+    """Replace entries of PLAN_TABLE from a JSON plan file; raises ValueError on a bad file."""
+    global PLAN_SOURCE
+    try:
+        text = Path(path).read_text()
+        data = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"GMA Triton plan file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
+    allowed = {"block": (16, 32, 64, 128), "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16),
+               "stages": (1, 2, 3, 4)}
+    updates = {}
+    for variant, entry in data.items():
+        if variant.startswith("_"):   # comments, provenance
+            continue
+        if variant not in VARIANTS or not isinstance(entry, dict):
+            raise ValueError(f"GMA Triton plan file {path}: unknown variant {variant!r} "
+                             f"(expected one of {VARIANTS})")
+        for key, value in entry.items():
+            ok = key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            if ok and key in allowed:
+                ok = value in allowed[key]
+            if not ok:
+                raise ValueError(f"GMA Triton plan file {path}: {variant}.{key} = {value!r} is not "
+                                 f"a valid setting")
+        updates[variant] = entry
+    for variant, entry in updates.items():   # all or nothing
+        PLAN_TABLE[variant].update(entry)
+    PLAN_SOURCE = f"{Path(path).name} sha256:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    _PLANS.clear()
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
+              device: torch.device, grad: bool = True) -> Plan:
+    key = (B, N, H, K, D, DV, causal, grad, device.type, device.index, tuple(TUNING.values()))
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    KP = max(16, triton.next_power_of_2(K))
+    wide = max(D, DV)
+    row = dict(PLAN_TABLE[("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")])
+    if KP > 64 or wide > 64:
+        # Outside what the table was measured for: smaller blocks keep the (BLOCK, KP) and
+        # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md).
+        row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
+    if INTERPRET:
+        row.update(block=16, min_bps=1, stages=1)
+        target = 3
+    else:
+        target = row["waves"] * _sm_count(device)
+    knobs = {k: v for k, v in TUNING.items() if v is not None}
+    row.update({k: v for k, v in knobs.items() if k in row})
+    block = row["block"]
+    nblk = triton.cdiv(N, block)
+    P = knobs.get("segments") or max(1, min(triton.cdiv(target, B * H), nblk // row["min_bps"]))
+    P = max(1, min(P, nblk))
+    bps = triton.cdiv(nblk, P)
+    P = triton.cdiv(nblk, bps)  # no empty segment
+    plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"],
+                bool(knobs.get("wload")))
+    _PLANS[key] = plan
+    return plan
+
+
+if os.environ.get("GMA_TRITON_PLAN"):
+    load_plan_file(os.environ["GMA_TRITON_PLAN"])

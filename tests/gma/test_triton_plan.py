@@ -1,0 +1,84 @@
+"""Launch plans of the fused kernels: the per-variant table, plan files, and the knobs' precedence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from gmabench.gma.triton import plan as plan_mod  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def gpu_rules(monkeypatch):
+    """Plan as on a GPU (the interpreter forces tiny blocks), on a fresh copy of the table."""
+    monkeypatch.setattr(plan_mod, "INTERPRET", False)
+    monkeypatch.setattr(plan_mod, "_PLANS", {})
+    monkeypatch.setattr(plan_mod, "PLAN_TABLE", {v: dict(e) for v, e in plan_mod.PLAN_TABLE.items()})
+    monkeypatch.setattr(plan_mod, "PLAN_SOURCE", "built-in")
+    monkeypatch.setattr(plan_mod, "TUNING", {k: None for k in plan_mod.TUNING})
+    return plan_mod
+
+
+def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"_measured": "a comment", "causal/fwd": {"block": 128, "warps_fwd": 4},
+                                "bidir/fwd_bwd": {"stages": 3, "waves": 8}}))
+    gpu_rules.load_plan_file(path)
+    causal_fwd = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=False)
+    causal_train = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
+    bidir_train = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, False, CPU, grad=True)
+    assert (causal_fwd.BLOCK, causal_fwd.warps_fwd, causal_fwd.stages) == (128, 4, 2)
+    assert (causal_train.BLOCK, causal_train.warps_fwd) == (64, 8)
+    assert bidir_train.stages == 3
+    # waves: B*H*P ~ waves * SMs (4 "SMs" on CPU): 8 * 4 / 16 heads = 2 segments
+    assert bidir_train.P == 2 and causal_train.P == 1
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert gpu_rules.PLAN_SOURCE == f"plan.json sha256:{digest}"
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "plan.json"),
+    (json.dumps({"causal/bwd": {"block": 64}}), "unknown variant 'causal/bwd'"),
+    (json.dumps({"causal/fwd": {"block": 48}}), "causal/fwd.block = 48"),
+    (json.dumps({"bidir/fwd": {"warps_fwd": True}}), "bidir/fwd.warps_fwd"),
+    (json.dumps({"bidir/fwd": {"blocks": 64}}), "bidir/fwd.blocks"),
+])
+def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
+    path = tmp_path / "plan.json"
+    # a valid entry first: a file with any bad entry must not be half applied
+    data = content if content.startswith("{not") else json.dumps(
+        {"causal/fwd_bwd": {"block": 32}, **json.loads(content)})
+    path.write_text(data)
+    before = json.dumps(gpu_rules.PLAN_TABLE, sort_keys=True)
+    with pytest.raises(ValueError, match=match):
+        gpu_rules.load_plan_file(path)
+    assert json.dumps(gpu_rules.PLAN_TABLE, sort_keys=True) == before
+    assert gpu_rules.PLAN_SOURCE == "built-in"
+
+
+def test_tuning_knobs_override_the_table_and_wide_shapes_shrink_the_block(gpu_rules):
+    gpu_rules.PLAN_TABLE["bidir/fwd"]["block"] = 128
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).BLOCK == 128
+    # wider than the table was measured for: register-pressure rule
+    assert gpu_rules.make_plan(1, 8192, 4, 128, 64, 64, False, CPU, grad=False).BLOCK == 32
+    assert gpu_rules.make_plan(1, 8192, 4, 256, 128, 128, False, CPU, grad=False).BLOCK == 16
+    gpu_rules.TUNING.update(block=32, segments=3, warps_fwd=4)
+    p = gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False)
+    assert (p.BLOCK, p.P, p.warps_fwd) == (32, 3, 4)
+
+
+def test_min_blocks_per_segment_bounds_small_sequences(gpu_rules):
+    gpu_rules.PLAN_TABLE["causal/fwd"].update(block=64, waves=64, min_bps=4)
+    p = gpu_rules.make_plan(1, 2048, 1, 64, 64, 64, True, CPU, grad=False)   # 32 blocks
+    assert (p.P, p.bps) == (8, 4)
+    gpu_rules.PLAN_TABLE["causal/fwd"]["min_bps"] = 1
+    gpu_rules._PLANS.clear()
+    p = gpu_rules.make_plan(1, 2048, 1, 64, 64, 64, True, CPU, grad=False)
+    assert (p.P, p.bps) == (32, 1)

@@ -67,7 +67,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 export GMA_TRITON_PLAN="$PWD/results/gpu/triton-plan.json"
             fi ;;
         pytest)
-            timeout -s INT "$(( s - 10 ))" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -rfEs \
+            timeout -s INT "$(( s > 250 ? 240 : s - 10 ))" python3 -m pytest -m gpu -q --ignore=tests/report -p no:cacheprovider -o addopts="" -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
         *)
             suite="${what%%:*}"; extra=""; name="$suite"

@@ -158,7 +158,12 @@ def load_mamba_ssd_combined() -> ModuleType:
         for package, path in (("mamba_ssm", root),
                               ("mamba_ssm.ops", [f"{p}/ops" for p in root]),
                               ("mamba_ssm.ops.triton", [f"{p}/ops/triton" for p in root])):
-            bare = importlib.machinery.ModuleSpec(package, None, is_package=True)
+            # origin gives the bare module a __file__ (its unexecuted __init__.py): code that asks
+            # inspect where a module lives (flash-attn-4's CuTe DSL does, for every module) would
+            # otherwise take it for a built-in and raise TypeError.
+            bare = importlib.machinery.ModuleSpec(package, None, origin=f"{path[0]}/__init__.py",
+                                                  is_package=True)
+            bare.has_location = True
             bare.submodule_search_locations = path
             sys.modules[package] = importlib.util.module_from_spec(bare)
     return importlib.import_module(name)

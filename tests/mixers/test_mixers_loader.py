@@ -6,6 +6,7 @@ proves the bypass on CPU; sibling imports inside the package must still resolve.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -43,6 +44,10 @@ def test_loader_bypasses_the_broken_package_init(fake_mamba_ssm):
     assert module.mamba_chunk_scan_combined(2) == 6
     assert module.__file__ == str(fake_mamba_ssm / "ops" / "triton" / "ssd_combined.py")
     assert load_mamba_ssd_combined() is module          # cached in sys.modules
+    # The bare parents have a place on disk: inspect must not take them for built-ins (on the
+    # H200, flash-attn-4's import raised "... is a built-in module" after mamba2-ssd had run).
+    for package, folder in (("mamba_ssm", fake_mamba_ssm), ("mamba_ssm.ops", fake_mamba_ssm / "ops")):
+        assert inspect.getfile(sys.modules[package]) == str(folder / "__init__.py")
 
 
 def test_loader_says_what_is_missing(monkeypatch):

@@ -260,3 +260,25 @@ def test_gma_mixer_records_precision_and_plan_source():
     assert GMAMixer("triton", precision="fast").backend({"q": q16}, True).startswith("triton fast,")
     assert GMAMixer("triton").backend({"q": q16.half()}, True).startswith("triton split,")
     assert GMAMixer("chunked").backend({"q": q16}, True) == "chunked"
+
+
+def test_causal_forward_with_one_segment_skips_the_key_pass(monkeypatch):
+    from gmabench.gma.triton import autograd
+    launched = []
+    real = autograd._launch
+    monkeypatch.setattr(autograd, "_launch",
+                        lambda kernel, *a: launched.append(kernel.fn.__name__) or real(kernel, *a))
+    ins = _inputs(1, 40, 2, 16, 16, 4, torch.float32, seed=31)
+    outs = {}
+    for segments in (1, 3):
+        TUNING.update(segments=segments)
+        try:
+            launched.clear()
+            with torch.no_grad():
+                outs[segments] = gma_triton(*ins, causal=True)
+            outs[segments, "launches"] = list(launched)
+        finally:
+            TUNING.update(segments=None)
+    assert outs[1, "launches"] == ["_causal_out_kernel"]
+    assert outs[3, "launches"] == ["_state_kernel", "_causal_out_kernel"]
+    assert _rel(outs[1], outs[3].double()) < 1e-5

@@ -89,9 +89,12 @@ class GMATritonFunction(torch.autograd.Function):
         mix = (mu, log_sigma, mix_logits)
         state_len = pl.KP * (DV + 1)
         if causal:
-            st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                    dict(consts, ATOMIC=False), pl.warps_fwd, pl.stages)
+            if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
+                st = torch.empty(1, device=q.device, dtype=torch.float32)
+            else:
+                st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
+                _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
+                        dict(consts, ATOMIC=False), pl.warps_fwd, pl.stages)
             _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
                     consts, pl.warps_fwd, pl.stages)
         else:

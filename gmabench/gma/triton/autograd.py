@@ -2,10 +2,9 @@
 
 Forward, bidirectional: key pass (atomic add into one KP x (DV+1) state per (b, h)) + query pass.
 Forward, causal: key pass storing each segment's total + chunk walk per segment.
-Forward programs compute their head's Gaussian weights themselves: two launches per call.
-Backward: a prep kernel (the weights, once per head), a query-side and a key-side kernel for each
-variant, then one tiny kernel per head that chains the gradients of a, b, c to mu, log_sigma,
-mix_logits. Nothing of size N x K is stored; saved for backward are the inputs and the float32
+Every program computes its head's Gaussian weights itself (no prep launch): two launches per
+forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
+per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size N x K is stored; saved for backward are the inputs and the float32
 states (tiny).
 """
 
@@ -18,7 +17,7 @@ import triton
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
-from .common import INTERPRET, PRECISIONS, _param_grad_kernel, _prep_kernel
+from .common import INTERPRET, PRECISIONS, _param_grad_kernel
 from .plan import make_plan
 
 
@@ -59,18 +58,7 @@ def _launch(kernel, grid, args, consts, warps, stages):
 def _consts(dtype, D, DV, pl, prec):
     """The compile-time constants every kernel of a call shares."""
     return dict(D=D, DV=DV, KP=pl.KP, BLOCK=pl.BLOCK, PREC=prec,
-                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET,
-                WLOAD=pl.wload)
-
-
-def _weights(mu, log_sigma, mix_logits, inv_tau, KP, prec):
-    """The backward's per-head weights (logit weights, a and b) and biases, from _prep_kernel."""
-    H, K, D = mu.shape
-    wdtype = torch.float32 if prec == PRECISIONS["ieee"] else torch.bfloat16
-    w = torch.empty(H * 8 * KP * D, device=mu.device, dtype=wdtype)
-    c2 = torch.empty(H * KP, device=mu.device, dtype=torch.float32)
-    _prep_kernel[(H,)](mu, log_sigma, mix_logits, w, c2, K, inv_tau, KP=KP, D=D, PREC=prec, num_warps=4)
-    return w, c2
+                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
 
 
 class GMATritonFunction(torch.autograd.Function):
@@ -83,7 +71,6 @@ class GMATritonFunction(torch.autograd.Function):
         inv_tau = 1.0 / float(temperature)
         # The forward kernels compute their head's weights themselves: two launches per call.
         consts = _consts(q.dtype, D, DV, pl, prec)
-        del consts["WLOAD"]
         grid = (pl.P, B * H)
         o = torch.empty_like(v)
         mix = (mu, log_sigma, mix_logits)
@@ -114,7 +101,7 @@ class GMATritonFunction(torch.autograd.Function):
         if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
             prec = PRECISIONS["split"]
         consts = _consts(q.dtype, D, DV, pl, prec)
-        w, c2 = _weights(mu, log_sigma, mix_logits, inv_tau, pl.KP, prec)
+        mix = (mu, log_sigma, mix_logits)
         do = do.to(v.dtype).contiguous()
         grid = (pl.P, B * H)
         dq = torch.empty_like(q)
@@ -126,16 +113,16 @@ class GMATritonFunction(torch.autograd.Function):
             pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
             aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
             gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-            _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, w, c2, st, dq, aux, gtot, pg, N, H,
-                                                 eps, pl.bps), consts, pl.warps_bwd, pl.stages)
-            _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, w, c2, aux, gtot, dk, dv, pg, N, H,
-                                                 pl.bps), consts, pl.warps_bwd, pl.stages)
+            _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
+                                                 inv_tau, eps, pl.bps), consts, pl.warps_bwd, pl.stages)
+            _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
+                                                 inv_tau, pl.bps), consts, pl.warps_bwd, pl.stages)
         else:
             buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
             gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
-            _launch(_bidir_bwd_q_kernel, grid, (q, do, w, c2, st, dq, gbuf, pg, N, H, eps, pl.bps),
-                    consts, pl.warps_bwd, pl.stages)
-            _launch(_bidir_bwd_k_kernel, grid, (k, v, w, c2, gbuf, dk, dv, pg, N, H, pl.bps),
+            _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
+                                                pl.bps), consts, pl.warps_bwd, pl.stages)
+            _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, pl.bps),
                     consts, pl.warps_bwd, pl.stages)
         dmu = torch.empty_like(mu)
         dls = torch.empty_like(log_sigma)

@@ -2,8 +2,7 @@
 and the two backward passes.
 
 Grid of every kernel: (segments, B*H). A program walks the blocks of its segment of the sequence
-of one (batch, head). Forward programs compute their head's weights themselves (no prep launch);
-the backward kernels read them from common._prep_kernel's buffer.
+of one (batch, head). Every program computes its head's Gaussian weights itself (no prep launch).
 Tensors are contiguous (B, N, H, W). The memory state of one (b, h) is KP*(DV+1) float32:
 M (KP, DV) then s (KP).
 """
@@ -13,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_w, _fwd_w, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -94,11 +93,10 @@ def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, in
 
 
 @triton.jit
-def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
-                        N, H, eps, bps,
+def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
+                        N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WLOAD: tl.constexpr):
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -107,11 +105,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
-    if not WLOAD:
-        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
+                                                           PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
@@ -128,8 +123,6 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
     dxbase = dq_ptr + (b.to(tl.int64) * N * H + h) * D
     dobase = do_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -141,8 +134,6 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
         d = tl.sum(r * s[None, :], 1) + eps
         rP = tl.sum(r * P, 1)
         dR = (P - (rP / d)[:, None] * s[None, :]) / d[:, None]
-        if WLOAD:
-            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
@@ -161,20 +152,16 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, w_ptr, c_ptr, st_ptr, dq_ptr, g_ptr, pg_p
 
 
 @triton.jit
-def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
-                        N, H, bps,
+def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
+                        N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WLOAD: tl.constexpr):
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
-    if not WLOAD:
-        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
+                                                           PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
@@ -192,8 +179,6 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_pt
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
     dvbase = dv_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -207,8 +192,6 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, w_ptr, c_ptr, g_ptr, dk_ptr, dv_ptr, pg_pt
                  False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
-        if WLOAD:
-            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),

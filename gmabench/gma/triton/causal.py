@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_w, _fwd_w, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -82,11 +82,11 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
 
 
 @triton.jit
-def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
-                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, eps, bps,
+def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr,
+                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr, WLOAD: tl.constexpr):
+                         INTERP: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
     d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
     dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
@@ -95,11 +95,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
-    if not WLOAD:
-        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
+                                                           PREC)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -117,8 +114,6 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
     ii = tl.arange(0, BLOCK)
     tri = ii[:, None] >= ii[None, :]
     for blk in range(blk0, blk1):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -150,8 +145,6 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
         rkh = _hi(rk, PREC)
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
                  U / d[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
-        if WLOAD:
-            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
@@ -177,11 +170,11 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, tot_ptr,
 
 
 @triton.jit
-def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gtot_ptr,
-                         dk_ptr, dv_ptr, pg_ptr, N, H, bps,
+def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, aux_ptr, gtot_ptr,
+                         dk_ptr, dv_ptr, pg_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr, WLOAD: tl.constexpr):
+                         INTERP: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
@@ -189,11 +182,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gto
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2 = tl.load(c_ptr + h * KP + tl.arange(0, KP))
-    if not WLOAD:
-        a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
-    if not WLOAD:
-        ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
+    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
+                                                           PREC)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
@@ -210,8 +200,6 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gto
     ii = tl.arange(0, BLOCK)
     triT = ii[:, None] <= ii[None, :]
     for it in range(0, blk1 - blk0):
-        if WLOAD:  # weights re-read per block (L1/L2 hits) instead of held in registers
-            a2h, a2l, b2h, b2l = _fwd_w(w_ptr, h, KP, D, PREC)
         blk = blk1 - 1 - it
         rows = blk * BLOCK + ii
         rm = rows < N
@@ -252,8 +240,6 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, w_ptr, c_ptr, aux_ptr, gto
         dv = _mm(Ath, _lo(At, Ath, PREC), dnh, dnl, dv, PREC, False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
-        if WLOAD:
-            ah, al, bh_, bl = _bwd_w(w_ptr, h, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP)
         tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),

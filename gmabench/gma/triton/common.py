@@ -172,64 +172,16 @@ def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
 
 
 @triton.jit
-def _prep_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, c_ptr, K, inv_tau,
-                 KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    """One program per head: the weights the backward kernels read (PREC 0-2).
-
-    w (H, 8, KP*D) in bf16 (PREC < 2) or float32: slots 0-3 the base-2 logit weights transposed
-    to (D, KP), A2 = a*log2(e) and B2 = -b*log2(e)/2, as hi, lo, hi, lo; slots 4-7 the natural a, b
-    (KP, D) as hi, lo, hi, lo (backward). c (H, KP) float32: c*log2(e).
-    """
-    h = tl.program_id(0)
+def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
+                 PREC: tl.constexpr):
+    """What a backward program needs of head h: _fwd_weights' five, plus the natural a and b
+    (KP, D) as operand pairs for the input gradients (common._input_grads)."""
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
-    kk = tl.arange(0, KP)
-    dd = tl.arange(0, D)
-    t_offs = dd[:, None] * KP + kk[None, :]
-    n_offs = kk[:, None] * D + dd[None, :]
-    base = w_ptr + h * (8 * KP * D)
-    a2 = tl.trans(a * LOG2E)
-    b2 = tl.trans(b * (-0.5 * LOG2E))
-    tl.store(c_ptr + h * KP + kk, c * LOG2E)
-    hi = _hi(a2, PREC)
-    tl.store(base + t_offs, hi)
-    tl.store(base + KP * D + t_offs, _lo(a2, hi, PREC))
-    hi = _hi(b2, PREC)
-    tl.store(base + 2 * KP * D + t_offs, hi)
-    tl.store(base + 3 * KP * D + t_offs, _lo(b2, hi, PREC))
-    hi = _hi(a, PREC)
-    tl.store(base + 4 * KP * D + n_offs, hi)
-    tl.store(base + 5 * KP * D + n_offs, _lo(a, hi, PREC))
-    hi = _hi(b, PREC)
-    tl.store(base + 6 * KP * D + n_offs, hi)
-    tl.store(base + 7 * KP * D + n_offs, _lo(b, hi, PREC))
-
-
-@triton.jit
-def _load_w(w_ptr, h, slot0: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
-    """Four (R, C) weight tiles hi, lo, hi, lo from slots slot0..slot0+3 (lo = hi unless split)."""
-    rr = tl.arange(0, R)
-    cc = tl.arange(0, C)
-    offs = rr[:, None] * C + cc[None, :]
-    base = w_ptr + h * (8 * R * C) + slot0 * (R * C)
-    xh = tl.load(base + offs)
-    yh = tl.load(base + 2 * R * C + offs)
-    if PREC == 1:
-        xl = tl.load(base + R * C + offs)
-        yl = tl.load(base + 3 * R * C + offs)
-    else:
-        xl = xh
-        yl = yh
-    return xh, xl, yh, yl
-
-
-@triton.jit
-def _fwd_w(w_ptr, h, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    return _load_w(w_ptr, h, 0, D, KP, PREC)
-
-
-@triton.jit
-def _bwd_w(w_ptr, h, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    return _load_w(w_ptr, h, 4, KP, D, PREC)
+    a2h, a2l = _split(tl.trans(a * LOG2E), PREC)
+    b2h, b2l = _split(tl.trans(b * (-0.5 * LOG2E)), PREC)
+    ah, al = _split(a, PREC)
+    bh, bl = _split(b, PREC)
+    return c * LOG2E, a2h, a2l, b2h, b2l, ah, al, bh, bl
 
 
 @triton.jit

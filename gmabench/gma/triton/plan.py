@@ -53,7 +53,6 @@ TUNING: dict[str, int | None] = {
     "stages": None,
     "waves": None,
     "min_bps": None,
-    "wload": None,          # 1: weights re-read per block; 0: held in registers for the program
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -69,7 +68,6 @@ class Plan:
     warps_fwd: int
     warps_bwd: int
     stages: int
-    wload: bool
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -140,8 +138,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = max(1, min(P, nblk))
     bps = triton.cdiv(nblk, P)
     P = triton.cdiv(nblk, bps)  # no empty segment
-    plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"],
-                bool(knobs.get("wload")))
+    plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"])
     _PLANS[key] = plan
     return plan
 

@@ -310,7 +310,8 @@ def table():
                         and r["ms"]]
                 if rows:
                     top = min(rows, key=lambda r: r["ms"])
-                    print(f"{'causal' if causal else 'bidir'} {mode}: {rows[0]['ms']:.4f} -> {top['ms']:.4f} ms "
+                    side = "causal" if causal else "bidir"
+                    print(f"{side} {mode}: {rows[0]['ms']:.4f} -> {top['ms']:.4f} ms "
                           + " ".join(f"{k}={top[k]}" for k in TUNING if top.get(k) is not None))
         print("plans", json.dumps(R.get("plans", {})))
     print("ceilings", R["ceilings"], f"total {elapsed():.0f}s")

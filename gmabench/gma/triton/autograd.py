@@ -4,8 +4,8 @@ Forward, bidirectional: key pass (atomic add into one KP x (DV+1) state per (b, 
 Forward, causal: key pass storing each segment's total + chunk walk per segment.
 Every program computes its head's Gaussian weights itself (no prep launch): two launches per
 forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
-per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size N x K is stored; saved for backward are the inputs and the float32
-states (tiny).
+per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
+N x K is stored; saved for backward are the inputs and the float32 states (tiny).
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class GMATritonFunction(torch.autograd.Function):
         mu, log_sigma, mix_logits = mu.contiguous(), log_sigma.contiguous(), mix_logits.contiguous()
         pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
         inv_tau = 1.0 / float(temperature)
-        # The forward kernels compute their head's weights themselves: two launches per call.
         consts = _consts(q.dtype, D, DV, pl, prec)
         grid = (pl.P, B * H)
         o = torch.empty_like(v)
@@ -82,8 +81,9 @@ class GMATritonFunction(torch.autograd.Function):
                 st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
                 _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
                         dict(consts, ATOMIC=False), pl.warps_fwd, pl.stages)
-            _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
-                    consts, pl.warps_fwd, pl.stages)
+            _launch(_causal_out_kernel, grid,
+                    (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
+                    pl.warps_fwd, pl.stages)
         else:
             st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
             _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),

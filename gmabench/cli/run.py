@@ -86,7 +86,10 @@ def run(
     cells = plan_sweep(resolved)
     run_dir = out or Path("results") / f"{date.today().isoformat()}-{_device_slug(device_kind)}-{resolved.name}"
 
-    from gmabench.results.store import CorruptResultsError, load_records
+    from gmabench.results.store import ARCHIVE_FILE, CorruptResultsError, load_records
+    if (run_dir / ARCHIVE_FILE).exists():
+        fail(f"--out: {run_dir} is an archived run ({ARCHIVE_FILE}); gunzip it to add cells, or choose "
+             "another --out (nothing was run or changed)")
     try:
         existing = load_records(run_dir) if run_dir.exists() else []
     except CorruptResultsError as exc:

@@ -1,5 +1,8 @@
 """Append-only, crash-safe JSON-lines store of records (one run directory, one results.jsonl).
 
+A finished run may be archived as results.jsonl.gz (`gzip -9 results.jsonl`: committed runs are
+a third of the size): it still loads and reports, but takes no more records.
+
 Each record is written as one line, flushed and fsync'ed before the next cell starts, so a
 killed run loses at most the cell in flight. A torn last line (the process died mid-write) is
 cut off before the next append; a bad line anywhere else is corruption and is reported with its
@@ -8,21 +11,30 @@ line number rather than silently skipped.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 RESULTS_FILE = "results.jsonl"
+ARCHIVE_FILE = RESULTS_FILE + ".gz"
 
 
 class CorruptResultsError(ValueError):
     """A results file has an unreadable line that is not a torn tail."""
 
 
+class ArchivedRunError(ValueError):
+    """Records were to be added to a run whose results are archived (results.jsonl.gz)."""
+
+
 def _parse(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Records of a file and the byte length of its valid prefix (where a torn tail starts)."""
-    data = path.read_bytes()
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:   # gzip.BadGzipFile is an OSError
+        raise CorruptResultsError(f"{path}: not a readable gzip file ({exc})") from None
     records: list[dict[str, Any]] = []
     offset = 0
     lines = data.split(b"\n")
@@ -48,10 +60,11 @@ def _parse(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete records of a results file (or of DIR/results.jsonl)."""
+    """All complete records of a results file (or of DIR/results.jsonl, else DIR/results.jsonl.gz)."""
     p = Path(path)
     if p.is_dir():
-        p = p / RESULTS_FILE
+        p = p / RESULTS_FILE if (p / RESULTS_FILE).exists() or not (p / ARCHIVE_FILE).exists() \
+            else p / ARCHIVE_FILE
     if not p.exists():
         return []
     return _parse(p)[0]
@@ -63,6 +76,9 @@ class ResultStore:
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / RESULTS_FILE
+        if (self.run_dir / ARCHIVE_FILE).exists():
+            raise ArchivedRunError(f"{self.run_dir} is an archived run ({ARCHIVE_FILE}): gunzip it to "
+                                   "add records")
 
     def records(self) -> list[dict[str, Any]]:
         return load_records(self.path)

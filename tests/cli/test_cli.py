@@ -229,3 +229,22 @@ def test_sigint_stops_cleanly_and_resume_completes(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     keys = [tuple(r[k] for k in KEY_FIELDS) for r in load_records(out)]
     assert len(keys) == len(set(keys)) == 2 * 3 * 2 * 2
+
+
+def test_archived_run_reports_but_is_not_resumed(tmp_path):
+    import gzip
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--mixers", "gma,sdpa", "--seq-lens", "32,64",
+                                 "--components", "4", "--modes", "fwd", "--out", str(out), "--no-report"])
+    assert result.exit_code == 0, result.output
+    records = load_records(out)
+    plain = out / "results.jsonl"
+    (out / "results.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    suite = (out / "suite.json").read_text()
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert f"{sum(r['status'] == 'ok' for r in records)} ok of {len(records)}" in (out / "report.html").read_text()
+    resumed = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 2 and "archived" in resumed.output
+    assert not plain.exists() and (out / "suite.json").read_text() == suite

@@ -9,7 +9,7 @@ from gmabench.report import write_report
 from gmabench.results.schema import STATUSES, Record
 from gmabench.results.store import load_records
 
-RUNS = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "results").glob("*/results.jsonl"))
+RUNS = sorted({p.parent for p in (Path(__file__).resolve().parents[2] / "results").glob("*/results.jsonl*")})
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[p.name for p in RUNS])

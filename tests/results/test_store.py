@@ -61,3 +61,20 @@ def test_non_object_line_is_corruption(tmp_path):
 def test_missing_file_has_no_records(tmp_path):
     assert load_records(tmp_path) == []
     assert ResultStore(tmp_path).repair() == 0
+
+
+def test_archived_run_loads_and_refuses_appends(tmp_path):
+    import gzip
+
+    from gmabench.results.store import ArchivedRunError
+    recs = [_record(i) for i in range(3)]
+    ResultStore(tmp_path).extend(recs)
+    plain = (tmp_path / "results.jsonl").read_bytes()
+    (tmp_path / "results.jsonl.gz").write_bytes(gzip.compress(plain))
+    (tmp_path / "results.jsonl").unlink()
+    assert load_records(tmp_path) == recs
+    with pytest.raises(ArchivedRunError, match="gunzip"):
+        ResultStore(tmp_path)
+    (tmp_path / "results.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(CorruptResultsError, match="gzip"):
+        load_records(tmp_path)

@@ -14,7 +14,8 @@
 #                              warps, stages, waves, min_bps) per variant: the best become
 #                              results/gpu/triton-plan.json, which every later job and call of
 #                              the session uses (GMA_TRITON_PLAN)
-#         | pytest             the GPU-marked tests (competitors against their references, kernels)
+#         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
+#                              at most 4 minutes; EXPR selects with pytest -k
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given), resumed when that folder exists
 #
@@ -66,8 +67,10 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 cp "$logs/tune/triton-plan.json" results/gpu/triton-plan.json
                 export GMA_TRITON_PLAN="$PWD/results/gpu/triton-plan.json"
             fi ;;
-        pytest)
-            timeout -s INT "$(( s > 250 ? 240 : s - 10 ))" python3 -m pytest -m gpu -q --ignore=tests/report -p no:cacheprovider -o addopts="" -rfEs \
+        pytest|pytest:*)    # at most 4 minutes; "pytest:EXPR" selects tests with -k EXPR
+            local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
+            timeout -s INT "$(( s > 250 ? 240 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
+                --ignore=tests/report -p no:cacheprovider -o addopts="" -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
         *)
             suite="${what%%:*}"; extra=""; name="$suite"

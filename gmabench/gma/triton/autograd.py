@@ -70,6 +70,11 @@ class GMATritonFunction(torch.autograd.Function):
         pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
         inv_tau = 1.0 / float(temperature)
         consts = _consts(q.dtype, D, DV, pl, prec)
+        # The key pass's state is what the backward reads: before a backward it is made with split
+        # products even when the output pass takes fp16 ones (the parameter gradients need it).
+        st_consts = consts
+        if grad and prec == PRECISIONS["fp16"]:
+            st_consts = _consts(q.dtype, D, DV, pl, PRECISIONS["split"])
         grid = (pl.P, B * H)
         o = torch.empty_like(v)
         mix = (mu, log_sigma, mix_logits)
@@ -80,14 +85,14 @@ class GMATritonFunction(torch.autograd.Function):
             else:
                 st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
                 _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                        dict(consts, ATOMIC=False), pl.warps_fwd, pl.stages)
+                        dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages)
             _launch(_causal_out_kernel, grid,
                     (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
                     pl.warps_fwd, pl.stages)
         else:
             st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
             _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                    dict(consts, ATOMIC=True), pl.warps_fwd, pl.stages)
+                    dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages)
             _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
                     consts, pl.warps_fwd, pl.stages)
         ctx.save_for_backward(q, k, v, mu, log_sigma, mix_logits, st)
@@ -135,11 +140,12 @@ class GMATritonFunction(torch.autograd.Function):
 def precision_name(dtype: torch.dtype, precision: str | None, grad: bool) -> str:
     """The product precision of a call's forward kernels (common.py), unless `precision` or
     $GMA_TRITON_PRECISION names one: float32 inputs "ieee"; bfloat16 inputs "fp16" for a call
-    that will not be differentiated, "split" for one that will (the parameter gradients read the
-    forward's state: from fp16 products they err by ~2.5e-4 instead of ~1e-5); float16 inputs
-    "split" (their output rounds 8x finer than bfloat16's, so fp16 products would dominate the
-    error: 1.9x gma_reference's instead of 1.0x). The backward always runs "split" after an
-    "fp16" forward. Errors measured under the interpreter: docs/kernels.md."""
+    that will not be differentiated, "split" for one that will (measured on the H200 only that
+    way so far); float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16
+    products would dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a
+    backward to follow takes fp16 products only where the backward does not read the result: the
+    output pass; the key pass's state (an fp16 state would cost the parameter gradients 2.5e-4
+    instead of 1e-5) and the backward kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
             precision = "ieee"

@@ -53,6 +53,10 @@ MIXERS: tuple[MixerEntry, ...] = (
     MixerEntry("gma-triton-split", "gma", _GMA, {"impl": "triton", "precision": "split"},
                "GMA, fused Triton kernels with split-bf16 products everywhere (inference too: the "
                "default before the scaled-fp16 forward)", requires=("triton",), cuda_only=True),
+    MixerEntry("gma-triton-fp16", "gma", _GMA, {"impl": "triton", "precision": "fp16"},
+               "GMA, fused Triton kernels with scaled-fp16 products in training too (the output "
+               "pass; the state the backward reads and the backward stay split)",
+               requires=("triton",), cuda_only=True),
     MixerEntry("gma-fla", "gma", "gmabench.mixers.fla:GMAFLA", {},
                "GMA responsibilities fed to fla chunk_linear_attn(normalize=True), causal",
                requires=("fla", "triton"), cuda_only=True),

@@ -63,8 +63,8 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All complete records of a results file (or of DIR/results.jsonl, else DIR/results.jsonl.gz)."""
     p = Path(path)
     if p.is_dir():
-        p = p / RESULTS_FILE if (p / RESULTS_FILE).exists() or not (p / ARCHIVE_FILE).exists() \
-            else p / ARCHIVE_FILE
+        plain, archived = p / RESULTS_FILE, p / ARCHIVE_FILE
+        p = archived if archived.exists() and not plain.exists() else plain
     if not p.exists():
         return []
     return _parse(p)[0]

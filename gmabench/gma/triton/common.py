@@ -160,28 +160,32 @@ def _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: t
 
 
 @triton.jit
-def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr):
-    """Head h's base-2 logit weights as operand pairs for _resp, computed by the program itself
-    (a forward call launches no prep kernel): c2 = c*log2(e) (KP), A2 = a*log2(e) and
+def _logit_weights(a, b, c, PREC: tl.constexpr):
+    """Base-2 logit weights as operand pairs for _resp: c2 = c*log2(e) (KP), A2 = a*log2(e) and
     B2 = -b*log2(e)/2 transposed to (D, KP)."""
-    a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     a2h, a2l = _split(tl.trans(a * LOG2E), PREC)
     b2h, b2l = _split(tl.trans(b * (-0.5 * LOG2E)), PREC)
     return c * LOG2E, a2h, a2l, b2h, b2l
 
 
 @triton.jit
+def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
+                 PREC: tl.constexpr):
+    """Head h's logit weights (_logit_weights), computed by the program itself: no prep launch."""
+    a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+    return _logit_weights(a, b, c, PREC)
+
+
+@triton.jit
 def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
                  PREC: tl.constexpr):
-    """What a backward program needs of head h: _fwd_weights' five, plus the natural a and b
-    (KP, D) as operand pairs for the input gradients (common._input_grads)."""
+    """What a backward program needs of head h: the logit weights, plus the natural a and b
+    (KP, D) as operand pairs for the input gradients (_input_grads)."""
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
-    a2h, a2l = _split(tl.trans(a * LOG2E), PREC)
-    b2h, b2l = _split(tl.trans(b * (-0.5 * LOG2E)), PREC)
+    c2, a2h, a2l, b2h, b2l = _logit_weights(a, b, c, PREC)
     ah, al = _split(a, PREC)
     bh, bl = _split(b, PREC)
-    return c * LOG2E, a2h, a2l, b2h, b2l, ah, al, bh, bl
+    return c2, a2h, a2l, b2h, b2l, ah, al, bh, bl
 
 
 @triton.jit

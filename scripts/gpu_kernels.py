@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
@@ -170,6 +171,13 @@ def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", rec
     return ms
 
 
+@triton.jit
+def _empty_kernel(a, b, c, d, e, f, g, h, N, H, K, inv_tau, eps, bps, D: tl.constexpr, DV: tl.constexpr,
+                  KP: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                  INTERP: tl.constexpr):
+    pass
+
+
 def overhead():
     """Host cost of one call: wall time per call at a tiny N (the GPU idles, so this is what the
     launches cost), and a profiler table of one call at N=2048."""
@@ -192,6 +200,21 @@ def overhead():
             us = (time.perf_counter() - t) / 200 * 1e6
             R["overhead"].append(dict(causal=causal, mode=mode, N=256, wall_us_per_call=us))
             print(f"overhead {'causal' if causal else 'bidir'} {mode}: {us:.1f} us per call (N=256)")
+    # One launch of an empty kernel with as many arguments as the causal walk: Triton's own
+    # per-launch host cost, to split the numbers above between launches and everything else.
+    x = torch.empty(16, device="cuda")
+    args = [x] * 8 + [256, 16, 64, 1.0, 1e-6, 4]
+    consts = dict(D=64, DV=64, KP=64, BLOCK=64, PREC=3, X_EXACT=True, INTERP=False)
+    for _ in range(20):
+        _empty_kernel[(4, 16)](*args, **consts, num_warps=4, num_stages=2)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(1000):
+        _empty_kernel[(4, 16)](*args, **consts, num_warps=4, num_stages=2)
+    torch.cuda.synchronize()
+    us = (time.perf_counter() - t) / 1000 * 1e6
+    R["overhead"].append(dict(what="empty Triton kernel, 14 arguments + 7 constexprs", wall_us_per_call=us))
+    print(f"overhead: one launch of an empty Triton kernel with the walk's arguments: {us:.1f} us")
     ins = inputs(1, 2048, 16, 64, 64, 64, torch.bfloat16, grad=False)
     gma_triton(*ins, causal=False)
     torch.cuda.synchronize()

@@ -3,6 +3,8 @@
 On CUDA each repetition is bracketed by CUDA events and preceded by an L2 flush (a write to a
 buffer several times the cache), as triton.testing.do_bench does; on CPU a monotonic wall clock
 is used. Raw samples are kept: summaries (median, p20/p80, IQR/median) are derived from them.
+On CUDA the host time to issue each call is kept too (`extra["host_ms"]`, median): when it is close
+to the measured time, the GPU waited for the host and the cell measures launch overhead.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, thresh
     flush = _L2Flusher(device)
     calls = warm_up(fn, warmup_ms, lambda: torch.cuda.synchronize(device))
     samples: list[float] = []
+    host: list[float] = []   # host time to issue each call (it returns once its work is queued)
     batch = 5  # record a few repetitions per synchronisation to keep the GPU busy
     while True:
         events = []
@@ -132,7 +135,9 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, thresh
             flush()
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
+            t0 = time.perf_counter()
             fn()
+            host.append((time.perf_counter() - t0) * 1e3)
             e.record()
             events.append((s, e))
         torch.cuda.synchronize(device)
@@ -140,4 +145,5 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, thresh
         why = _stop(samples, rep_ms, min_reps, max_reps, max_ms, threshold)
         if why:
             del flush
-            return Timings(samples, "cuda_events", calls, threshold, why)
+            return Timings(samples, "cuda_events", calls, threshold, why,
+                           extra={"host_ms": statistics.median(host)})

@@ -27,7 +27,10 @@ _INT_COLS = SHAPE_COLS + ["seed", "schema_version", "peak_bytes", "fwd_peak_byte
                           "bwd_peak_bytes", "saved_bytes", "allocated_bytes", "reserved_bytes",
                           "rel_error_tokens", "worker_pid", "gpu_index"]
 _FLOAT_COLS = ["median_ms", "p20_ms", "p80_ms", "iqr_over_median", "tokens_per_s", "flops",
-               "min_bytes", "rel_error", "wall_s"]
+               "min_bytes", "rel_error", "wall_s", "host_ms"]
+# A cell whose host took at least this share of its measured time to issue the call is
+# "host-bound": it measures launch overhead more than the kernels.
+HOST_BOUND_SHARE = 0.8
 _BOOL_COLS = ["causal", "k_applies"]
 _OBJECT_COLS = ["samples_ms", "clocks"]
 _DTYPE_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
@@ -72,6 +75,7 @@ def records_frame(records: Iterable[dict[str, Any]], env: dict | None = None) ->
                 df[c] = df[c].fillna("").astype(str)
     df["series"] = [series_label(*t) for t in
                     zip(df["mixer"], df["causal"], df["mode"], df["dtype"], df["scope"], df["device"])]
+    df["host_bound"] = (df["host_ms"] >= HOST_BOUND_SHARE * df["median_ms"]).fillna(False).astype(bool)
     return add_throughput(df, env)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from gmabench.report.analysis import fit_scaling, records_frame, speedup_table
+from gmabench.report.analysis import HOST_BOUND_SHARE, fit_scaling, records_frame, speedup_table
 from gmabench.report.figures import MIB, all_figures
 from gmabench.report.table import group_unrecorded
 
@@ -140,13 +140,17 @@ def _ok_section(df: pd.DataFrame) -> str:
                                        ("frac_copy_ceiling", "of copy ceiling")] if c in df}
     rows = [[r.series, r.backend or r.impl, r.B, r.N, r.H, r.D, r.Dv,
              r.K if r.k_applies else f"{r.K} (n/a)", _fmt(r.median_ms),
-             f"{_fmt(r.p20_ms)}–{_fmt(r.p80_ms)}" + (" (noisy)" if _flag(r.noisy) else ""),
+             f"{_fmt(r.p20_ms)}–{_fmt(r.p80_ms)}" + (" (noisy)" if _flag(r.noisy) else "")
+             + (" (host-bound)" if r.host_bound else ""),
              None if r.peak_bytes is pd.NA else r.peak_bytes / MIB, r.tokens_per_s,
              r.tflops_per_s, r.tb_per_s, r.rel_error] + [getattr(r, c) for c in fracs]
             for r in ok.itertuples()]
     headers = ["series", "backend", "B", "N", "H", "D", "Dv", "K", "median ms", "p20–p80 ms",
                "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error"] + [fracs[c] for c in fracs]
-    return "<h2>All ok cells</h2>" + _table(headers, rows, left=2)
+    legend = ("<p>noisy: IQR/median above the suite's threshold; host-bound: the host took at least "
+              f"{HOST_BOUND_SHARE:.0%} of the measured time to issue the call, so the cell measures "
+              "launch overhead more than the kernels.</p>")
+    return "<h2>All ok cells</h2>" + legend + _table(headers, rows, left=2)
 
 
 def _speedup_section(df: pd.DataFrame, baseline: Any) -> str:

@@ -46,6 +46,8 @@ class Record:
     noisy: bool | None = None
     samples_ms: list[float] = field(default_factory=list)
     timer: str = ""           # "cuda_events" or "wall_clock"
+    host_ms: float | None = None  # CUDA: median host time to issue one call; near median_ms, the
+    #                               GPU waited for the host (launch overhead, not kernel time)
     # --- memory (bytes) ---
     peak_bytes: int | None = None        # peak of the call over what was allocated before it
     fwd_peak_bytes: int | None = None

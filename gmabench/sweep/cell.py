@@ -136,7 +136,8 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
                                 max_reps=t.max_reps, max_ms=t.max_ms, noise_threshold=t.noise_threshold)
         rec.update(median_ms=timings.median_ms, p20_ms=timings.p20_ms, p80_ms=timings.p80_ms,
                    iqr_over_median=timings.iqr_over_median, noisy=timings.noisy,
-                   samples_ms=timings.samples_ms, timer=timings.timer)
+                   samples_ms=timings.samples_ms, timer=timings.timer,
+                   host_ms=timings.extra.get("host_ms"))
         rec["tokens_per_s"] = cell.B * cell.N / (timings.median_ms * 1e-3)
         rec["flops"] = call_flops(mixer, shape, cell.mode)
         rec["min_bytes"] = call_min_bytes(mixer, shape, torch.tensor([], dtype=dtype).element_size(), cell.mode)

@@ -135,3 +135,13 @@ def test_achieved_bandwidth_and_flops_are_drawn_against_the_measured_ceilings(ma
     assert "measured copy 4.27 TB/s" in bw.layout.annotations[0].text
     assert bw.layout.shapes[0].y0 == pytest.approx(4.27)
     assert "686 TFLOP/s" in fl.layout.annotations[0].text
+
+
+def test_cells_whose_host_time_dominates_are_marked_host_bound(tmp_path, make_record):
+    recs = [make_record("gma", 256, median_ms=0.10, host_ms=0.095),      # the GPU waited for the host
+            make_record("gma", 512, median_ms=1.00, host_ms=0.05),       # the host was far ahead
+            make_record("gma", 1024, median_ms=2.00)]                     # no host time (CPU timer)
+    df = records_frame(recs)
+    assert list(df.sort_values("N")["host_bound"]) == [True, False, False]
+    text = write_report(tmp_path, recs, {}, {"name": "h"}).read_text()
+    assert text.count("(host-bound)") == 1 and "host-bound: the host took at least 80%" in text

@@ -178,9 +178,26 @@ def _empty_kernel(a, b, c, d, e, f, g, h, N, H, K, inv_tau, eps, bps, D: tl.cons
     pass
 
 
+def _host_profile(f, calls=100):
+    """cProfile of `calls` back-to-back calls: where the host's time goes, by function."""
+    import cProfile
+    import io
+    import pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        f()
+    pr.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(22)
+    return buf.getvalue()
+
+
 def overhead():
-    """Host cost of one call: wall time per call at a tiny N (the GPU idles, so this is what the
-    launches cost), and a profiler table of one call at N=2048."""
+    """Host cost of one call at a tiny N, split: wall time of back-to-back calls (the larger of
+    host and GPU time), host time to issue one call, GPU time of one call (CUDA events after a
+    sync), a cProfile of the host path and a profiler table of the kernels' device times."""
     from torch.profiler import ProfilerActivity, profile
     for causal in (False, True):
         for mode in ("fwd", "fwd_bwd"):
@@ -197,9 +214,32 @@ def overhead():
             for _ in range(200):
                 f()
             torch.cuda.synchronize()
-            us = (time.perf_counter() - t) / 200 * 1e6
-            R["overhead"].append(dict(causal=causal, mode=mode, N=256, wall_us_per_call=us))
-            print(f"overhead {'causal' if causal else 'bidir'} {mode}: {us:.1f} us per call (N=256)")
+            wall = (time.perf_counter() - t) / 200 * 1e6
+            issue, gpu = [], []
+            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for _ in range(50):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                ev0.record()
+                f()
+                ev1.record()
+                issue.append((time.perf_counter() - t) * 1e6)
+                torch.cuda.synchronize()
+                gpu.append(ev0.elapsed_time(ev1) * 1e3)
+            issue_us, gpu_us = sorted(issue)[25], sorted(gpu)[25]
+            tag = f"{'causal' if causal else 'bidir'} {mode}"
+            row = dict(causal=causal, mode=mode, N=256, wall_us_per_call=wall, issue_us=issue_us,
+                       event_span_us=gpu_us, cprofile=_host_profile(f))
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(20):
+                    f()
+                torch.cuda.synchronize()
+            row["kernels"] = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12,
+                                                       max_name_column_width=40)
+            R["overhead"].append(row)
+            print(f"overhead {tag}: {wall:.1f} us per call back to back, {issue_us:.1f} us to issue, "
+                  f"{gpu_us:.1f} us between events around one call (N=256)")
+            print("\n".join(row["cprofile"].splitlines()[:24]))
     # One launch of an empty kernel with as many arguments as the causal walk: Triton's own
     # per-launch host cost, to split the numbers above between launches and everything else.
     x = torch.empty(16, device="cuda")
@@ -215,16 +255,6 @@ def overhead():
     us = (time.perf_counter() - t) / 1000 * 1e6
     R["overhead"].append(dict(what="empty Triton kernel, 14 arguments + 7 constexprs", wall_us_per_call=us))
     print(f"overhead: one launch of an empty Triton kernel with the walk's arguments: {us:.1f} us")
-    ins = inputs(1, 2048, 16, 64, 64, 64, torch.bfloat16, grad=False)
-    gma_triton(*ins, causal=False)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(20):
-            gma_triton(*ins, causal=False)
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=40)
-    R["overhead_profile"] = table     # kept in the JSON: the log keeps only the job's last lines
-    print(table)
 
 
 # (block, warps, stages) of the forward kernels, then (block, warps_bwd, stages) for fwd_bwd, each

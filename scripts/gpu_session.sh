@@ -14,6 +14,7 @@
 #                              warps, stages, waves, min_bps) per variant: the best become
 #                              results/gpu/triton-plan.json, which every later job and call of
 #                              the session uses (GMA_TRITON_PLAN)
+#         | overhead           host cost per call only (the first section of tune), no sweep
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 4 minutes; EXPR selects with pytest -k
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
@@ -67,6 +68,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 cp "$logs/tune/triton-plan.json" results/gpu/triton-plan.json
                 export GMA_TRITON_PLAN="$PWD/results/gpu/triton-plan.json"
             fi ;;
+        overhead)
+            python3 scripts/gpu_kernels.py --out "$logs/overhead" --sections overhead \
+                --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -80 ;;
         pytest|pytest:*)    # at most 4 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
             timeout -s INT "$(( s > 250 ? 240 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .common import INTERPRET, PRECISIONS, _param_grad_kernel
+from .launch import launch as _launch
 from .plan import make_plan
 
 
@@ -46,57 +46,57 @@ def _check(q, k, v, mu, log_sigma, mix_logits):
     return B, N, H, D, DV, K
 
 
-def _launch(kernel, grid, args, consts, warps, stages):
-    try:
-        kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
-    except triton.runtime.errors.OutOfResources:
-        if stages == 1:
-            raise
-        kernel[grid](*args, **consts, num_warps=warps, num_stages=1)
-
-
 def _consts(dtype, D, DV, pl, prec):
     """The compile-time constants every kernel of a call shares."""
     return dict(D=D, DV=DV, KP=pl.KP, BLOCK=pl.BLOCK, PREC=prec,
                 X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
 
 
+def _forward(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec, grad):
+    """The forward launches; returns the output and what a backward needs (contiguous inputs,
+    the float32 state, the call's configuration)."""
+    B, N, H, D, DV, K = _check(q, k, v, mu, log_sigma, mix_logits)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    mu, log_sigma, mix_logits = mu.contiguous(), log_sigma.contiguous(), mix_logits.contiguous()
+    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
+    inv_tau = 1.0 / float(temperature)
+    consts = _consts(q.dtype, D, DV, pl, prec)
+    # The key pass's state is what the backward reads: before a backward it is made with split
+    # products even when the output pass takes fp16 ones (the parameter gradients need it).
+    st_consts = consts
+    if grad and prec == PRECISIONS["fp16"]:
+        st_consts = _consts(q.dtype, D, DV, pl, PRECISIONS["split"])
+    grid = (pl.P, B * H)
+    o = torch.empty_like(v)
+    mix = (mu, log_sigma, mix_logits)
+    state_len = pl.KP * (DV + 1)
+    if causal:
+        if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
+            st = mu     # a float32 placeholder: the walk reads no total (no allocation)
+        else:
+            st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
+            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
+                    dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages)
+        _launch(_causal_out_kernel, grid,
+                (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
+                pl.warps_fwd, pl.stages)
+    else:
+        st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
+        _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
+                dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages)
+        _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
+                consts, pl.warps_fwd, pl.stages)
+    saved = (q, k, v, mu, log_sigma, mix_logits, st)
+    return o, saved, (causal, inv_tau, float(eps), pl, prec, (B, N, H, D, DV, K))
+
+
 class GMATritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec, grad):
-        B, N, H, D, DV, K = _check(q, k, v, mu, log_sigma, mix_logits)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        mu, log_sigma, mix_logits = mu.contiguous(), log_sigma.contiguous(), mix_logits.contiguous()
-        pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
-        inv_tau = 1.0 / float(temperature)
-        consts = _consts(q.dtype, D, DV, pl, prec)
-        # The key pass's state is what the backward reads: before a backward it is made with split
-        # products even when the output pass takes fp16 ones (the parameter gradients need it).
-        st_consts = consts
-        if grad and prec == PRECISIONS["fp16"]:
-            st_consts = _consts(q.dtype, D, DV, pl, PRECISIONS["split"])
-        grid = (pl.P, B * H)
-        o = torch.empty_like(v)
-        mix = (mu, log_sigma, mix_logits)
-        state_len = pl.KP * (DV + 1)
-        if causal:
-            if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
-                st = torch.empty(1, device=q.device, dtype=torch.float32)
-            else:
-                st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-                _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                        dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages)
-            _launch(_causal_out_kernel, grid,
-                    (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
-                    pl.warps_fwd, pl.stages)
-        else:
-            st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                    dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages)
-            _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
-                    consts, pl.warps_fwd, pl.stages)
-        ctx.save_for_backward(q, k, v, mu, log_sigma, mix_logits, st)
-        ctx.cfg = (causal, inv_tau, float(eps), pl, prec, (B, N, H, D, DV, K))
+        o, saved, cfg = _forward(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps,
+                                 prec, grad)
+        ctx.save_for_backward(*saved)
+        ctx.cfg = cfg
         return o
 
     @staticmethod
@@ -132,8 +132,8 @@ class GMATritonFunction(torch.autograd.Function):
         dmu = torch.empty_like(mu)
         dls = torch.empty_like(log_sigma)
         dmix = torch.empty_like(mix_logits)
-        _param_grad_kernel[(H,)](mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau,
-                                 KP=pl.KP, D=D, num_warps=4)
+        _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
+                dict(KP=pl.KP, D=D), 4, 3)
         return dq, dk, dv, dmu, dls, dmix, None, None, None, None, None
 
 
@@ -171,4 +171,6 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     prec = PRECISIONS[precision_name(q.dtype, precision, grad)]
+    if not grad:   # no autograd node to build: the launches alone (less host time per call)
+        return _forward(*tensors, bool(causal), float(temperature), float(eps), prec, False)[0]
     return GMATritonFunction.apply(*tensors, bool(causal), float(temperature), float(eps), prec, grad)

@@ -1,0 +1,151 @@
+"""The fast launch path (gmabench/gma/triton/launch.py) against Triton's own.
+
+Its cache key must tell apart every two arguments that Triton's specialiser tells apart, or a
+kernel compiled for one (say, N a multiple of 16) would run for the other. On CPU: the key against
+the specialiser itself; on a GPU: outputs and gradients of fast and standard launches agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from gmabench.gma.triton import launch as launch_mod  # noqa: E402
+
+
+def _triton_spec(a):
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    return native_specialize_impl(BaseBackend, a, False, True, True)
+
+
+def _samples():
+    buf = torch.empty(64, dtype=torch.float32)
+    ints = [0, 1, 2, 15, 16, 17, 32, 4133, 2 ** 31 - 16, 2 ** 31, 2 ** 31 + 1, -1, -16, 2 ** 63]
+    tensors = [buf, buf[1:], buf[4:], buf[8:], buf.to(torch.bfloat16), buf.to(torch.bfloat16)[1:],
+               buf.to(torch.bfloat16)[8:], buf.half(), buf.half()[3:]]
+    return ints + [0.5, 1.0, 1e-6, True, False] + tensors
+
+
+def test_key_is_at_least_as_fine_as_tritons_specialisation():
+    samples = _samples()
+    for a, b in itertools.combinations(samples, 2):
+        if _triton_spec(a) != _triton_spec(b):
+            assert launch_mod.arg_key(a) != launch_mod.arg_key(b), (a, b, _triton_spec(a))
+
+
+def test_key_sees_alignment_and_the_value_one():
+    buf = torch.empty(64)
+    assert launch_mod.arg_key(buf) != launch_mod.arg_key(buf[1:])
+    assert launch_mod.arg_key(buf) == launch_mod.arg_key(buf[4:]) == launch_mod.arg_key(torch.empty(3))
+    assert launch_mod.arg_key(1) != launch_mod.arg_key(17)
+    assert launch_mod.arg_key(32) != launch_mod.arg_key(33)
+    assert launch_mod.arg_key(33) == launch_mod.arg_key(35)
+
+
+class _FakeCompiled:
+    function, packed_metadata = "fn", "meta"
+
+    def __init__(self, refuse=False):
+        self.refuse, self.runs = refuse, []
+
+    def run(self, *a):
+        if self.refuse:
+            raise TypeError("launcher takes other arguments")
+        self.runs.append(a)
+
+
+class _FakeKernel:
+    """Stands for a JITFunction: kernel[grid](...) records a standard launch."""
+    arg_names = ["x", "n", "C", "B"]
+
+    def __init__(self, compiled):
+        self.compiled, self.standard = compiled, []
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.standard.append((grid, a, kw)) or self.compiled
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(launch_mod, "ENABLED", True)
+    monkeypatch.setattr(launch_mod.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch_mod, "_raw_stream", lambda dev: 77)
+    launch_mod.clear()
+    yield
+    launch_mod.clear()
+
+
+def test_second_launch_calls_the_compiled_kernel_with_constexprs_in_signature_order(fake_cuda):
+    kernel = _FakeKernel(_FakeCompiled())
+    x = torch.empty(8)
+    launch_mod.launch(kernel, (3, 5), (x, 32), {"B": 64, "C": 2}, 4, 2)
+    assert kernel.standard == [((3, 5), (x, 32), {"B": 64, "C": 2, "num_warps": 4, "num_stages": 2})]
+    launch_mod.launch(kernel, (6, 5), (x, 48), {"B": 64, "C": 2}, 4, 2)    # 48: same key as 32
+    assert len(kernel.standard) == 1
+    assert kernel.compiled.runs == [(6, 5, 1, 77, "fn", "meta", None, None, None, x, 48, 2, 64)]
+    launch_mod.launch(kernel, (6, 5), (x, 33), {"B": 64, "C": 2}, 4, 2)    # 33: a new key
+    assert len(kernel.standard) == 2 and len(kernel.compiled.runs) == 1
+
+
+def test_a_launch_hook_sends_every_launch_through_triton(fake_cuda, monkeypatch):
+    kernel = _FakeKernel(_FakeCompiled())
+    x = torch.empty(8)
+    hook = lambda metadata: None  # noqa: E731
+    launch_mod._knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        for _ in range(3):
+            launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 1)
+    finally:
+        launch_mod._knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(kernel.standard) == 3 and kernel.compiled.runs == []
+
+
+def test_a_launcher_that_refuses_the_arguments_turns_the_fast_path_off(fake_cuda):
+    kernel = _FakeKernel(_FakeCompiled(refuse=True))
+    x = torch.empty(8)
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 1)
+    with pytest.warns(RuntimeWarning, match="fast Triton launches disabled"):
+        launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 1)
+    assert len(kernel.standard) == 2 and launch_mod.ENABLED is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_fast_launches_match_standard_launches(causal, monkeypatch):
+    from gmabench.gma.triton import gma_triton
+    assert launch_mod.ENABLED
+    g = torch.Generator(device="cuda").manual_seed(5)
+
+    def inputs(N):
+        ts = [torch.randn(2, N, 4, 64, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3)]
+        ts += [torch.randn(4, 64, 64, generator=g, device="cuda"),
+               torch.randn(4, 64, 64, generator=g, device="cuda") * 0.1,
+               torch.randn(4, 64, generator=g, device="cuda")]
+        return [t.requires_grad_() for t in ts]
+
+    def run(ins):
+        o = gma_triton(*ins, causal=causal)
+        grads = torch.autograd.grad(o, ins, torch.ones_like(o))
+        with torch.no_grad():
+            inf = gma_triton(*ins, causal=causal)
+        return [o.detach(), inf, *grads]
+
+    # Sizes whose int arguments specialise differently (multiples of 16 or not, one block), each
+    # run twice so that the second call takes the cached launch.
+    for N in (4096, 4133, 16, 1, 4096, 4133):
+        ins = inputs(N)
+        launch_mod.clear()
+        run(ins)
+        fast = run(ins)
+        monkeypatch.setattr(launch_mod, "ENABLED", False)
+        standard = run(ins)
+        monkeypatch.setattr(launch_mod, "ENABLED", True)
+        for f, s in zip(fast, standard):
+            # the bidirectional state and the parameter sums are float32 atomics: order may vary
+            torch.testing.assert_close(f.float(), s.float(), rtol=2e-5, atol=2e-6)

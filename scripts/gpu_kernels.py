@@ -27,6 +27,7 @@ from triton.testing import do_bench  # noqa: E402
 
 from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
 from gmabench.gma.triton import TUNING, gma_triton  # noqa: E402
+from gmabench.gma.triton import launch as launch_mod  # noqa: E402
 
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T0 = time.time()
@@ -199,6 +200,7 @@ def overhead():
     host and GPU time), host time to issue one call, GPU time of one call (CUDA events after a
     sync), a cProfile of the host path and a profiler table of the kernels' device times."""
     from torch.profiler import ProfilerActivity, profile
+    fast_default = launch_mod.ENABLED
     for causal in (False, True):
         for mode in ("fwd", "fwd_bwd"):
             ins = inputs(1, 256, 16, 64, 64, 64, torch.bfloat16, grad=(mode == "fwd_bwd"))
@@ -207,29 +209,36 @@ def overhead():
                 f = lambda: gma_triton(*ins, causal=causal)  # noqa: E731
             else:
                 f = lambda: torch.autograd.grad(gma_triton(*ins, causal=causal), ins, do)  # noqa: E731
-            for _ in range(20):
-                f()
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(200):
-                f()
-            torch.cuda.synchronize()
-            wall = (time.perf_counter() - t) / 200 * 1e6
-            issue, gpu = [], []
-            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for _ in range(50):
+            walls, issues, spans = {}, {}, {}
+            for fast in (False, True):     # Triton's launch path, then gmabench's (launch.py)
+                launch_mod.ENABLED = fast
+                for _ in range(20):
+                    f()
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                ev0.record()
-                f()
-                ev1.record()
-                issue.append((time.perf_counter() - t) * 1e6)
+                for _ in range(200):
+                    f()
                 torch.cuda.synchronize()
-                gpu.append(ev0.elapsed_time(ev1) * 1e3)
-            issue_us, gpu_us = sorted(issue)[25], sorted(gpu)[25]
+                walls[fast] = (time.perf_counter() - t) / 200 * 1e6
+                issue, gpu = [], []
+                ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                for _ in range(50):
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    ev0.record()
+                    f()
+                    ev1.record()
+                    issue.append((time.perf_counter() - t) * 1e6)
+                    torch.cuda.synchronize()
+                    gpu.append(ev0.elapsed_time(ev1) * 1e3)
+                issues[fast], spans[fast] = sorted(issue)[25], sorted(gpu)[25]
+            launch_mod.ENABLED = fast_default
+            wall, issue_us, gpu_us = walls[True], issues[True], spans[True]
             tag = f"{'causal' if causal else 'bidir'} {mode}"
             row = dict(causal=causal, mode=mode, N=256, wall_us_per_call=wall, issue_us=issue_us,
-                       event_span_us=gpu_us, cprofile=_host_profile(f))
+                       event_span_us=gpu_us, cprofile=_host_profile(f),
+                       triton_launch=dict(wall_us_per_call=walls[False], issue_us=issues[False],
+                                          event_span_us=spans[False]))
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(20):
                     f()
@@ -238,7 +247,8 @@ def overhead():
                                                        max_name_column_width=40)
             R["overhead"].append(row)
             print(f"overhead {tag}: {wall:.1f} us per call back to back, {issue_us:.1f} us to issue, "
-                  f"{gpu_us:.1f} us between events around one call (N=256)")
+                  f"{gpu_us:.1f} us between events around one call (N=256); with Triton's own "
+                  f"launches {walls[False]:.1f} / {issues[False]:.1f} / {spans[False]:.1f} us")
             print("\n".join(row["cprofile"].splitlines()[:24]))
     # One launch of an empty kernel with as many arguments as the causal walk: Triton's own
     # per-launch host cost, to split the numbers above between launches and everything else.

@@ -16,7 +16,7 @@
 #                              the session uses (GMA_TRITON_PLAN)
 #         | overhead           host cost per call only (the first section of tune), no sweep
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
-#                              at most 4 minutes; EXPR selects with pytest -k
+#                              at most 7 minutes; EXPR selects with pytest -k
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given), resumed when that folder exists
 #
@@ -71,9 +71,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         overhead)
             python3 scripts/gpu_kernels.py --out "$logs/overhead" --sections overhead \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -80 ;;
-        pytest|pytest:*)    # at most 4 minutes; "pytest:EXPR" selects tests with -k EXPR
+        pytest|pytest:*)    # at most 7 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
-            timeout -s INT "$(( s > 250 ? 240 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
+            timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
                 --ignore=tests/report -p no:cacheprovider -o addopts="" -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
         *)

@@ -116,14 +116,18 @@ def test_a_launcher_that_refuses_the_arguments_turns_the_fast_path_off(fake_cuda
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_fast_launches_match_standard_launches(causal, monkeypatch):
+# The bidirectional state is a float32 atomic sum over programs, in no fixed order, so a bf16
+# output can differ by one rounding step between any two runs (seen on the H200): that variant is
+# compared with float32 inputs; the causal forward has no atomics and is compared in bf16.
+@pytest.mark.parametrize("causal,dtype", [(False, torch.float32), (True, torch.bfloat16)],
+                         ids=["bidir-fp32", "causal-bf16"])
+def test_fast_launches_match_standard_launches(causal, dtype, monkeypatch):
     from gmabench.gma.triton import gma_triton
     assert launch_mod.ENABLED
     g = torch.Generator(device="cuda").manual_seed(5)
 
     def inputs(N):
-        ts = [torch.randn(2, N, 4, 64, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3)]
+        ts = [torch.randn(2, N, 4, 64, generator=g, device="cuda").to(dtype) for _ in range(3)]
         ts += [torch.randn(4, 64, 64, generator=g, device="cuda"),
                torch.randn(4, 64, 64, generator=g, device="cuda") * 0.1,
                torch.randn(4, 64, generator=g, device="cuda")]
@@ -146,6 +150,10 @@ def test_fast_launches_match_standard_launches(causal, monkeypatch):
         monkeypatch.setattr(launch_mod, "ENABLED", False)
         standard = run(ins)
         monkeypatch.setattr(launch_mod, "ENABLED", True)
-        for f, s in zip(fast, standard):
-            # the bidirectional state and the parameter sums are float32 atomics: order may vary
-            torch.testing.assert_close(f.float(), s.float(), rtol=2e-5, atol=2e-6)
+        for name, f, s in zip(("o", "o (inference)", "dq", "dk", "dv"), fast, standard):
+            torch.testing.assert_close(f.float(), s.float(), rtol=2e-5, atol=2e-6, msg=name)
+        # The parameter gradients are float32 atomic sums over programs, in no fixed order: single
+        # elements near cancellation differ between any two runs (the H200 showed 25 of 16384 at
+        # 5e-5 absolute), so they are compared as whole tensors.
+        for f, s in zip(fast[5:], standard[5:]):
+            assert ((f - s).norm() / s.norm()).item() < 1e-5

@@ -74,7 +74,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         pytest|pytest:*)    # at most 7 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
             timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
-                --ignore=tests/report -p no:cacheprovider -o addopts="" -rfEs \
+                --ignore=tests/report -p no:cacheprovider -o addopts="" -o junit_family=xunit1 -rfEs \
                 --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
         *)
             suite="${what%%:*}"; extra=""; name="$suite"

@@ -33,6 +33,12 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder that comes back}"
 minutes="${1:?minutes}"; shift
 (($#)) || { echo "usage: gpu_session.sh MINUTES JOB..." >&2; exit 2; }
+# A device command may run 10 minutes; one stopped at that limit returns only $OUT's files, and
+# the archive of results/gpu is made last: leave room for the grace period and the packing.
+max_minutes="${GPU_SESSION_MAX_MINUTES:-8}"
+((minutes <= max_minutes)) || {
+    echo "gpu_session.sh: $minutes minutes is over the $max_minutes a device command leaves room for" \
+         "(GPU_SESSION_MAX_MINUTES overrides)" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
 # fla's and mamba_ssm's autotuned configs kept on disk: a resumed run's fresh worker reuses them
 export TRITON_CACHE_AUTOTUNING=1

@@ -3,7 +3,7 @@
 Triton's launch path (`JITFunction.run`) binds the arguments, asks the C++ specialiser about each
 one, builds a string cache key, checks the kernel's globals and makes launch metadata on every
 call: about 39 us per launch of an empty kernel with the walk's arguments on the H200's host
-(results/2026-11-29-h200-overhead), while a small-N GMA call's kernels run for 10-30 us. As
+(results/2026-11-29-h200-overhead-tests), while a small-N GMA call's kernels run for 10-30 us. As
 FlagGems' `libentry` does, this module keeps the compiled kernel under a key of what Triton
 specialises on (each tensor's dtype and 16-byte alignment; each int's i32/i64/u64 range, whether it
 is 1 (a compile-time constant) and whether it is a multiple of 16; the constexprs, warps, stages

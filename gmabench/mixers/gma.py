@@ -75,13 +75,15 @@ class GMAMixer(Mixer):
         impl = self._resolve(inputs, causal)
         if impl != "triton":
             return impl
-        # The fused kernels: their product precision and where their launch plans came from.
-        from gmabench.gma.triton import plan
+        # The fused kernels: their product precision, where their launch plans came from and
+        # which launch path runs them (launch.py's cached launches or Triton's own).
+        from gmabench.gma.triton import launch, plan
         from gmabench.gma.triton.autograd import precision_name
         dtype = inputs["q"].dtype
         fwd, train = (precision_name(dtype, self.precision, grad) for grad in (False, True))
         precision = fwd if fwd == train else f"{fwd} (inference) / {train} (training)"
-        return f"triton {precision}, plans: {plan.PLAN_SOURCE}"
+        launches = "cached" if launch.ENABLED else "triton"
+        return f"triton {precision}, plans: {plan.PLAN_SOURCE}, launches: {launches}"
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_attention

@@ -247,14 +247,18 @@ def test_inference_and_training_calls_take_their_own_plans():
     assert sorted(key[7] for key in plan_mod._PLANS) == [False, True]
 
 
-def test_gma_mixer_records_precision_and_plan_source():
+def test_gma_mixer_records_precision_plan_source_and_launch_path(monkeypatch):
+    from gmabench.gma.triton import launch as launch_mod
     from gmabench.gma.triton import plan as plan_mod
     from gmabench.mixers.gma import GMAMixer
     q16, q32 = torch.zeros(1, 4, 1, 16, dtype=torch.bfloat16), torch.zeros(1, 4, 1, 16)
     source = plan_mod.PLAN_SOURCE
+    monkeypatch.setattr(launch_mod, "ENABLED", False)
     assert GMAMixer("triton").backend({"q": q16}, False) == \
-        f"triton fp16 (inference) / split (training), plans: {source}"
-    assert GMAMixer("triton").backend({"q": q32}, True) == f"triton ieee, plans: {source}"
+        f"triton fp16 (inference) / split (training), plans: {source}, launches: triton"
+    assert GMAMixer("triton").backend({"q": q32}, True) == f"triton ieee, plans: {source}, launches: triton"
+    monkeypatch.setattr(launch_mod, "ENABLED", True)
+    assert GMAMixer("triton").backend({"q": q32}, True).endswith("launches: cached")
     assert GMAMixer("triton", precision="fast").backend({"q": q16}, True).startswith("triton fast,")
     assert GMAMixer("triton").backend({"q": q16.half()}, True).startswith("triton split,")
     assert GMAMixer("chunked").backend({"q": q16}, True) == "chunked"

@@ -92,6 +92,40 @@ def test_second_launch_calls_the_compiled_kernel_with_constexprs_in_signature_or
     assert len(kernel.standard) == 2 and len(kernel.compiled.runs) == 1
 
 
+class _TooBigKernel(_FakeKernel):
+    """Needs more shared memory than the GPU has with `fits_below` pipeline stages or more."""
+    __name__ = "_wide_kernel"
+
+    def __init__(self, compiled, fits_below):
+        super().__init__(compiled)
+        self.fits_below = fits_below
+
+    def __getitem__(self, grid):
+        def run(*a, num_stages, **kw):
+            self.standard.append((grid, a, dict(kw, num_stages=num_stages)))
+            if num_stages >= self.fits_below:
+                raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+            return self.compiled
+        return run
+
+
+def test_a_plan_over_shared_memory_runs_with_one_stage_and_is_cached_so(fake_cuda):
+    kernel = _TooBigKernel(_FakeCompiled(), fits_below=2)
+    x = torch.empty(8)
+    for _ in range(3):
+        launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 3)
+    # 3 stages refused, 1 stage ran; the next two calls take the cached one-stage kernel
+    assert [kw["num_stages"] for _, _, kw in kernel.standard] == [3, 1]
+    assert len(kernel.compiled.runs) == 2
+
+
+def test_a_kernel_too_large_even_with_one_stage_says_so(fake_cuda):
+    kernel = _TooBigKernel(_FakeCompiled(), fits_below=1)
+    with pytest.raises(launch_mod.KernelTooLarge, match=r"_wide_kernel \(D=128, KP=256, 8 warps, 1 stage\) "
+                       r"needs 300000 of shared memory, this GPU has 232448.*impl='chunked'"):
+        launch_mod.launch(kernel, (1,), (torch.empty(8), 16), {"D": 128, "KP": 256}, 8, 2)
+
+
 def test_a_launch_hook_sends_every_launch_through_triton(fake_cuda, monkeypatch):
     kernel = _FakeKernel(_FakeCompiled())
     x = torch.empty(8)

@@ -56,15 +56,28 @@ def _hooks_set() -> bool:
     return _hook_set(rt.launch_enter_hook) or _hook_set(rt.launch_exit_hook)
 
 
+class KernelTooLarge(RuntimeError):
+    """A fused kernel needs more of a GPU resource (shared memory) than the GPU has, even with
+    one pipeline stage: the shape is too wide for these kernels on this GPU."""
+
+
 def _standard(kernel, grid, args, consts, warps, stages):
     """Triton's own launch; a plan that needs more shared memory than the GPU has is retried
     with one pipeline stage (the returned kernel is the one that ran)."""
+    OutOfResources = triton.runtime.errors.OutOfResources
     try:
-        return kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
-    except triton.runtime.errors.OutOfResources:
-        if stages == 1:
-            raise
-        return kernel[grid](*args, **consts, num_warps=warps, num_stages=1)
+        try:
+            return kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
+        except OutOfResources:
+            if stages == 1:
+                raise
+            return kernel[grid](*args, **consts, num_warps=warps, num_stages=1)
+    except OutOfResources as exc:
+        shape = ", ".join(f"{k}={consts[k]}" for k in ("D", "DV", "KP", "BLOCK") if k in consts)
+        raise KernelTooLarge(
+            f"GMA kernel {getattr(kernel, '__name__', kernel)} ({shape}, {warps} warps, 1 stage) needs "
+            f"{exc.required} of {exc.name}, this GPU has {exc.limit}: the shape is too wide for the "
+            f"fused kernels here; gma_attention(impl='chunked') runs it in PyTorch") from exc
 
 
 def _raw_stream(dev: int) -> int:

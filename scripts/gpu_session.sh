@@ -8,7 +8,8 @@
 #   JOB   = [GPUS/]WHAT        GPUS: comma-separated GPU indices (default 0); a suite run in a
 #                              lane of several GPUs uses one worker per GPU
 #   WHAT  = check              the fused GMA kernels against the float64 SPEC at real sizes, every
-#                              dtype, plus the copy/matmul ceilings (scripts/gpu_kernels.py;
+#                              dtype, then the edge shapes (K=256 with D=128, K=1 with D=16,
+#                              Dv=32), plus the copy/matmul ceilings (scripts/gpu_kernels.py;
 #                              results in logs/check/gpu_kernels.json)
 #         | tune               host cost per call, and a sweep of the launch-plan knobs (block,
 #                              warps, stages, waves, min_bps) per variant: the best become
@@ -65,7 +66,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
     echo "== $what on GPU $gpus, $s s left, $(date -u +%T)"
     case "$what" in
         check)
-            python3 scripts/gpu_kernels.py --out "$logs/check" --sections ceil,check \
+            python3 scripts/gpu_kernels.py --out "$logs/check" --sections ceil,check,extra \
                 --budget "$(( s > 260 ? 240 : s - 20 ))" 2>&1 | tail -60 ;;
         tune)
             python3 scripts/gpu_kernels.py --out "$logs/tune" --sections overhead,sweep \

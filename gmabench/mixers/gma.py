@@ -82,8 +82,11 @@ class GMAMixer(Mixer):
         dtype = inputs["q"].dtype
         fwd, train = (precision_name(dtype, self.precision, grad) for grad in (False, True))
         precision = fwd if fwd == train else f"{fwd} (inference) / {train} (training)"
+        from gmabench.gma.triton.autograd import fallback_note
         launches = "cached" if launch.ENABLED else "triton"
-        return f"triton {precision}, plans: {plan.PLAN_SOURCE}, launches: {launches}"
+        note = fallback_note(inputs["q"], inputs["v"], inputs["mu"], causal)
+        return (f"triton {precision}, plans: {plan.PLAN_SOURCE}, launches: {launches}"
+                + (f"; {note}" if note else ""))
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_attention

@@ -55,3 +55,23 @@ class SigKill(_Fault):
         import os
         import signal
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+
+class LearnsFallback(Mixer):
+    """Reports a different backend once it has run with gradients (as GMA's fused kernels do
+    when a shape's backward falls back to PyTorch)."""
+    name = "test-learns-fallback"
+    grad_inputs = ("v",)
+    impl = "test"
+    fell_back = False
+
+    def backend(self, inputs, causal):
+        return "fused; backward in PyTorch" if LearnsFallback.fell_back else "fused"
+
+    def forward(self, inputs, causal):
+        if torch.is_grad_enabled():
+            LearnsFallback.fell_back = True
+        return inputs["v"] * 2
+
+    def reference(self, inputs, causal):
+        return inputs["v"].double() * 2

@@ -43,3 +43,15 @@ def test_failures_are_classified():
     assert classify_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried")) == "oom"
     assert classify_failure(RuntimeError("CUDA error: an illegal memory access was encountered")) == "cuda_error"
     assert classify_failure(ValueError("bad shape")) == "error"
+
+
+def test_backend_is_read_again_after_the_cell_ran(monkeypatch):
+    # A mixer may learn during the timing that it runs some calls another way (GMA's kernels over
+    # shared memory); the record carries what it ran, not what it expected to run.
+    from tests.sweep.fault_mixers import LearnsFallback
+    monkeypatch.setenv("GMABENCH_MIXERS", "test-learns-fallback=tests.sweep.fault_mixers:LearnsFallback")
+    monkeypatch.setattr(LearnsFallback, "fell_back", False)
+    rec = run_cell(_cell(mixer="test-learns-fallback", mode="fwd"), torch.device("cpu"))
+    assert rec["status"] == "ok" and rec["backend"] == "fused", rec.get("traceback")
+    rec = run_cell(_cell(mixer="test-learns-fallback"), torch.device("cpu"))
+    assert rec["status"] == "ok" and rec["backend"] == "fused; backward in PyTorch", rec.get("traceback")

@@ -6,19 +6,61 @@ Every program computes its head's Gaussian weights itself (no prep launch): two 
 forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
 per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
 N x K is stored; saved for backward are the inputs and the float32 states (tiny).
+
+A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
+K = 256 with D >= 32, or D = 128 with K = 128, on an H200; docs/kernels.md) runs through
+gma_chunked's PyTorch autograd instead, with a warning, and the process remembers it: a backward
+that cannot launch recomputes the gradients that way, later calls of that shape skip the kernels.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .common import INTERPRET, PRECISIONS, _param_grad_kernel
+from .launch import KernelTooLarge
 from .launch import launch as _launch
 from .plan import make_plan
+
+# Shapes whose kernels did not fit this process's GPU: key (_fallback_key) -> the KernelTooLarge
+# message. Their calls run through gma_chunked (PyTorch) from then on.
+TOO_LARGE: dict[tuple, str] = {}
+
+
+def _fallback_key(q, v, mu, causal, grad, prec) -> tuple:
+    KP = max(16, 1 << (mu.shape[1] - 1).bit_length())
+    return (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1], KP, bool(causal),
+            bool(grad), prec)
+
+
+def _note_too_large(key, exc: KernelTooLarge) -> None:
+    if key not in TOO_LARGE:
+        TOO_LARGE[key] = str(exc)
+        what = "training" if key[7] else "inference"
+        warnings.warn(f"gmabench: {exc}. {what.capitalize()} calls of this shape run through "
+                      "gma_chunked (PyTorch autograd) in this process.", RuntimeWarning, stacklevel=4)
+
+
+def fallback_note(q, v, mu, causal) -> str:
+    """'' when the kernels run this shape; otherwise which calls fell back to PyTorch (for the
+    `backend` field of gmabench records)."""
+    KP = max(16, 1 << (mu.shape[1] - 1).bit_length())
+    head = (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1], KP, bool(causal))
+    modes = sorted({"training" if key[7] else "inference" for key in TOO_LARGE if key[:7] == head})
+    if not modes:
+        return ""
+    return f"{' and '.join(modes)} in PyTorch (gma_chunked): kernels over the GPU's shared memory"
+
+
+def _pytorch(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps):
+    from gmabench.gma.chunked import gma_chunked
+    return gma_chunked(q, k, v, mu, log_sigma, mix_logits, causal=causal,
+                       temperature=temperature, eps=eps)
 
 
 def _check(q, k, v, mu, log_sigma, mix_logits):
@@ -97,44 +139,60 @@ class GMATritonFunction(torch.autograd.Function):
                                  prec, grad)
         ctx.save_for_backward(*saved)
         ctx.cfg = cfg
+        ctx.key = _fallback_key(q, v, mu, causal, grad, prec)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, mu, log_sigma, mix_logits, st = ctx.saved_tensors
-        causal, inv_tau, eps, pl, prec, (B, N, H, D, DV, K) = ctx.cfg
-        if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
-            prec = PRECISIONS["split"]
-        consts = _consts(q.dtype, D, DV, pl, prec)
-        mix = (mu, log_sigma, mix_logits)
-        do = do.to(v.dtype).contiguous()
-        grid = (pl.P, B * H)
-        dq = torch.empty_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        state_len = pl.KP * (DV + 1)
-        pg_len = H * pl.KP * (2 * D + 1)
-        if causal:
-            pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
-            aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
-            gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-            _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
-                                                 inv_tau, eps, pl.bps), consts, pl.warps_bwd, pl.stages)
-            _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
-                                                 inv_tau, pl.bps), consts, pl.warps_bwd, pl.stages)
-        else:
-            buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
-            gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
-            _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
-                                                pl.bps), consts, pl.warps_bwd, pl.stages)
-            _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, pl.bps),
-                    consts, pl.warps_bwd, pl.stages)
-        dmu = torch.empty_like(mu)
-        dls = torch.empty_like(log_sigma)
-        dmix = torch.empty_like(mix_logits)
-        _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
-                dict(KP=pl.KP, D=D), 4, 3)
-        return dq, dk, dv, dmu, dls, dmix, None, None, None, None, None
+        saved = ctx.saved_tensors
+        try:
+            grads = _backward(saved, ctx.cfg, do)
+        except KernelTooLarge as exc:   # recompute through PyTorch's autograd instead
+            _note_too_large(ctx.key, exc)
+            causal, inv_tau, eps = ctx.cfg[:3]
+            with torch.enable_grad():
+                ins = [t.detach().requires_grad_() for t in saved[:6]]
+                o = _pytorch(*ins, causal, 1.0 / inv_tau, eps)
+                grads = torch.autograd.grad(o, ins, do)
+        return (*grads, None, None, None, None, None)
+
+
+def _backward(saved, cfg, do):
+    """The backward launches; returns the six gradients."""
+    q, k, v, mu, log_sigma, mix_logits, st = saved
+    causal, inv_tau, eps, pl, prec, (B, N, H, D, DV, K) = cfg
+    if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
+        prec = PRECISIONS["split"]
+    consts = _consts(q.dtype, D, DV, pl, prec)
+    mix = (mu, log_sigma, mix_logits)
+    do = do.to(v.dtype).contiguous()
+    grid = (pl.P, B * H)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    state_len = pl.KP * (DV + 1)
+    pg_len = H * pl.KP * (2 * D + 1)
+    if causal:
+        pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
+        aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
+        gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
+        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
+                                             inv_tau, eps, pl.bps), consts, pl.warps_bwd, pl.stages)
+        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
+                                             inv_tau, pl.bps), consts, pl.warps_bwd, pl.stages)
+    else:
+        buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
+        gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
+        _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
+                                            pl.bps), consts, pl.warps_bwd, pl.stages)
+        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, pl.bps),
+                consts, pl.warps_bwd, pl.stages)
+    dmu = torch.empty_like(mu)
+    dls = torch.empty_like(log_sigma)
+    dmix = torch.empty_like(mix_logits)
+    _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
+            dict(KP=pl.KP, D=D), 4, 3)
+    return dq, dk, dv, dmu, dls, dmix
 
 
 def precision_name(dtype: torch.dtype, precision: str | None, grad: bool) -> str:
@@ -171,6 +229,14 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     prec = PRECISIONS[precision_name(q.dtype, precision, grad)]
-    if not grad:   # no autograd node to build: the launches alone (less host time per call)
-        return _forward(*tensors, bool(causal), float(temperature), float(eps), prec, False)[0]
-    return GMATritonFunction.apply(*tensors, bool(causal), float(temperature), float(eps), prec, grad)
+    cfg = (bool(causal), float(temperature), float(eps))
+    key = _fallback_key(q, v, mu, causal, grad, prec)
+    if key in TOO_LARGE:
+        return _pytorch(*tensors, *cfg)
+    try:
+        if not grad:   # no autograd node to build: the launches alone (less host time per call)
+            return _forward(*tensors, *cfg, prec, False)[0]
+        return GMATritonFunction.apply(*tensors, *cfg, prec, grad)
+    except KernelTooLarge as exc:
+        _note_too_large(key, exc)
+        return _pytorch(*tensors, *cfg)

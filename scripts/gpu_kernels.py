@@ -3,8 +3,10 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
 
-Sections (in order): ceil, check, time, overhead, sweep, extra. A time budget (seconds) stops new work once
-spent; whatever was measured is still written to OUT/gpu_kernels.json and printed.
+Sections (in order): ceil, check, time, overhead, profile, sweep, extra; and ncu (each variant
+called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile). A time budget
+(seconds) stops new work once spent; whatever was measured is still written to
+OUT/gpu_kernels.json and printed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from gmabench.gma.triton import launch as launch_mod  # noqa: E402
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T0 = time.time()
 R: dict = {"env": {}, "ceilings": {}, "checks": [], "timings": [], "sweep": [], "overhead": [],
-           "notes": []}
+           "profile": [], "notes": []}
 
 
 def elapsed():
@@ -267,6 +269,56 @@ def overhead():
     print(f"overhead: one launch of an empty Triton kernel with the walk's arguments: {us:.1f} us")
 
 
+VARIANTS = [(causal, mode) for causal in (False, True) for mode in ("fwd", "fwd_bwd")]
+
+
+def _variant_call(causal, mode, N, B=1, H=16, D=64, Dv=64, K=64):
+    ins = inputs(B, N, H, D, Dv, K, torch.bfloat16, seed=2, grad=(mode == "fwd_bwd"))
+    do = (torch.randn(B, N, H, Dv, device="cuda") * 0.5).to(torch.bfloat16)
+    if mode == "fwd":
+        return lambda: gma_triton(*ins, causal=causal)
+    return lambda: torch.autograd.grad(gma_triton(*ins, causal=causal), ins, do)
+
+
+def profile_kernels(N=131072, calls=5):
+    """Device time per kernel per call of each variant at the target shape (torch profiler):
+    which kernel of a call the time goes to."""
+    from torch.profiler import ProfilerActivity, profile
+    for causal, mode in VARIANTS:
+        f = _variant_call(causal, mode, N)
+        f()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                f()
+            torch.cuda.synchronize()
+        tag = f"{'causal' if causal else 'bidir'} {mode}"
+        total = 0.0
+        for e in prof.key_averages():
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = e.self_cuda_time_total
+            if us <= 0:
+                continue
+            total += us / calls
+            R["profile"].append(dict(variant=tag, N=N, kernel=e.key, us_per_call=us / calls,
+                                     launches_per_call=e.count / calls))
+        for row in sorted((r for r in R["profile"] if r["variant"] == tag), key=lambda r: -r["us_per_call"]):
+            print(f"profile {tag:15s} N={N}: {row['us_per_call']:9.1f} us  x{row['launches_per_call']:.0f}  "
+                  f"{row['kernel'][:70]}")
+        print(f"profile {tag:15s} N={N}: {total:9.1f} us of kernels per call  [{elapsed():.0f}s]")
+        del f
+        torch.cuda.empty_cache()
+
+
+def ncu_calls(N=131072):
+    """One call of each variant (compiles first): what `ncu -k regex:...` profiles."""
+    for causal, mode in VARIANTS:
+        _variant_call(causal, mode, N)()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 # (block, warps, stages) of the forward kernels, then (block, warps_bwd, stages) for fwd_bwd, each
 # after the current table's plan. Each new triple compiles the kernels again (seconds each).
 SWEEP_FWD = [(64, 8, 2), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 8, 3), (128, 4, 2),
@@ -441,6 +493,11 @@ def main():
         if "overhead" in secs:
             guarded("overhead", overhead)
             save()
+        if "profile" in secs:
+            guarded("profile", profile_kernels)
+            save()
+        if "ncu" in secs:
+            guarded("ncu", ncu_calls)
         if "sweep" in secs:
             sweep(guarded, save, args.out)
         if "extra" in secs:

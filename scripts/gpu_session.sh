@@ -16,6 +16,10 @@
 #                              results/gpu/triton-plan.json, which every later job and call of
 #                              the session uses (GMA_TRITON_PLAN)
 #         | overhead           host cost per call only (the first section of tune), no sweep
+#         | profile            device time per kernel of each variant at N=131072 (torch
+#                              profiler), then Nsight Compute on one call of each variant: speed
+#                              of light, occupancy, launch statistics, warp stall reasons
+#                              (logs/profile/ncu.txt)
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 7 minutes; EXPR selects with pytest -k
 #         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
@@ -78,6 +82,23 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         overhead)
             python3 scripts/gpu_kernels.py --out "$logs/overhead" --sections overhead \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -80 ;;
+        profile)
+            python3 scripts/gpu_kernels.py --out "$logs/profile" --sections profile \
+                --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -60
+            local ncu_bin
+            ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+            if [[ -n "$ncu_bin" ]] && (( $(left) > 90 )); then
+                timeout "$(( $(left) - 60 ))" "$ncu_bin" --clock-control none --target-processes all \
+                    -k 'regex:^_(state|bidir|causal|param)' --section SpeedOfLight --section Occupancy \
+                    --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+                    --section MemoryWorkloadAnalysis \
+                    python3 scripts/gpu_kernels.py --out "$logs/profile/ncu" --sections ncu \
+                    >"$logs/profile/ncu.txt" 2>&1
+                echo "ncu exit $?"; grep -E "^  _|Duration|Achieved Occupancy|Registers Per|Theoretical Occ|Compute \(SM\) Thr|Memory Thr" \
+                    "$logs/profile/ncu.txt" | head -120
+            else
+                echo "ncu: not found or no time left"
+            fi ;;
         pytest|pytest:*)    # at most 7 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
             timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
@@ -117,7 +138,7 @@ done
 # what still runs (every record already written is on disk) so the archive is still made.
 (
     sleep "$(( $(left) + 40 ))"
-    pkill -INT -f "gmabench run|pytest -m gpu|gpu_kernels.py" && sleep 8
+    pkill -INT -f "gmabench run|pytest -m gpu|gpu_kernels.py|ncu" && sleep 8
     pkill -KILL -f "gmabench run|pytest -m gpu|gpu_kernels.py|multiprocessing.spawn"
 ) >/dev/null 2>&1 &
 watchdog=$!

@@ -3,7 +3,7 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
 
-Sections (in order): ceil, check, time, overhead, profile, sweep, extra; and ncu (each variant
+Sections (in order): ceil, check, time, overhead, profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to
 OUT/gpu_kernels.json and printed.
@@ -135,6 +135,7 @@ def sdpa_fn(backend):
 IMPLS = {
     "triton": lambda *a, causal: gma_triton(*a, causal=causal),
     "triton_fast": lambda *a, causal: gma_triton(*a, causal=causal, precision="fast"),
+    "triton_fp16": lambda *a, causal: gma_triton(*a, causal=causal, precision="fp16"),
     "reference": lambda *a, causal: gma_reference(*a, causal=causal),
     "sdpa_cudnn": None,  # filled lazily
     "sdpa_flash": None,
@@ -313,6 +314,41 @@ def profile_kernels(N=131072, calls=5):
         print(f"profile {tag:15s} N={N}: {total:9.1f} us of kernels per call  [{elapsed():.0f}s]")
         del f
         torch.cuda.empty_cache()
+
+
+# Training plans to time at N=131072: (block, block_bwd, warps_fwd, warps_bwd, stages); the ncu
+# run of 2026-11-29 showed the backward kernels spilling (73-88 M local-memory requests per call)
+# at one block per SM, and the split training forward 2-3x slower than the fp16 one.
+BWD_PLANS = {
+    "causal": [(64, 32, 8, 8, 2), (64, 32, 4, 8, 2), (64, 32, 4, 16, 2), (64, 16, 4, 4, 2),
+               (64, 16, 4, 8, 2), (64, 64, 4, 16, 2)],
+    "bidir": [(64, 64, 4, 8, 2), (64, 64, 4, 16, 2), (64, 32, 4, 4, 2), (64, 32, 4, 8, 2),
+              (128, 64, 4, 8, 2), (128, 32, 4, 8, 2)],
+}
+
+
+def bwd_sweep(N=131072):
+    """fwd_bwd at the target shape: the current plan in split and in fp16 (output pass) precision,
+    then fp16 with the training plans above."""
+    for causal in (True, False):
+        side = "causal" if causal else "bidir"
+        rows = []
+        for impl in ("triton", "triton_fp16"):
+            TUNING.update({k: None for k in TUNING})
+            rows.append(dict(side=side, impl=impl, plan="table", ms=bench(impl, N, causal, "fwd_bwd", record=False)))
+            print("bwdsweep", rows[-1], f"[{elapsed():.0f}s]")
+        for b, bb, wf, wb, st in BWD_PLANS[side]:
+            TUNING.update({k: None for k in TUNING})
+            TUNING.update(block=b, block_bwd=bb, warps_fwd=wf, warps_bwd=wb, stages=st)
+            try:
+                ms = bench("triton_fp16", N, causal, "fwd_bwd", record=False)
+            except Exception as exc:  # noqa: BLE001 - a plan that does not compile is data
+                ms = None
+                print(f"bwdsweep {side} {b, bb, wf, wb, st}: {type(exc).__name__}: {str(exc)[:300]}")
+            rows.append(dict(side=side, impl="triton_fp16", plan=[b, bb, wf, wb, st], ms=ms))
+            print("bwdsweep", rows[-1], f"[{elapsed():.0f}s]")
+        R.setdefault("bwd_sweep", []).extend(rows)
+    TUNING.update({k: None for k in TUNING})
 
 
 def ncu_calls(N=131072):
@@ -502,6 +538,9 @@ def main():
             save()
         if "ncu" in secs:
             guarded("ncu", ncu_calls)
+        if "bwdsweep" in secs:
+            guarded("bwdsweep", bwd_sweep)
+            save()
         if "sweep" in secs:
             sweep(guarded, save, args.out)
         if "extra" in secs:

@@ -16,6 +16,8 @@
 #                              results/gpu/triton-plan.json, which every later job and call of
 #                              the session uses (GMA_TRITON_PLAN)
 #         | overhead           host cost per call only (the first section of tune), no sweep
+#         | bwdsweep           fwd_bwd at N=131072: split vs fp16 output pass, then training plans
+#                              (block, block_bwd, warps, stages: scripts/gpu_kernels.py BWD_PLANS)
 #         | profile            device time per kernel of each variant at N=131072 (torch
 #                              profiler), then Nsight Compute on one call of each variant: speed
 #                              of light, occupancy, launch statistics, warp stall reasons
@@ -82,6 +84,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         overhead)
             python3 scripts/gpu_kernels.py --out "$logs/overhead" --sections overhead \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -80 ;;
+        bwdsweep)
+            python3 scripts/gpu_kernels.py --out "$logs/bwdsweep" --sections bwdsweep \
+                --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
         profile)
             python3 scripts/gpu_kernels.py --out "$logs/profile" --sections profile \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -60
@@ -92,6 +97,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                     -k 'regex:^_(state|bidir|causal|param)' --section SpeedOfLight --section Occupancy \
                     --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
                     --section MemoryWorkloadAnalysis \
+                    --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
                     python3 scripts/gpu_kernels.py --out "$logs/profile/ncu" --sections ncu \
                     >"$logs/profile/ncu.txt" 2>&1
                 echo "ncu exit $?"; grep -E "^  _|Duration|Achieved Occupancy|Registers Per|Theoretical Occ|Compute \(SM\) Thr|Memory Thr" \

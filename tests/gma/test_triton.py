@@ -175,12 +175,13 @@ def test_precision_modes_on_float32_inputs(precision, tol):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launch_variants_do_not_change_the_result(causal):
-    # one segment vs five; 16-, 32-, 128-token blocks
+    # one segment vs five; 16-, 32-, 128-token blocks; a backward with smaller blocks
     ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.ones(1, 70, 1, 16, device=ins[0].device)
     outs = []
+    # last: the backward in 16-token blocks under a 64-token forward, reading its segment totals
     for knobs in (dict(segments=1), dict(segments=5), dict(block=32, segments=2),
-                  dict(block=128, segments=1)):
+                  dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2)):
         TUNING.update(knobs)
         try:
             outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))

@@ -50,6 +50,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"causal/fwd": {"block": 48}}), "causal/fwd.block = 48"),
     (json.dumps({"bidir/fwd": {"warps_fwd": True}}), "bidir/fwd.warps_fwd"),
     (json.dumps({"bidir/fwd": {"blocks": 64}}), "bidir/fwd.blocks"),
+    (json.dumps({"bidir/fwd_bwd": {"block_bwd": 48}}), "bidir/fwd_bwd.block_bwd = 48"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"
@@ -83,3 +84,18 @@ def test_min_blocks_per_segment_bounds_small_sequences(gpu_rules):
     gpu_rules._PLANS.clear()
     p = gpu_rules.make_plan(1, 2048, 1, 64, 64, 64, True, CPU, grad=False)
     assert (p.P, p.bps) == (32, 1)
+
+
+def test_backward_blocks_split_the_forward_segments(gpu_rules):
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block=64, block_bwd=16, waves=1)
+    p = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
+    # 157 blocks of 64 in 4 segments of 40 (the last shorter); the backward: 160 blocks of 16 each
+    assert (p.BLOCK, p.P, p.bps, p.BLOCK_BWD, p.bps_bwd) == (64, 4, 40, 16, 160)
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block_bwd=0)
+    gpu_rules._PLANS.clear()
+    p = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
+    assert (p.BLOCK_BWD, p.bps_bwd) == (64, 40)
+    # never larger than the forward's block: a wide shape's smaller block bounds it
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block_bwd=64)
+    p = gpu_rules.make_plan(1, 10000, 1, 256, 128, 128, True, CPU, grad=True)
+    assert (p.BLOCK, p.BLOCK_BWD) == (16, 16)

@@ -88,9 +88,9 @@ def _check(q, k, v, mu, log_sigma, mix_logits):
     return B, N, H, D, DV, K
 
 
-def _consts(dtype, D, DV, pl, prec):
-    """The compile-time constants every kernel of a call shares."""
-    return dict(D=D, DV=DV, KP=pl.KP, BLOCK=pl.BLOCK, PREC=prec,
+def _consts(dtype, D, DV, pl, prec, block=None):
+    """The compile-time constants every kernel of a call shares (`block`: the backward's)."""
+    return dict(D=D, DV=DV, KP=pl.KP, BLOCK=block or pl.BLOCK, PREC=prec,
                 X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
 
 
@@ -163,7 +163,10 @@ def _backward(saved, cfg, do):
     causal, inv_tau, eps, pl, prec, (B, N, H, D, DV, K) = cfg
     if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
         prec = PRECISIONS["split"]
-    consts = _consts(q.dtype, D, DV, pl, prec)
+    # The backward's blocks may be smaller than the forward's (plan.py: less register pressure);
+    # its segments are the forward's, so it reads the forward's segment totals.
+    consts = _consts(q.dtype, D, DV, pl, prec, pl.BLOCK_BWD)
+    bps = pl.bps_bwd
     mix = (mu, log_sigma, mix_logits)
     do = do.to(v.dtype).contiguous()
     grid = (pl.P, B * H)
@@ -177,15 +180,15 @@ def _backward(saved, cfg, do):
         aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
         gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
-                                             inv_tau, eps, pl.bps), consts, pl.warps_bwd, pl.stages)
+                                             inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages)
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
-                                             inv_tau, pl.bps), consts, pl.warps_bwd, pl.stages)
+                                             inv_tau, bps), consts, pl.warps_bwd, pl.stages)
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
-                                            pl.bps), consts, pl.warps_bwd, pl.stages)
-        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, pl.bps),
+                                            bps), consts, pl.warps_bwd, pl.stages)
+        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, bps),
                 consts, pl.warps_bwd, pl.stages)
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)

@@ -27,12 +27,15 @@ import triton
 from .common import INTERPRET
 
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
-# block: tokens per block (the chunk length for causal); warps_fwd / warps_bwd: warps of the
+# block: tokens per block (the chunk length for causal); block_bwd: the backward's block (0: the
+# same), at most `block`, so that the backward's segments (bps * block / block_bwd of its blocks)
+# end where the forward's do and can read their totals; warps_fwd / warps_bwd: warps of the
 # forward / backward kernels; stages: software-pipelining depth of the block loop; waves: target
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
 # blocks per segment.
-PLAN_KEYS = ("block", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps")
-_BASE = {"block": 64, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4, "min_bps": 4}
+PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps")
+_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4,
+         "min_bps": 4}
 # Measured on an H200 (Triton 3.6, version 2 kernels): the sweep's best per variant, each at least
 # 2% faster than _BASE at N=131072, B=1, H=16, D=Dv=K=64, bf16 (results/2026-11-28-h200-kernels-v2).
 _TUNED = {
@@ -47,6 +50,7 @@ PLAN_SOURCE = "built-in"
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
 TUNING: dict[str, int | None] = {
     "block": None,
+    "block_bwd": None,
     "segments": None,       # segments per (b, h), overriding waves / min_bps
     "warps_fwd": None,
     "warps_bwd": None,
@@ -68,6 +72,8 @@ class Plan:
     warps_fwd: int
     warps_bwd: int
     stages: int
+    BLOCK_BWD: int = 0   # the backward's block (a divisor of BLOCK; 0: BLOCK)
+    bps_bwd: int = 0     # the backward's blocks per segment: the same segments in tokens
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -80,7 +86,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
         raise ValueError(f"GMA Triton plan file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
-    allowed = {"block": (16, 32, 64, 128), "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16),
+    allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128), "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16),
                "stages": (1, 2, 3, 4)}
     updates = {}
     for variant, entry in data.items():
@@ -90,7 +96,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
             raise ValueError(f"GMA Triton plan file {path}: unknown variant {variant!r} "
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
-            ok = key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
+                  and value >= (0 if key == "block_bwd" else 1))
             if ok and key in allowed:
                 ok = value in allowed[key]
             if not ok:
@@ -138,7 +145,9 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = max(1, min(P, nblk))
     bps = triton.cdiv(nblk, P)
     P = triton.cdiv(nblk, bps)  # no empty segment
-    plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"])
+    block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
+    plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
+                bps * (block // block_bwd))
     _PLANS[key] = plan
     return plan
 

@@ -78,11 +78,10 @@ class GMAMixer(Mixer):
         # The fused kernels: their product precision, where their launch plans came from and
         # which launch path runs them (launch.py's cached launches or Triton's own).
         from gmabench.gma.triton import launch, plan
-        from gmabench.gma.triton.autograd import precision_name
-        dtype = inputs["q"].dtype
-        fwd, train = (precision_name(dtype, self.precision, grad) for grad in (False, True))
-        precision = fwd if fwd == train else f"{fwd} (inference) / {train} (training)"
-        from gmabench.gma.triton.autograd import fallback_note
+        from gmabench.gma.triton.autograd import fallback_note, precision_name
+        precision = precision_name(inputs["q"].dtype, self.precision)
+        if precision == "fp16":   # the output pass only, when a backward follows
+            precision = "fp16 (training: state and backward split)"
         launches = "cached" if launch.ENABLED else "triton"
         note = fallback_note(inputs["q"], inputs["v"], inputs["mu"], causal)
         return (f"triton {precision}, plans: {plan.PLAN_SOURCE}, launches: {launches}"

@@ -51,11 +51,12 @@ MIXERS: tuple[MixerEntry, ...] = (
                "GMA, fused Triton kernels with single bf16/fp16 products (faster; its rel_error "
                "shows the accuracy given up)", requires=("triton",), cuda_only=True),
     MixerEntry("gma-triton-split", "gma", _GMA, {"impl": "triton", "precision": "split"},
-               "GMA, fused Triton kernels with split-bf16 products everywhere (inference too: the "
-               "default before the scaled-fp16 forward)", requires=("triton",), cuda_only=True),
+               "GMA, fused Triton kernels with split-bf16 products everywhere (the default before "
+               "the scaled-fp16 output pass)", requires=("triton",), cuda_only=True),
     MixerEntry("gma-triton-fp16", "gma", _GMA, {"impl": "triton", "precision": "fp16"},
-               "GMA, fused Triton kernels with scaled-fp16 products in training too (the output "
-               "pass; the state the backward reads and the backward stay split)",
+               "GMA, fused Triton kernels with scaled-fp16 products in the output pass for float16 "
+               "inputs too (the default for bfloat16; the state the backward reads and the "
+               "backward stay split)",
                requires=("triton",), cuda_only=True),
     MixerEntry("gma-fla", "gma", "gmabench.mixers.fla:GMAFLA", {},
                "GMA responsibilities fed to fla chunk_linear_attn(normalize=True), causal",

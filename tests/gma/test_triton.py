@@ -281,7 +281,7 @@ def test_gma_mixer_records_precision_plan_source_and_launch_path(monkeypatch):
     source = plan_mod.PLAN_SOURCE
     monkeypatch.setattr(launch_mod, "ENABLED", False)
     assert GMAMixer("triton").backend(q16, False) == \
-        f"triton fp16 (inference) / split (training), plans: {source}, launches: triton"
+        f"triton fp16 (training: state and backward split), plans: {source}, launches: triton"
     assert GMAMixer("triton").backend(q32, True) == f"triton ieee, plans: {source}, launches: triton"
     monkeypatch.setattr(launch_mod, "ENABLED", True)
     assert GMAMixer("triton").backend(q32, True).endswith("launches: cached")

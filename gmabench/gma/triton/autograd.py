@@ -198,20 +198,19 @@ def _backward(saved, cfg, do):
     return dq, dk, dv, dmu, dls, dmix
 
 
-def precision_name(dtype: torch.dtype, precision: str | None, grad: bool) -> str:
+def precision_name(dtype: torch.dtype, precision: str | None) -> str:
     """The product precision of a call's forward kernels (common.py), unless `precision` or
-    $GMA_TRITON_PRECISION names one: float32 inputs "ieee"; bfloat16 inputs "fp16" for a call
-    that will not be differentiated, "split" for one that will (measured on the H200 only that
-    way so far); float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16
-    products would dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a
-    backward to follow takes fp16 products only where the backward does not read the result: the
-    output pass; the key pass's state (an fp16 state would cost the parameter gradients 2.5e-4
-    instead of 1e-5) and the backward kernels run "split". Errors: docs/kernels.md."""
+    $GMA_TRITON_PRECISION names one: float32 inputs "ieee"; bfloat16 inputs "fp16"; float16
+    inputs "split" (their output rounds 8x finer than bfloat16's, so fp16 products would dominate
+    the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow takes fp16
+    products only where the backward does not read the result, the output pass; the key pass's
+    state (an fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5) and the
+    backward kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
             precision = "ieee"
         else:
-            auto = "fp16" if (dtype == torch.bfloat16 and not grad) else "split"
+            auto = "fp16" if dtype == torch.bfloat16 else "split"
             precision = os.environ.get("GMA_TRITON_PRECISION", auto)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -231,7 +230,7 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     # Will a backward follow? Inference and training calls differ in launch plan (plan.py) and
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    prec = PRECISIONS[precision_name(q.dtype, precision, grad)]
+    prec = PRECISIONS[precision_name(q.dtype, precision)]
     cfg = (bool(causal), float(temperature), float(eps))
     key = _fallback_key(q, v, mu, causal, grad, prec)
     if key in TOO_LARGE:

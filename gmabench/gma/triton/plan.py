@@ -36,13 +36,16 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps")
 _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4,
          "min_bps": 4}
-# Measured on an H200 (Triton 3.6, version 2 kernels): the sweep's best per variant, each at least
-# 2% faster than _BASE at N=131072, B=1, H=16, D=Dv=K=64, bf16 (results/2026-11-28-h200-kernels-v2).
+# Measured on an H200 (Triton 3.6), each at least 2% faster than what it replaced at N=131072, B=1,
+# H=16, D=Dv=K=64, bf16. Forward: the sweep's best of the version-2 kernels
+# (results/2026-11-28-h200-kernels-v2). Training: the bwdsweep of 2026-11-29
+# (results/2026-11-29-h200-train-plans), with the fp16 output pass: smaller backward blocks and 4
+# warps spill less (ncu: 73-88 M local-memory requests per backward kernel at block 32, 8 warps).
 _TUNED = {
     "bidir/fwd": {"block": 128, "warps_fwd": 4},          # 1.582 -> 0.747 ms
     "causal/fwd": {"warps_fwd": 4},                       # 2.787 -> 1.459 ms
-    "bidir/fwd_bwd": {"warps_bwd": 4, "min_bps": 2},      # 10.48 -> 7.45 ms (min_bps at N=16384)
-    "causal/fwd_bwd": {"block": 32},                      # 25.44 -> 18.70 ms
+    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "min_bps": 2},  # 7.01 -> 5.31 ms
+    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},               # 18.08 -> 11.15 ms
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
 PLAN_SOURCE = "built-in"

@@ -95,7 +95,22 @@ def test_backward_blocks_split_the_forward_segments(gpu_rules):
     gpu_rules._PLANS.clear()
     p = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
     assert (p.BLOCK_BWD, p.bps_bwd) == (64, 40)
-    # never larger than the forward's block: a wide shape's smaller block bounds it
-    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block_bwd=64)
-    p = gpu_rules.make_plan(1, 10000, 1, 256, 128, 128, True, CPU, grad=True)
-    assert (p.BLOCK, p.BLOCK_BWD) == (16, 16)
+    # never larger than the forward's block
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block=32, block_bwd=64)
+    gpu_rules._PLANS.clear()
+    p = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
+    assert (p.BLOCK, p.BLOCK_BWD) == (32, 32)
+
+
+def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
+    for variant in ("causal/fwd_bwd", "bidir/fwd_bwd"):
+        gpu_rules.PLAN_TABLE[variant].update(block_bwd=16, warps_fwd=4, warps_bwd=4)
+    causal = gpu_rules.make_plan(1, 10000, 1, 256, 128, 128, True, CPU, grad=True)
+    bidir = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, False, CPU, grad=True)
+    narrow = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
+    assert (causal.BLOCK, causal.BLOCK_BWD, causal.warps_fwd, causal.warps_bwd) == (16, 16, 8, 8)
+    assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 8, 4)
+    assert (narrow.BLOCK_BWD, narrow.warps_fwd, narrow.warps_bwd) == (16, 4, 4)
+    # inference plans are untouched by the training rule
+    gpu_rules.PLAN_TABLE["causal/fwd"].update(warps_fwd=4)
+    assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=False).warps_fwd == 4

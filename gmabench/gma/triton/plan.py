@@ -48,6 +48,10 @@ _TUNED = {
     "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},               # 18.08 -> 11.15 ms
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
+# Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64): the warps of version 2.1
+# and one block size for both passes; the 4-warp, 16-token backward was measured at K = D = 64 only.
+_WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 4},
+                  "causal/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8}}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -130,11 +134,14 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         return plan
     KP = max(16, triton.next_power_of_2(K))
     wide = max(D, DV)
-    row = dict(PLAN_TABLE[("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")])
+    variant = ("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")
+    row = dict(PLAN_TABLE[variant])
     if KP > 64 or wide > 64:
         # Outside what the table was measured for: smaller blocks keep the (BLOCK, KP) and
-        # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md).
+        # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md), and
+        # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
+        row.update(_WIDE_TRAINING.get(variant, {}))
     if INTERPRET:
         row.update(block=16, min_bps=1, stages=1)
         target = 3

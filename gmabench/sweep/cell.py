@@ -6,6 +6,8 @@ Everything here runs in the worker process that owns the device. Failures are cl
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import hashlib
 import time
@@ -59,7 +61,8 @@ def _accuracy(mixer: Mixer, shape: Shape, dtype: torch.dtype, device: torch.devi
 
 
 def _build_calls(mixer: Mixer, cell: Cell, shape: Shape, dtype: torch.dtype, device: torch.device,
-                 seed: int) -> tuple[Callable[[], Any], Callable[[], Any] | None, Callable[[Any], Any] | None, list, str]:
+                 seed: int) -> tuple[Callable[[], Any], Callable[[], Any] | None, Callable[[Any], Any] | None, list,
+                                     Callable[[], str]]:
     """The timed call, plus (for fwd_bwd) a forward and a backward to measure phase by phase,
     the tensors differentiated, and a function giving the backend the mixer reports for these
     inputs (asked again after the timing: a mixer can learn that it fell back, e.g. GMA's fused
@@ -70,7 +73,9 @@ def _build_calls(mixer: Mixer, cell: Cell, shape: Shape, dtype: torch.dtype, dev
         module, x = build_layer(mixer, shape, dtype, device)
         wrt = [x.requires_grad_(cell.mode == "fwd_bwd")] + [p for p in module.parameters() if p.requires_grad]
         forward = lambda: module(x)  # noqa: E731
-        described = mixer.make_inputs(shape, dtype, device, gen)
+        # one token stands for the shape (dtype, device, head and mixture sizes): no full-size
+        # inputs held through the measurement
+        described = mixer.make_inputs(dataclasses.replace(shape, B=1, N=1), dtype, device, gen)
         backend = lambda: mixer.backend(described, cell.causal)  # noqa: E731
     else:
         inputs = mixer.make_inputs(shape, dtype, device, gen)

@@ -49,8 +49,7 @@ def _note_too_large(key, exc: KernelTooLarge) -> None:
 def fallback_note(q, v, mu, causal) -> str:
     """'' when the kernels run this shape; otherwise which calls fell back to PyTorch (for the
     `backend` field of gmabench records)."""
-    KP = max(16, 1 << (mu.shape[1] - 1).bit_length())
-    head = (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1], KP, bool(causal))
+    head = _fallback_key(q, v, mu, causal, False, None)[:7]   # all but grad and precision
     modes = sorted({"training" if key[7] else "inference" for key in TOO_LARGE if key[:7] == head})
     if not modes:
         return ""

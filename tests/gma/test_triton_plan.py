@@ -110,6 +110,9 @@ def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
     narrow = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
     assert (causal.BLOCK, causal.BLOCK_BWD, causal.warps_fwd, causal.warps_bwd) == (16, 16, 8, 8)
     assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 8, 4)
+    # 256 components: 16-token backward blocks, for shared memory
+    k256 = gpu_rules.make_plan(1, 10000, 1, 256, 32, 32, False, CPU, grad=True)
+    assert (k256.BLOCK, k256.BLOCK_BWD, k256.bps_bwd) == (32, 16, 2 * k256.bps)
     assert (narrow.BLOCK_BWD, narrow.warps_fwd, narrow.warps_bwd) == (16, 4, 4)
     # inference plans are untouched by the training rule
     gpu_rules.PLAN_TABLE["causal/fwd"].update(warps_fwd=4)

@@ -142,6 +142,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
         row.update(_WIDE_TRAINING.get(variant, {}))
+        if grad and KP >= 256:
+            # 256 components: the backward's shared memory is the binding limit, and 16-token
+            # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against
+            # 203-240 KB at 32 tokens; docs/kernels.md)
+            row["block_bwd"] = 16
     if INTERPRET:
         row.update(block=16, min_bps=1, stages=1)
         target = 3

@@ -165,6 +165,18 @@ def test_fp16_precision_with_a_backward_meets_spec(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_wide_backward_form_meets_spec_in_bf16(causal):
+    # The form the shapes with K x D > 8192 take (weights made per block, input gradients through
+    # the transposed logit weights), forced on a small shape.
+    TUNING.update(wide=1)
+    try:
+        errs, base = _errors(2, 45, 2, 32, 16, 12, torch.bfloat16, causal, seed=37)
+    finally:
+        TUNING.update(wide=None)
+    _assert_spec(errs, base, torch.bfloat16)
+
+
 @pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2)])
 def test_precision_modes_on_float32_inputs(precision, tol):
     # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands.
@@ -175,13 +187,15 @@ def test_precision_modes_on_float32_inputs(precision, tol):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launch_variants_do_not_change_the_result(causal):
-    # one segment vs five; 16-, 32-, 128-token blocks; a backward with smaller blocks
+    # one segment vs five; 16-, 32-, 128-token blocks; a backward with smaller blocks; the
+    # backward that makes its weights per block (the wide shapes' form)
     ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.ones(1, 70, 1, 16, device=ins[0].device)
     outs = []
     # last: the backward in 16-token blocks under a 64-token forward, reading its segment totals
     for knobs in (dict(segments=1), dict(segments=5), dict(block=32, segments=2),
-                  dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2)):
+                  dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
+                  dict(wide=1, segments=2)):
         TUNING.update(knobs)
         try:
             outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))

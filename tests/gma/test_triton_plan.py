@@ -113,6 +113,11 @@ def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
     # 256 components: 16-token backward blocks, for shared memory
     k256 = gpu_rules.make_plan(1, 10000, 1, 256, 32, 32, False, CPU, grad=True)
     assert (k256.BLOCK, k256.BLOCK_BWD, k256.bps_bwd) == (32, 16, 2 * k256.bps)
+    # K x D beyond 8192: the backward makes its weights per block (shared memory)
+    assert not k256.WIDE and not narrow.WIDE and causal.WIDE
+    assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=True).WIDE
+    assert gpu_rules.make_plan(1, 10000, 1, 128, 128, 64, True, CPU, grad=True).WIDE
+    assert not gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).WIDE
     assert (narrow.BLOCK_BWD, narrow.warps_fwd, narrow.warps_bwd) == (16, 4, 4)
     # inference plans are untouched by the training rule
     gpu_rules.PLAN_TABLE["causal/fwd"].update(warps_fwd=4)

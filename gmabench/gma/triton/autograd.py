@@ -8,7 +8,7 @@ per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Noth
 N x K is stored; saved for backward are the inputs and the float32 states (tiny).
 
 A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
-K = 256 with D >= 64, or D = 128 with K = 128, on an H200; docs/kernels.md) runs through
+D = 128 with K = 256, and bidirectional at D = 128 with K = 128, on an H200; docs/kernels.md) runs through
 gma_chunked's PyTorch autograd instead, with a warning, and the process remembers it: a backward
 that cannot launch recomputes the gradients that way, later calls of that shape skip the kernels.
 """
@@ -164,7 +164,7 @@ def _backward(saved, cfg, do):
         prec = PRECISIONS["split"]
     # The backward's blocks may be smaller than the forward's (plan.py: less register pressure);
     # its segments are the forward's, so it reads the forward's segment totals.
-    consts = _consts(q.dtype, D, DV, pl, prec, pl.BLOCK_BWD)
+    consts = dict(_consts(q.dtype, D, DV, pl, prec, pl.BLOCK_BWD), WIDE=pl.WIDE)
     bps = pl.bps_bwd
     mix = (mu, log_sigma, mix_logits)
     do = do.to(v.dtype).contiguous()

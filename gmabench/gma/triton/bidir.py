@@ -12,7 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
+                     _opaque_zero, _resp,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -93,10 +94,31 @@ def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, in
 
 
 @triton.jit
+def _load_state_t(sbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr):
+    """The state M of one (b, h), transposed, as an operand pair, and its masses s."""
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    Mth, Mtl = _split(tl.trans(tl.load(sbase + kk[:, None] * DV + ee[None, :])), PREC)
+    return Mth, Mtl, tl.load(sbase + KP * DV + kk)
+
+
+@triton.jit
+def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr):
+    """The summed G = R_q^T dn of one (b, h) as operand pairs, G and G^T, and g = R_q^T dd."""
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
+    Gh, Gl = _split(G, PREC)
+    Gth, Gtl = _split(tl.trans(G), PREC)
+    return Gh, Gl, Gth, Gtl, tl.load(gbase + KP * DV + kk)
+
+
+@triton.jit
 def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
                         N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                        WIDE: tl.constexpr):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -105,14 +127,14 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
-                                                           PREC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    Mt = tl.trans(tl.load(sbase + kk[:, None] * DV + ee[None, :]))
-    s = tl.load(sbase + KP * DV + kk)
-    Mth, Mtl = _split(Mt, PREC)
+    wz = _opaque_zero(N)
+    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+        c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
+                                                               inv_tau, KP, D, PREC, WIDE)
+        Mth, Mtl, s = _load_state_t(sbase, KP, DV, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
     pa = tl.zeros((KP, D), dtype=tl.float32)
@@ -123,6 +145,11 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     dxbase = dq_ptr + (b.to(tl.int64) * N * H + h) * D
     dobase = do_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
+        if WIDE:
+            woff = blk * wz
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+            Mth, Mtl, s = _load_state_t(sbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -135,7 +162,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         rP = tl.sum(r * P, 1)
         dR = (P - (rP / d)[:, None] * s[None, :]) / d[:, None]
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP)
+                                      X_EXACT, INTERP, WIDE)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         dn = do.to(tl.float32) / d[:, None]
@@ -155,21 +182,18 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
 def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
                         N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                        WIDE: tl.constexpr):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
-                                                           PREC)
-    kk = tl.arange(0, KP)
-    ee = tl.arange(0, DV)
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
-    g = tl.load(gbase + KP * DV + kk)
-    Gh, Gl = _split(G, PREC)
-    Gt = tl.trans(G)
-    Gth, Gtl = _split(Gt, PREC)
+    wz = _opaque_zero(N)
+    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+        c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
+                                                               inv_tau, KP, D, PREC, WIDE)
+        Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
     pc = tl.zeros((KP,), dtype=tl.float32)
@@ -179,6 +203,11 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
     dvbase = dv_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
+        if WIDE:
+            woff = blk * wz
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+            Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -193,7 +222,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP)
+                                      X_EXACT, INTERP, WIDE)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
     _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

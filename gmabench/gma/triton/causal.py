@@ -16,7 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm, _resp,
+from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
+                     _opaque_zero, _resp,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -86,7 +87,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
                          dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr):
+                         INTERP: tl.constexpr, WIDE: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
     d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
     dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
@@ -95,8 +96,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
-                                                           PREC)
+    wz = _opaque_zero(N)
+    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+        c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
+                                                               inv_tau, KP, D, PREC, WIDE)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -114,6 +117,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     ii = tl.arange(0, BLOCK)
     tri = ii[:, None] >= ii[None, :]
     for blk in range(blk0, blk1):
+        if WIDE:
+            woff = blk * wz
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -146,7 +153,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
                  U / d[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP)
+                                      X_EXACT, INTERP, WIDE)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)
@@ -174,7 +181,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
                          dk_ptr, dv_ptr, pg_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr):
+                         INTERP: tl.constexpr, WIDE: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
@@ -182,8 +189,10 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
-                                                           PREC)
+    wz = _opaque_zero(N)
+    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+        c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
+                                                               inv_tau, KP, D, PREC, WIDE)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
@@ -201,6 +210,10 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     triT = ii[:, None] <= ii[None, :]
     for it in range(0, blk1 - blk0):
         blk = blk1 - 1 - it
+        if WIDE:
+            woff = blk * wz
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -241,7 +254,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP)
+                                      X_EXACT, INTERP, WIDE)
         tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)

@@ -178,14 +178,27 @@ def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
 
 @triton.jit
 def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr):
+                 PREC: tl.constexpr, WIDE: tl.constexpr):
     """What a backward program needs of head h: the logit weights, plus the natural a and b
-    (KP, D) as operand pairs for the input gradients (_input_grads)."""
+    (KP, D) as operand pairs for the input gradients (_input_grads). WIDE: no separate a and b;
+    _input_grads takes the logit weights transposed (two resident operands instead of four)."""
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     c2, a2h, a2l, b2h, b2l = _logit_weights(a, b, c, PREC)
-    ah, al = _split(a, PREC)
-    bh, bl = _split(b, PREC)
+    if WIDE:
+        ah, al, bh, bl = a2h, a2l, b2h, b2l
+    else:
+        ah, al = _split(a, PREC)
+        bh, bl = _split(b, PREC)
     return c2, a2h, a2l, b2h, b2l, ah, al, bh, bl
+
+
+@triton.jit
+def _opaque_zero(N):
+    """0 for any N >= 1, in a form the compiler cannot fold. A pointer offset by blk * this is not
+    loop-invariant, so what is loaded through it inside the block loop stays there instead of
+    being hoisted before it; Triton keeps hoisted dot operands in shared memory for the whole walk,
+    which is what makes the wide shapes' backward too large (docs/kernels.md)."""
+    return N // (N + 1)
 
 
 @triton.jit
@@ -216,20 +229,31 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 
 @triton.jit
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                 WIDE: tl.constexpr = False):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
     Returns dx (BLOCK, D) float32 and the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
-    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed).
+    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed). WIDE: (ah, al), (bh,
+    bl) are the logit weights A2 = a log2(e), B2 = -b log2(e)/2, (D, KP), used transposed.
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
     dlh = _hi(dl, PREC)
     dll = _lo(dl, dlh, PREC)
-    t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False, INTERP)
-    t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False, INTERP)
-    dx = t_a - xf * t_b
+    if WIDE:
+        t_a = _mm(dlh, dll, tl.trans(ah), tl.trans(al), tl.zeros((BLOCK, D), dtype=tl.float32),
+                  PREC, False, False, INTERP)
+        t_b = _mm(dlh, dll, tl.trans(bh), tl.trans(bl), tl.zeros((BLOCK, D), dtype=tl.float32),
+                  PREC, False, False, INTERP)
+        dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
+    else:
+        t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+                  INTERP)
+        t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+                  INTERP)
+        dx = t_a - xf * t_b
     dlth = tl.trans(dlh)
     dltl = tl.trans(dll)
     xh = _hi(x, PREC)

@@ -59,6 +59,7 @@ TUNING: dict[str, int | None] = {
     "block": None,
     "block_bwd": None,
     "segments": None,       # segments per (b, h), overriding waves / min_bps
+    "wide": None,           # 1 / 0: force the backward's per-block weights (Plan.WIDE) on or off
     "warps_fwd": None,
     "warps_bwd": None,
     "stages": None,
@@ -81,6 +82,7 @@ class Plan:
     stages: int
     BLOCK_BWD: int = 0   # the backward's block (a divisor of BLOCK; 0: BLOCK)
     bps_bwd: int = 0     # the backward's blocks per segment: the same segments in tokens
+    WIDE: bool = False   # backward kernels make their weights per block (KP x D > 8192: common.py)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -162,7 +164,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = triton.cdiv(nblk, bps)  # no empty segment
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
-                bps * (block // block_bwd))
+                bps * (block // block_bwd), bool(knobs.get("wide", KP * wide > 8192)))
     _PLANS[key] = plan
     return plan
 

@@ -8,7 +8,7 @@ per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Noth
 N x K is stored; saved for backward are the inputs and the float32 states (tiny).
 
 A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
-D = 128 with K = 256, and bidirectional at D = 128 with K = 128, on an H200; docs/kernels.md) runs through
+D = 128 with K = 256 on an H200; docs/kernels.md) runs through
 gma_chunked's PyTorch autograd instead, with a warning, and the process remembers it: a backward
 that cannot launch recomputes the gradients that way, later calls of that shape skip the kernels.
 """

@@ -207,12 +207,13 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
             woff = blk * wz
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
-            Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        if WIDE:   # G after the logits, the weights again after G: one set resident at a time
+            Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC)
         vh = _hi(v, PREC)
         dR = _mm(vh, _lo(v, vh, PREC), Gth, Gtl, tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
                  X_EXACT, False, INTERP) + g[None, :]
@@ -221,6 +222,10 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
                  False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
+        if WIDE:
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff + wz, ls_ptr + woff + wz, mix_ptr + woff + wz, h, K, inv_tau, KP, D,
+                PREC, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),

@@ -192,7 +192,7 @@ def test_launch_variants_do_not_change_the_result(causal):
     ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.ones(1, 70, 1, 16, device=ins[0].device)
     outs = []
-    # last: the backward in 16-token blocks under a 64-token forward, reading its segment totals
+    # (the 16-token backward under a 64-token forward reads the forward's segment totals)
     for knobs in (dict(segments=1), dict(segments=5), dict(block=32, segments=2),
                   dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
                   dict(wide=1, segments=2)):
@@ -255,9 +255,9 @@ def test_gpu_real_sizes(dtype, causal):
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_gpu_wide_training_meets_spec(monkeypatch, causal):
-    # D=64, K=256: on an H200 the split training kernels need more shared memory than a block may
-    # use (compile-time table, docs/kernels.md), so the call falls back to PyTorch; either way the
-    # result must meet the SPEC.
+    # D=64, K=256: the backward's wide form fits an H200's shared memory at compile time
+    # (docs/kernels.md); should the GPU refuse a kernel anyway, the call falls back to PyTorch.
+    # Either way the result must meet the SPEC, and the fallback note must tell which ran.
     import warnings
     from gmabench.gma.triton import autograd
     monkeypatch.setattr(autograd, "TOO_LARGE", {})

@@ -136,27 +136,30 @@ IMPLS = {
     "triton": lambda *a, causal: gma_triton(*a, causal=causal),
     "triton_fast": lambda *a, causal: gma_triton(*a, causal=causal, precision="fast"),
     "triton_fp16": lambda *a, causal: gma_triton(*a, causal=causal, precision="fp16"),
+    "triton_split": lambda *a, causal: gma_triton(*a, causal=causal, precision="split"),
     "reference": lambda *a, causal: gma_reference(*a, causal=causal),
     "sdpa_cudnn": None,  # filled lazily
     "sdpa_flash": None,
 }
 
 
-def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", record=True):
+def make_call(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16"):
+    """One call of `impl` (a key of IMPLS) on fresh inputs: its forward, or forward and backward."""
     fn = IMPLS[impl] or sdpa_fn(impl.split("_")[1])
     ins = inputs(B, N, H, D, Dv, K, DT[dtype], seed=2, grad=(mode == "fwd_bwd"))
     if impl.startswith("sdpa"):
         ins = ins[:3]
         ins_call = ins + [None, None, None]
-        grad_ins = ins
     else:
         ins_call = ins
-        grad_ins = ins
     do = (torch.randn(B, N, H, Dv, device="cuda") * 0.5).to(DT[dtype])
     if mode == "fwd":
-        f = lambda: fn(*ins_call, causal=causal)  # noqa: E731
-    else:
-        f = lambda: torch.autograd.grad(fn(*ins_call, causal=causal), grad_ins, do)  # noqa: E731
+        return lambda: fn(*ins_call, causal=causal)
+    return lambda: torch.autograd.grad(fn(*ins_call, causal=causal), ins, do)
+
+
+def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", record=True):
+    f = make_call(impl, N, causal, mode, B, H, D, Dv, K, dtype)
     f()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -174,7 +177,7 @@ def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", rec
     print(f"time {impl:12s} {'causal' if causal else 'bidir':6s} {mode:7s} N={N:6d}: "
           f"{ms:9.4f} ms  peak {peak / 2**20:8.1f} MiB (out {out_bytes / 2**20:.0f} MiB)"
           f"  [{elapsed():.0f}s]")
-    del ins, do
+    del f
     torch.cuda.empty_cache()
     return ms
 
@@ -277,20 +280,12 @@ def overhead():
 VARIANTS = [(causal, mode) for causal in (False, True) for mode in ("fwd", "fwd_bwd")]
 
 
-def _variant_call(causal, mode, N, B=1, H=16, D=64, Dv=64, K=64):
-    ins = inputs(B, N, H, D, Dv, K, torch.bfloat16, seed=2, grad=(mode == "fwd_bwd"))
-    do = (torch.randn(B, N, H, Dv, device="cuda") * 0.5).to(torch.bfloat16)
-    if mode == "fwd":
-        return lambda: gma_triton(*ins, causal=causal)
-    return lambda: torch.autograd.grad(gma_triton(*ins, causal=causal), ins, do)
-
-
 def profile_kernels(N=131072, calls=5):
     """Device time per kernel per call of each variant at the target shape (torch profiler):
     which kernel of a call the time goes to."""
     from torch.profiler import ProfilerActivity, profile
     for causal, mode in VARIANTS:
-        f = _variant_call(causal, mode, N)
+        f = make_call("triton", N, causal, mode)
         f()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -334,7 +329,7 @@ def bwd_sweep(N=131072):
     for causal in (True, False):
         side = "causal" if causal else "bidir"
         rows = []
-        for impl in ("triton", "triton_fp16"):
+        for impl in ("triton_split", "triton_fp16"):
             TUNING.update({k: None for k in TUNING})
             rows.append(dict(side=side, impl=impl, plan="table", ms=bench(impl, N, causal, "fwd_bwd", record=False)))
             print("bwdsweep", rows[-1], f"[{elapsed():.0f}s]")
@@ -363,7 +358,7 @@ def bwd_sweep(N=131072):
 def ncu_calls(N=131072):
     """One call of each variant (compiles first): what `ncu -k regex:...` profiles."""
     for causal, mode in VARIANTS:
-        _variant_call(causal, mode, N)()
+        make_call("triton", N, causal, mode)()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 

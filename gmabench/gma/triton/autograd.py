@@ -25,7 +25,7 @@ from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kern
 from .common import INTERPRET, PRECISIONS, _param_grad_kernel
 from .launch import KernelTooLarge
 from .launch import launch as _launch
-from .plan import make_plan
+from .plan import make_plan, padded_components
 
 # Shapes whose kernels did not fit this process's GPU: key (_fallback_key) -> the KernelTooLarge
 # message. Their calls run through gma_chunked (PyTorch) from then on.
@@ -33,9 +33,9 @@ TOO_LARGE: dict[tuple, str] = {}
 
 
 def _fallback_key(q, v, mu, causal, grad, prec) -> tuple:
-    KP = max(16, 1 << (mu.shape[1] - 1).bit_length())
-    return (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1], KP, bool(causal),
-            bool(grad), prec)
+    """What decides whether a call's kernels fit: device, dtype, D, Dv, KP, variant, precision."""
+    return (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1],
+            padded_components(mu.shape[1]), bool(causal), bool(grad), prec)
 
 
 def _note_too_large(key, exc: KernelTooLarge) -> None:

@@ -130,7 +130,6 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    wz = _opaque_zero(N)
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, WIDE)
@@ -146,7 +145,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     dobase = do_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
         if WIDE:
-            woff = blk * wz
+            woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
             Mth, Mtl, s = _load_state_t(sbase + woff, KP, DV, PREC)
@@ -189,7 +188,6 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     b = bh // H
     h = bh % H
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    wz = _opaque_zero(N)
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, WIDE)
@@ -204,7 +202,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     dvbase = dv_ptr + (b.to(tl.int64) * N * H + h) * DV
     for blk in range(blk0, blk1):
         if WIDE:
-            woff = blk * wz
+            woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
@@ -223,8 +221,9 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
+            woff2 = woff + _opaque_zero(N)   # another load, not a reuse of the first set's
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff + wz, ls_ptr + woff + wz, mix_ptr + woff + wz, h, K, inv_tau, KP, D,
+                mu_ptr + woff2, ls_ptr + woff2, mix_ptr + woff2, h, K, inv_tau, KP, D,
                 PREC, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE)

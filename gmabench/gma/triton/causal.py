@@ -96,7 +96,6 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    wz = _opaque_zero(N)
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, WIDE)
@@ -118,7 +117,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     tri = ii[:, None] >= ii[None, :]
     for blk in range(blk0, blk1):
         if WIDE:
-            woff = blk * wz
+            woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii
@@ -189,7 +188,6 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    wz = _opaque_zero(N)
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, WIDE)
@@ -211,7 +209,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     for it in range(0, blk1 - blk0):
         blk = blk1 - 1 - it
         if WIDE:
-            woff = blk * wz
+            woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii

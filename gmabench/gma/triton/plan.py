@@ -128,13 +128,18 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
+def padded_components(K: int) -> int:
+    """KP: K padded to a power of two, at least 16 (padded components get zero responsibility)."""
+    return max(16, triton.next_power_of_2(K))
+
+
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
               device: torch.device, grad: bool = True) -> Plan:
     key = (B, N, H, K, D, DV, causal, grad, device.type, device.index, tuple(TUNING.values()))
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
-    KP = max(16, triton.next_power_of_2(K))
+    KP = padded_components(K)
     wide = max(D, DV)
     variant = ("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")
     row = dict(PLAN_TABLE[variant])

@@ -355,6 +355,53 @@ def bwd_sweep(N=131072):
     TUNING.update({k: None for k in TUNING})
 
 
+# Forward plans with a register cap (plan key regs_fwd; 0 = none): (block, warps_fwd, regs_fwd,
+# waves), the current table's plan first. ptxas (sm_90a, here): at 4 warps every forward kernel
+# takes 255 registers (two programs per SM, theoretical occupancy 12.5%); a cap of 168 allows
+# three, 128 four, at 270-2100 B of spills per thread (docs/kernels.md).
+REG_PLANS = {
+    "bidir": [(128, 4, 0, 4), (128, 4, 168, 4), (128, 4, 128, 4), (64, 4, 0, 4), (64, 4, 168, 4),
+              (64, 4, 128, 4), (128, 8, 128, 4), (128, 4, 128, 8), (64, 4, 128, 8)],
+    "causal": [(64, 4, 0, 4), (64, 4, 168, 4), (64, 4, 128, 4), (32, 4, 0, 4), (32, 4, 168, 4),
+               (32, 4, 128, 4), (64, 8, 128, 4), (64, 4, 128, 8), (32, 4, 128, 8)],
+}
+
+
+def _compiled_stats():
+    """Registers, spills and shared memory of each kernel the fast launch path compiled since
+    the last launch_mod.clear()."""
+    rows = []
+    for key, (compiled, *_rest) in launch_mod._CACHE.items():
+        rows.append(dict(kernel=compiled.name, warps=key[2], stages=key[3], maxnreg=key[4],
+                         regs=getattr(compiled, "n_regs", None), spills=getattr(compiled, "n_spills", None),
+                         shared=compiled.metadata.shared))
+    return rows
+
+
+def reg_sweep(N=131072):
+    """Inference forward at N=131072 under register caps (REG_PLANS), then the training plan
+    with a cap on its forward kernels; each row keeps the compiled kernels' registers and spills."""
+    for causal in (False, True):
+        side = "causal" if causal else "bidir"
+        plans = [dict(block=b, warps_fwd=w, regs_fwd=r, waves=wv) for b, w, r, wv in REG_PLANS[side]]
+        plans = [("fwd", pl) for pl in plans] + [("fwd_bwd", dict(regs_fwd=r)) for r in (0, 168, 128)]
+        for mode, knobs in plans:
+            TUNING.update({k: None for k in TUNING})
+            TUNING.update(knobs)
+            launch_mod.clear()
+            try:
+                ms = bench("triton", N, causal, mode, record=False)
+            except Exception as exc:  # noqa: BLE001 - a plan that does not compile is data
+                ms = None
+                print(f"regsweep {side} {mode} {knobs}: {type(exc).__name__}: {str(exc)[:300]}")
+            row = dict(side=side, mode=mode, N=N, ms=ms, compiled=_compiled_stats(), **knobs)
+            R.setdefault("reg_sweep", []).append(row)
+            kern = " ".join(f"{c['kernel'][1:8]}:{c['regs']}r/{c['spills']}s" for c in row["compiled"])
+            print(f"regsweep {side} {mode} {knobs}: {ms} ms  {kern}  [{elapsed():.0f}s]")
+    TUNING.update({k: None for k in TUNING})
+    launch_mod.clear()
+
+
 def ncu_calls(N=131072):
     """One call of each variant (compiles first): what `ncu -k regex:...` profiles."""
     for causal, mode in VARIANTS:
@@ -542,6 +589,13 @@ def main():
             save()
         if "ncu" in secs:
             guarded("ncu", ncu_calls)
+        if "regsweep" in secs:
+            guarded("regsweep", reg_sweep)
+            save()
+        if "smallprofile" in secs:   # device time per kernel where gma is host-bound
+            for n in (2048, 4096):
+                guarded(f"profile N={n}", profile_kernels, n, 20)
+            save()
         if "bwdsweep" in secs:
             guarded("bwdsweep", bwd_sweep)
             save()

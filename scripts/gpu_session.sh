@@ -18,6 +18,10 @@
 #         | overhead           host cost per call only (the first section of tune), no sweep
 #         | bwdsweep           fwd_bwd at N=131072: split vs fp16 output pass, then training plans
 #                              (block, block_bwd, warps, stages: scripts/gpu_kernels.py BWD_PLANS)
+#         | regsweep           inference forward at N=131072 under register caps (plan key
+#                              regs_fwd) x block x warps x waves, and training with capped
+#                              forward kernels; registers and spills of each compiled kernel
+#         | smallprofile       device time per kernel of each variant at N=2048 and 4096
 #         | profile            device time per kernel of each variant at N=131072 (torch
 #                              profiler), then Nsight Compute on one call of each variant: speed
 #                              of light, occupancy, launch statistics, warp stall reasons
@@ -87,6 +91,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         bwdsweep)
             python3 scripts/gpu_kernels.py --out "$logs/bwdsweep" --sections bwdsweep \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
+        regsweep|smallprofile)
+            python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
+                --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         profile)
             python3 scripts/gpu_kernels.py --out "$logs/profile" --sections profile \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -60

@@ -92,6 +92,17 @@ def test_second_launch_calls_the_compiled_kernel_with_constexprs_in_signature_or
     assert len(kernel.standard) == 2 and len(kernel.compiled.runs) == 1
 
 
+def test_a_register_cap_is_a_launch_option_and_its_own_cache_entry(fake_cuda):
+    kernel = _FakeKernel(_FakeCompiled())
+    x = torch.empty(8)
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2)
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2, 168)
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2, 168)
+    # no cap: no maxnreg option (the compiler's choice); a cap compiles a kernel of its own
+    assert [kw.get("maxnreg") for _, _, kw in kernel.standard] == [None, 168]
+    assert len(kernel.compiled.runs) == 1
+
+
 class _TooBigKernel(_FakeKernel):
     """Needs more shared memory than the GPU has with `fits_below` pipeline stages or more."""
     __name__ = "_wide_kernel"

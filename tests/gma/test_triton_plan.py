@@ -51,6 +51,8 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"warps_fwd": True}}), "bidir/fwd.warps_fwd"),
     (json.dumps({"bidir/fwd": {"blocks": 64}}), "bidir/fwd.blocks"),
     (json.dumps({"bidir/fwd_bwd": {"block_bwd": 48}}), "bidir/fwd_bwd.block_bwd = 48"),
+    (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
+    (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"
@@ -122,3 +124,14 @@ def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
     # inference plans are untouched by the training rule
     gpu_rules.PLAN_TABLE["causal/fwd"].update(warps_fwd=4)
     assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=False).warps_fwd == 4
+
+
+def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).regs_fwd == 0
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"bidir/fwd": {"regs_fwd": 168}}))
+    gpu_rules.load_plan_file(path)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).regs_fwd == 168
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).regs_fwd == 0
+    gpu_rules.TUNING.update(regs_fwd=128)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True).regs_fwd == 128

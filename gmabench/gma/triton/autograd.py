@@ -117,16 +117,16 @@ def _forward(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec,
         else:
             st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
             _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                    dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages)
+                    dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages, pl.regs_fwd)
         _launch(_causal_out_kernel, grid,
                 (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
-                pl.warps_fwd, pl.stages)
+                pl.warps_fwd, pl.stages, pl.regs_fwd)
     else:
         st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
         _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages)
+                dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages, pl.regs_fwd)
         _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
-                consts, pl.warps_fwd, pl.stages)
+                consts, pl.warps_fwd, pl.stages, pl.regs_fwd)
     saved = (q, k, v, mu, log_sigma, mix_logits, st)
     return o, saved, (causal, inv_tau, float(eps), pl, prec, (B, N, H, D, DV, K))
 

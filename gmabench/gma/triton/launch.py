@@ -61,17 +61,19 @@ class KernelTooLarge(RuntimeError):
     one pipeline stage: the shape is too wide for these kernels on this GPU."""
 
 
-def _standard(kernel, grid, args, consts, warps, stages):
+def _standard(kernel, grid, args, consts, warps, stages, maxnreg=0):
     """Triton's own launch; a plan that needs more shared memory than the GPU has is retried
-    with one pipeline stage (the returned kernel is the one that ran)."""
+    with one pipeline stage (the returned kernel is the one that ran). maxnreg: a cap on
+    registers per thread (0: the compiler's choice)."""
     OutOfResources = triton.runtime.errors.OutOfResources
+    opts = {"maxnreg": maxnreg} if maxnreg else {}
     try:
         try:
-            return kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
+            return kernel[grid](*args, **consts, num_warps=warps, num_stages=stages, **opts)
         except OutOfResources:
             if stages == 1:
                 raise
-            return kernel[grid](*args, **consts, num_warps=warps, num_stages=1)
+            return kernel[grid](*args, **consts, num_warps=warps, num_stages=1, **opts)
     except OutOfResources as exc:
         shape = ", ".join(f"{k}={consts[k]}" for k in ("D", "DV", "KP", "BLOCK") if k in consts)
         raise KernelTooLarge(
@@ -84,18 +86,18 @@ def _raw_stream(dev: int) -> int:
     return torch._C._cuda_getCurrentRawStream(dev)
 
 
-def launch(kernel, grid, args, consts, warps, stages):
-    """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages), from the cache when
-    this key was launched before. `args` are the kernel's leading parameters in order, `consts`
-    its remaining ones (the constexprs) by name."""
+def launch(kernel, grid, args, consts, warps, stages, maxnreg=0):
+    """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages[, maxnreg=maxnreg]),
+    from the cache when this key was launched before. `args` are the kernel's leading parameters
+    in order, `consts` its remaining ones (the constexprs) by name."""
     if not ENABLED:
-        _standard(kernel, grid, args, consts, warps, stages)
+        _standard(kernel, grid, args, consts, warps, stages, maxnreg)
         return
     dev = torch.cuda.current_device()
-    key = (id(kernel), dev, warps, stages, tuple(consts.items()), tuple(map(arg_key, args)))
+    key = (id(kernel), dev, warps, stages, maxnreg, tuple(consts.items()), tuple(map(arg_key, args)))
     hit = _CACHE.get(key)
     if hit is None or _hooks_set():
-        compiled = _standard(kernel, grid, args, consts, warps, stages)
+        compiled = _standard(kernel, grid, args, consts, warps, stages, maxnreg)
         if hasattr(compiled, "result"):     # an asynchronous compile's future
             compiled = compiled.result()
         tail = tuple(consts[name] for name in kernel.arg_names[len(args):])
@@ -109,7 +111,7 @@ def launch(kernel, grid, args, consts, warps, stages):
         compiled.run(grid[0], g1, g2, stream, function, packed, None, None, None, *args, *tail)
     except (TypeError, AttributeError) as exc:   # a Triton whose launcher takes other arguments
         _disable(exc)
-        _standard(kernel, grid, args, consts, warps, stages)
+        _standard(kernel, grid, args, consts, warps, stages, maxnreg)
 
 
 def _disable(exc: Exception) -> None:

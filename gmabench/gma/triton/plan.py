@@ -32,10 +32,13 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # end where the forward's do and can read their totals; warps_fwd / warps_bwd: warps of the
 # forward / backward kernels; stages: software-pipelining depth of the block loop; waves: target
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
-# blocks per segment.
-PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps")
+# blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
+# compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
+# run, 128 four, at the price of spills).
+PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps",
+             "regs_fwd")
 _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4,
-         "min_bps": 4}
+         "min_bps": 4, "regs_fwd": 0}
 # Measured on an H200 (Triton 3.6), each at least 2% faster than what it replaced at N=131072, B=1,
 # H=16, D=Dv=K=64, bf16. Forward: the sweep's best of the version-2 kernels
 # (results/2026-11-28-h200-kernels-v2). Training: the bwdsweep of 2026-11-29
@@ -65,6 +68,7 @@ TUNING: dict[str, int | None] = {
     "stages": None,
     "waves": None,
     "min_bps": None,
+    "regs_fwd": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -83,6 +87,7 @@ class Plan:
     BLOCK_BWD: int = 0   # the backward's block (a divisor of BLOCK; 0: BLOCK)
     bps_bwd: int = 0     # the backward's blocks per segment: the same segments in tokens
     WIDE: bool = False   # backward kernels make their weights per block (KP x D > 8192: common.py)
+    regs_fwd: int = 0    # register cap of the forward kernels (0: none)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -95,8 +100,9 @@ def load_plan_file(path: str | os.PathLike) -> None:
         raise ValueError(f"GMA Triton plan file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
-    allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128), "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16),
-               "stages": (1, 2, 3, 4)}
+    allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
+               "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
+               "regs_fwd": (0, *range(24, 256))}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -106,7 +112,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
-                  and value >= (0 if key == "block_bwd" else 1))
+                  and value >= (0 if key in ("block_bwd", "regs_fwd") else 1))
             if ok and key in allowed:
                 ok = value in allowed[key]
             if not ok:
@@ -169,7 +175,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = triton.cdiv(nblk, bps)  # no empty segment
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
-                bps * (block // block_bwd), bool(knobs.get("wide", KP * wide > 8192)))
+                bps * (block // block_bwd), bool(knobs.get("wide", KP * wide > 8192)),
+                row["regs_fwd"])
     _PLANS[key] = plan
     return plan
 

@@ -27,9 +27,11 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
+from gmabench.gma.chunked import gma_chunked  # noqa: E402
 from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
 from gmabench.gma.triton import TUNING, gma_triton  # noqa: E402
 from gmabench.gma.triton import launch as launch_mod  # noqa: E402
+from gmabench.gma.triton import plan as plan_mod  # noqa: E402
 
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T0 = time.time()
@@ -138,6 +140,7 @@ IMPLS = {
     "triton_fp16": lambda *a, causal: gma_triton(*a, causal=causal, precision="fp16"),
     "triton_split": lambda *a, causal: gma_triton(*a, causal=causal, precision="split"),
     "reference": lambda *a, causal: gma_reference(*a, causal=causal),
+    "chunked": lambda *a, causal: gma_chunked(*a, causal=causal),
     "sdpa_cudnn": None,  # filled lazily
     "sdpa_flash": None,
 }
@@ -303,7 +306,8 @@ def profile_kernels(N=131072, calls=5):
             total += us / calls
             R["profile"].append(dict(variant=tag, N=N, kernel=e.key, us_per_call=us / calls,
                                      launches_per_call=e.count / calls))
-        for row in sorted((r for r in R["profile"] if r["variant"] == tag), key=lambda r: -r["us_per_call"]):
+        for row in sorted((r for r in R["profile"] if r["variant"] == tag and r["N"] == N),
+                          key=lambda r: -r["us_per_call"]):
             print(f"profile {tag:15s} N={N}: {row['us_per_call']:9.1f} us  x{row['launches_per_call']:.0f}  "
                   f"{row['kernel'][:70]}")
         print(f"profile {tag:15s} N={N}: {total:9.1f} us of kernels per call  [{elapsed():.0f}s]")
@@ -400,6 +404,61 @@ def reg_sweep(N=131072):
             print(f"regsweep {side} {mode} {knobs}: {ms} ms  {kern}  [{elapsed():.0f}s]")
     TUNING.update({k: None for k in TUNING})
     launch_mod.clear()
+
+
+def _device_us(f, calls=20):
+    """Device time of one call of f (sum of its kernels, torch profiler), after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+    f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            f()
+        torch.cuda.synchronize()
+    total = 0.0
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        total += max(us if us is not None else e.self_cuda_time_total, 0.0)
+    return total / calls
+
+
+def small_plans(ns=(2048, 4096, 8192)):
+    """Small N, where every call is host-bound and wall-clock timings hide the kernels: device time
+    per call (profiler) and wall time (do_bench) under fewest blocks per segment 4 (the table), 2
+    and 1: shorter chains of dependent blocks per program, more programs."""
+    for n in ns:
+        for causal, mode in VARIANTS:
+            for min_bps in (None, 2, 1):
+                TUNING.update({k: None for k in TUNING})
+                TUNING.update(min_bps=min_bps)
+                f = make_call("triton", n, causal, mode)
+                dev_us = _device_us(f)
+                wall = do_bench(f, warmup=25, rep=100, return_mode="median")
+                pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
+                row = dict(N=n, causal=causal, mode=mode, min_bps=min_bps, device_us=dev_us,
+                           wall_ms=wall, P=pl.P, bps=pl.bps)
+                R.setdefault("small_plans", []).append(row)
+                print(f"smallplans {n} {'causal' if causal else 'bidir'} {mode} min_bps={min_bps}: "
+                      f"device {dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps})  [{elapsed():.0f}s]")
+                del f
+    TUNING.update({k: None for k in TUNING})
+
+
+def wide_shapes(N=16384):
+    """Training at the wide shapes the backward's wide form makes fit (D=64 with K=256; D=128 with
+    K=128): fused kernels against gma_chunked (the PyTorch fallback they replace), and which ran."""
+    from gmabench.gma.triton.autograd import fallback_note
+    for D, K in ((64, 256), (128, 128)):
+        for causal in (False, True):
+            row = dict(N=N, D=D, K=K, causal=causal)
+            for impl in ("triton", "chunked"):
+                row[impl] = bench(impl, N, causal, "fwd_bwd", D=D, Dv=D, K=K, record=False)
+            q = torch.empty(1, 1, 1, D, device="cuda", dtype=torch.bfloat16)
+            row["fallback"] = fallback_note(q, q, torch.empty(1, K, D), causal)
+            R.setdefault("wide", []).append(row)
+            print(f"wide D={D} K={K} {'causal' if causal else 'bidir'} fwd_bwd N={N}: triton "
+                  f"{row['triton']:.3f} ms, chunked {row['chunked']:.3f} ms, fallback: "
+                  f"{row['fallback'] or 'none'}  [{elapsed():.0f}s]")
 
 
 def ncu_calls(N=131072):
@@ -591,6 +650,12 @@ def main():
             guarded("ncu", ncu_calls)
         if "regsweep" in secs:
             guarded("regsweep", reg_sweep)
+            save()
+        if "smallplans" in secs:
+            guarded("smallplans", small_plans)
+            save()
+        if "wide" in secs:
+            guarded("wide", wide_shapes)
             save()
         if "smallprofile" in secs:   # device time per kernel where gma is host-bound
             for n in (2048, 4096):

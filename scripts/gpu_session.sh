@@ -22,6 +22,10 @@
 #                              regs_fwd) x block x warps x waves, and training with capped
 #                              forward kernels; registers and spills of each compiled kernel
 #         | smallprofile       device time per kernel of each variant at N=2048 and 4096
+#         | smallplans         device and wall time per call at N=2048-8192 under fewest blocks
+#                              per segment 4 (the table), 2 and 1
+#         | wide               training at D=64, K=256 and D=128, K=128 (N=16384): fused
+#                              kernels against gma_chunked, and whether the kernels ran
 #         | profile            device time per kernel of each variant at N=131072 (torch
 #                              profiler), then Nsight Compute on one call of each variant: speed
 #                              of light, occupancy, launch statistics, warp stall reasons
@@ -91,7 +95,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         bwdsweep)
             python3 scripts/gpu_kernels.py --out "$logs/bwdsweep" --sections bwdsweep \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
-        regsweep|smallprofile)
+        regsweep|smallprofile|smallplans|wide)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         profile)

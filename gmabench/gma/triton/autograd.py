@@ -22,20 +22,14 @@ import torch
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
-from .common import INTERPRET, PRECISIONS, _param_grad_kernel
+from .call import Call, fallback_key, prepare
+from .common import PRECISIONS, _param_grad_kernel
 from .launch import KernelTooLarge
 from .launch import launch as _launch
-from .plan import make_plan, padded_components
 
-# Shapes whose kernels did not fit this process's GPU: key (_fallback_key) -> the KernelTooLarge
+# Shapes whose kernels did not fit this process's GPU: key (call.fallback_key) -> the KernelTooLarge
 # message. Their calls run through gma_chunked (PyTorch) from then on.
 TOO_LARGE: dict[tuple, str] = {}
-
-
-def _fallback_key(q, v, mu, causal, grad, prec) -> tuple:
-    """What decides whether a call's kernels fit: device, dtype, D, Dv, KP, variant, precision."""
-    return (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1],
-            padded_components(mu.shape[1]), bool(causal), bool(grad), prec)
 
 
 def _note_too_large(key, exc: KernelTooLarge) -> None:
@@ -49,7 +43,7 @@ def _note_too_large(key, exc: KernelTooLarge) -> None:
 def fallback_note(q, v, mu, causal) -> str:
     """'' when the kernels run this shape; otherwise which calls fell back to PyTorch (for the
     `backend` field of gmabench records)."""
-    head = _fallback_key(q, v, mu, causal, False, None)[:7]   # all but grad and precision
+    head = fallback_key(q, v, mu, causal, False, None)[:7]   # all but grad and precision
     modes = sorted({"training" if key[7] else "inference" for key in TOO_LARGE if key[:7] == head})
     if not modes:
         return ""
@@ -62,138 +56,93 @@ def _pytorch(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps):
                        temperature=temperature, eps=eps)
 
 
-def _check(q, k, v, mu, log_sigma, mix_logits):
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"expected q, k (B,N,H,D) and v (B,N,H,Dv); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    B, N, H, D = q.shape
-    DV = v.shape[-1]
-    if mu.dim() != 3 or mu.shape[0] != H or mu.shape[2] != D or log_sigma.shape != mu.shape:
-        raise ValueError(f"expected mu, log_sigma (H,K,D) = ({H},K,{D}); got {tuple(mu.shape)}")
-    K = mu.shape[1]
-    if mix_logits.shape != (H, K):
-        raise ValueError(f"expected mix_logits ({H},{K}); got {tuple(mix_logits.shape)}")
-    if not (1 <= K <= 256):
-        raise ValueError(f"K must be in 1..256, got {K}")
-    for name, w in (("D", D), ("Dv", DV)):
-        if w not in (16, 32, 64, 128):
-            raise ValueError(f"{name} must be one of 16, 32, 64, 128; got {w}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError("q, k, v must share one dtype")
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"unsupported dtype {q.dtype}")
-    if q.device.type != "cuda" and not INTERPRET:
-        raise ValueError("gma_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
-    return B, N, H, D, DV, K
-
-
-def _consts(dtype, D, DV, pl, prec, block=None):
-    """The compile-time constants every kernel of a call shares (`block`: the backward's)."""
-    return dict(D=D, DV=DV, KP=pl.KP, BLOCK=block or pl.BLOCK, PREC=prec,
-                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
-
-
-def _forward(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec, grad):
-    """The forward launches; returns the output and what a backward needs (contiguous inputs,
-    the float32 state, the call's configuration)."""
-    B, N, H, D, DV, K = _check(q, k, v, mu, log_sigma, mix_logits)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    mu, log_sigma, mix_logits = mu.contiguous(), log_sigma.contiguous(), mix_logits.contiguous()
-    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
-    inv_tau = 1.0 / float(temperature)
-    consts = _consts(q.dtype, D, DV, pl, prec)
-    # The key pass's state is what the backward reads: before a backward it is made with split
-    # products even when the output pass takes fp16 ones (the parameter gradients need it).
-    st_consts = consts
-    if grad and prec == PRECISIONS["fp16"]:
-        st_consts = _consts(q.dtype, D, DV, pl, PRECISIONS["split"])
-    grid = (pl.P, B * H)
+def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
+    """The forward launches of a prepared call (contiguous tensors); returns the output and the
+    tensors a backward needs (the inputs and the float32 state)."""
+    B, N, H, D, DV, K = call.dims
+    pl, grid, memo = call.plan, call.grid, call.memo
+    inv_tau, eps = call.inv_tau, call.eps
     o = torch.empty_like(v)
     mix = (mu, log_sigma, mix_logits)
-    state_len = pl.KP * (DV + 1)
-    if causal:
+    if call.causal:
         if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
             st = mu     # a float32 placeholder: the walk reads no total (no allocation)
         else:
-            st = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                    dict(st_consts, ATOMIC=False), pl.warps_fwd, pl.stages, pl.regs_fwd)
-        _launch(_causal_out_kernel, grid,
-                (q, k, v, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps), consts,
-                pl.warps_fwd, pl.stages, pl.regs_fwd)
+            st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
+            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps), call.state,
+                    pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="state")
+        _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
+                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out")
     else:
-        st = torch.zeros(B * H * state_len, device=q.device, dtype=torch.float32)
-        _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps),
-                dict(st_consts, ATOMIC=True), pl.warps_fwd, pl.stages, pl.regs_fwd)
-        _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, float(eps), pl.bps),
-                consts, pl.warps_fwd, pl.stages, pl.regs_fwd)
-    saved = (q, k, v, mu, log_sigma, mix_logits, st)
-    return o, saved, (causal, inv_tau, float(eps), pl, prec, (B, N, H, D, DV, K))
+        st = torch.zeros(B * H * call.state_len, device=q.device, dtype=torch.float32)
+        _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps), call.state,
+                pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="state")
+        _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
+                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out")
+    return o, (q, k, v, mu, log_sigma, mix_logits, st)
 
 
 class GMATritonFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps, prec, grad):
-        o, saved, cfg = _forward(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps,
-                                 prec, grad)
+    def forward(ctx, call, q, k, v, mu, log_sigma, mix_logits):
+        o, saved = _forward(call, q, k, v, mu, log_sigma, mix_logits)
         ctx.save_for_backward(*saved)
-        ctx.cfg = cfg
-        ctx.key = _fallback_key(q, v, mu, causal, grad, prec)
+        ctx.call = call
         return o
 
     @staticmethod
     def backward(ctx, do):
         saved = ctx.saved_tensors
+        call = ctx.call
         try:
-            grads = _backward(saved, ctx.cfg, do)
+            grads = _backward(call, saved, do)
         except KernelTooLarge as exc:   # recompute through PyTorch's autograd instead
-            _note_too_large(ctx.key, exc)
-            causal, inv_tau, eps = ctx.cfg[:3]
+            _note_too_large(call.fallback_key, exc)
             with torch.enable_grad():
                 ins = [t.detach().requires_grad_() for t in saved[:6]]
-                o = _pytorch(*ins, causal, 1.0 / inv_tau, eps)
+                o = _pytorch(*ins, call.causal, 1.0 / call.inv_tau, call.eps)
                 grads = torch.autograd.grad(o, ins, do)
-        return (*grads, None, None, None, None, None)
+        return (None, *grads)
 
 
-def _backward(saved, cfg, do):
-    """The backward launches; returns the six gradients."""
+def _backward(call: Call, saved, do):
+    """The backward launches of a prepared call; returns the six gradients."""
     q, k, v, mu, log_sigma, mix_logits, st = saved
-    causal, inv_tau, eps, pl, prec, (B, N, H, D, DV, K) = cfg
-    if prec == PRECISIONS["fp16"]:   # a forward-only mode: the backward runs split
-        prec = PRECISIONS["split"]
-    # The backward's blocks may be smaller than the forward's (plan.py: less register pressure);
-    # its segments are the forward's, so it reads the forward's segment totals.
-    consts = dict(_consts(q.dtype, D, DV, pl, prec, pl.BLOCK_BWD), WIDE=pl.WIDE)
-    bps = pl.bps_bwd
+    B, N, H, D, DV, K = call.dims
+    pl, grid, memo, consts = call.plan, call.grid, call.memo, call.bwd
+    inv_tau, eps, bps = call.inv_tau, call.eps, pl.bps_bwd
     mix = (mu, log_sigma, mix_logits)
     do = do.to(v.dtype).contiguous()
-    grid = (pl.P, B * H)
+    if do.data_ptr() % 16:   # the memoised kernels were compiled for aligned tensors
+        do = do.clone()
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    state_len = pl.KP * (DV + 1)
+    state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
-    if causal:
+    if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
         aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
         gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
-                                             inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages)
+                                             inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_q")
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
-                                             inv_tau, bps), consts, pl.warps_bwd, pl.stages)
+                                             inv_tau, bps), consts, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_k")
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
-                                            bps), consts, pl.warps_bwd, pl.stages)
+                                            bps), consts, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_q")
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, bps),
-                consts, pl.warps_bwd, pl.stages)
+                consts, pl.warps_bwd, pl.stages, memo=memo, site="bwd_k")
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)
     _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
-            dict(KP=pl.KP, D=D), 4, 3)
+            call.param, 4, 3, memo=memo, site="param")
     return dq, dk, dv, dmu, dls, dmix
 
 
@@ -230,14 +179,13 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     prec = PRECISIONS[precision_name(q.dtype, precision)]
-    cfg = (bool(causal), float(temperature), float(eps))
-    key = _fallback_key(q, v, mu, causal, grad, prec)
-    if key in TOO_LARGE:
-        return _pytorch(*tensors, *cfg)
+    call, ready = prepare(tensors, bool(causal), float(temperature), float(eps), prec, grad)
+    if call.fallback_key in TOO_LARGE:
+        return _pytorch(*tensors, call.causal, float(temperature), call.eps)
     try:
         if not grad:   # no autograd node to build: the launches alone (less host time per call)
-            return _forward(*tensors, *cfg, prec, False)[0]
-        return GMATritonFunction.apply(*tensors, *cfg, prec, grad)
+            return _forward(call, *ready)[0]
+        return GMATritonFunction.apply(call, *ready)
     except KernelTooLarge as exc:
-        _note_too_large(key, exc)
-        return _pytorch(*tensors, *cfg)
+        _note_too_large(call.fallback_key, exc)
+        return _pytorch(*tensors, call.causal, float(temperature), call.eps)

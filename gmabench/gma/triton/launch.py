@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - older Triton: always the standard path
 ENABLED = (not INTERPRET and _knobs is not None
            and os.environ.get("GMA_TRITON_FAST_LAUNCH", "1") != "0")
 _CACHE: dict[tuple, tuple] = {}
+_EPOCH = object()   # replaced by clear(): memo entries (launch's `memo`) of an older epoch are stale
 
 
 def arg_key(a) -> tuple:
@@ -86,13 +87,20 @@ def _raw_stream(dev: int) -> int:
     return torch._C._cuda_getCurrentRawStream(dev)
 
 
-def launch(kernel, grid, args, consts, warps, stages, maxnreg=0):
+def launch(kernel, grid, args, consts, warps, stages, maxnreg=0, memo=None, site=None):
     """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages[, maxnreg=maxnreg]),
     from the cache when this key was launched before. `args` are the kernel's leading parameters
-    in order, `consts` its remaining ones (the constexprs) by name."""
+    in order, `consts` its remaining ones (the constexprs) by name. `memo`, `site`: a caller that
+    knows this launch's key cannot change between its calls (call.py: same kernel, constexprs and
+    argument specialisation) keeps the compiled kernel in memo[site] and skips building the key."""
     if not ENABLED:
         _standard(kernel, grid, args, consts, warps, stages, maxnreg)
         return
+    if memo is not None:
+        kept = memo.get(site)
+        if kept is not None and kept[0] is _EPOCH and not _hooks_set():
+            _run(kept[1], kernel, grid, args, consts, warps, stages, maxnreg)
+            return
     dev = torch.cuda.current_device()
     key = (id(kernel), dev, warps, stages, maxnreg, tuple(consts.items()), tuple(map(arg_key, args)))
     hit = _CACHE.get(key)
@@ -101,9 +109,15 @@ def launch(kernel, grid, args, consts, warps, stages, maxnreg=0):
         if hasattr(compiled, "result"):     # an asynchronous compile's future
             compiled = compiled.result()
         tail = tuple(consts[name] for name in kernel.arg_names[len(args):])
-        _CACHE[key] = (compiled, compiled.function, compiled.packed_metadata, tail)
-        return
-    compiled, function, packed, tail = hit
+        hit = _CACHE[key] = (compiled, compiled.function, compiled.packed_metadata, tail, dev)
+    else:
+        _run(hit, kernel, grid, args, consts, warps, stages, maxnreg)
+    if memo is not None and ENABLED:
+        memo[site] = (_EPOCH, hit)
+
+
+def _run(hit, kernel, grid, args, consts, warps, stages, maxnreg):
+    compiled, function, packed, tail, dev = hit
     stream = _raw_stream(dev)
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
@@ -122,6 +136,9 @@ def _disable(exc: Exception) -> None:
 
 
 def clear() -> None:
+    """Forget every compiled kernel: the next launch of each key (memos included) takes Triton's path."""
+    global _EPOCH
     _CACHE.clear()
+    _EPOCH = object()
 
 

@@ -1,0 +1,110 @@
+"""What a fused-GMA call of one signature launches, worked out once and kept.
+
+A call's checks, launch plan, compile-time constants and grid depend only on its signature: the
+shapes, dtypes and device of its six tensors (and whether each is 16-byte aligned, which Triton
+specialises on), the variant, temperature, eps, precision and plan. `prepare` looks the signature
+up and builds a `Call` only for a new one, and each Call keeps, per launch site, the compiled kernel
+its first launch used (launch.py's `memo`), so a repeated small-N call skips the Python work that
+used to be the bulk of its host time (results/2026-11-29-h200-overhead-tests: 55-97 us per
+forward call against 10-30 us of kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+from .common import INTERPRET, PRECISIONS
+from .plan import Plan, make_plan, padded_components
+
+_DIMS: dict[tuple, tuple] = {}     # signature -> (B, N, H, D, DV, K), once its shapes passed check
+_CALLS: dict[tuple, "Call"] = {}
+
+
+def check(q, k, v, mu, log_sigma, mix_logits):
+    """(B, N, H, D, DV, K) of a call, or ValueError saying what is wrong with its shapes."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"expected q, k (B,N,H,D) and v (B,N,H,Dv); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, N, H, D = q.shape
+    DV = v.shape[-1]
+    if mu.dim() != 3 or mu.shape[0] != H or mu.shape[2] != D or log_sigma.shape != mu.shape:
+        raise ValueError(f"expected mu, log_sigma (H,K,D) = ({H},K,{D}); got {tuple(mu.shape)}")
+    K = mu.shape[1]
+    if mix_logits.shape != (H, K):
+        raise ValueError(f"expected mix_logits ({H},{K}); got {tuple(mix_logits.shape)}")
+    if not (1 <= K <= 256):
+        raise ValueError(f"K must be in 1..256, got {K}")
+    for name, w in (("D", D), ("Dv", DV)):
+        if w not in (16, 32, 64, 128):
+            raise ValueError(f"{name} must be one of 16, 32, 64, 128; got {w}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("q, k, v must share one dtype")
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"unsupported dtype {q.dtype}")
+    if q.device.type != "cuda" and not INTERPRET:
+        raise ValueError("gma_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+    return B, N, H, D, DV, K
+
+
+def fallback_key(q, v, mu, causal, grad, prec) -> tuple:
+    """What decides whether a call's kernels fit: device, dtype, D, Dv, KP, variant, precision."""
+    return (q.device.type, q.device.index, q.dtype, q.shape[-1], v.shape[-1],
+            padded_components(mu.shape[1]), bool(causal), bool(grad), prec)
+
+
+def consts(dtype, D, DV, pl: Plan, prec, block=None) -> dict:
+    """The compile-time constants every kernel of a call shares (`block`: the backward's)."""
+    return dict(D=D, DV=DV, KP=pl.KP, BLOCK=block or pl.BLOCK, PREC=prec,
+                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
+
+
+class Call:
+    """Everything a call of one signature launches with. `memo` holds, per launch site, the
+    compiled kernel its first launch used: valid for every later call of the signature, since
+    the kernels' other arguments are fresh allocations (aligned) or fixed by the signature."""
+
+    def __init__(self, dims, pl: Plan, dtype, causal, inv_tau, eps, prec, grad, key):
+        B, N, H, D, DV, K = dims
+        self.dims, self.plan, self.causal = dims, pl, causal
+        self.inv_tau, self.eps, self.prec, self.grad = inv_tau, eps, prec, grad
+        self.fallback_key = key
+        self.grid = (pl.P, B * H)
+        self.state_len = pl.KP * (DV + 1)
+        self.fwd = consts(dtype, D, DV, pl, prec)
+        # The key pass's state is what the backward reads: before a backward it is made with
+        # split products even when the output pass takes fp16 ones (the parameter gradients
+        # need it).
+        state_prec = PRECISIONS["split"] if grad and prec == PRECISIONS["fp16"] else prec
+        self.state = dict(consts(dtype, D, DV, pl, state_prec), ATOMIC=not causal)
+        # The backward runs split where the forward took fp16 products (a forward-only mode); its
+        # blocks may be smaller than the forward's, over the same segments (plan.py).
+        bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec
+        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE)
+        self.param = dict(KP=pl.KP, D=D)
+        self.memo: dict[str, tuple] = {}
+
+
+def prepare(tensors, causal, temperature, eps, prec, grad):
+    """(Call, the six tensors made contiguous) for a call; ValueError for bad shapes."""
+    tensors = tuple(t.contiguous() for t in tensors)
+    q = tensors[0]
+    sig = (q.device, *[(t.shape, t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+    dims = _DIMS.get(sig)
+    if dims is None:
+        dims = check(*tensors)
+        _DIMS[sig] = dims
+    B, N, H, D, DV, K = dims
+    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
+    key = (sig, pl, causal, temperature, eps, prec, grad)
+    call = _CALLS.get(key)
+    if call is None:
+        if len(_CALLS) >= 4096:   # a sweep over very many shapes: start over rather than grow
+            clear()
+        call = Call(dims, pl, q.dtype, bool(causal), 1.0 / float(temperature), float(eps), prec,
+                    grad, fallback_key(q, tensors[2], tensors[3], causal, grad, prec))
+        _CALLS[key] = call
+    return call, tensors
+
+
+def clear() -> None:
+    _DIMS.clear()
+    _CALLS.clear()

@@ -1,0 +1,117 @@
+"""Prepared calls (gmabench/gma/triton/call.py): one signature, one set of launch decisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from gmabench.gma.triton import TUNING  # noqa: E402
+from gmabench.gma.triton import call as call_mod  # noqa: E402
+from gmabench.gma.triton import launch as launch_mod  # noqa: E402
+from gmabench.gma.triton.common import PRECISIONS  # noqa: E402
+
+
+def _inputs(N=40, H=2, D=16, DV=32, K=5, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, N, H, D, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(1, N, H, DV, generator=g).to(dtype)
+    return q, k, v, torch.randn(H, K, D, generator=g), torch.randn(H, K, D, generator=g), \
+        torch.randn(H, K, generator=g)
+
+
+def _prepare(ts, causal=True, grad=False, prec=PRECISIONS["ieee"]):
+    return call_mod.prepare(ts, causal, 1.0, 1e-6, prec, grad)
+
+
+def test_a_signature_is_prepared_once_and_its_parts_follow_the_plan():
+    call_mod.clear()
+    ts = _inputs()
+    first, ready = _prepare(ts)
+    again, _ = _prepare(_inputs(seed=1))            # other values, same signature
+    assert again is first
+    assert first.dims == (1, 40, 2, 16, 32, 5)
+    assert first.grid == (first.plan.P, 2) and first.state_len == first.plan.KP * 33
+    assert all(r.is_contiguous() for r in ready)
+    # another variant, precision or training flag is another call
+    assert _prepare(ts, causal=False)[0] is not first
+    assert _prepare(ts, grad=True)[0] is not first
+    # training with the fp16 output pass: the state and the backward take split products
+    train, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["fp16"])
+    assert train.fwd["PREC"] == PRECISIONS["fp16"]
+    assert train.state["PREC"] == train.bwd["PREC"] == PRECISIONS["split"]
+    assert train.bwd["BLOCK"] == train.plan.BLOCK_BWD and train.state["ATOMIC"] is False
+
+
+def test_alignment_contiguity_and_the_plan_are_part_of_the_signature():
+    call_mod.clear()
+    ts = _inputs()
+    base, _ = _prepare(ts)
+    buf = torch.empty(ts[0].numel() + 1)
+    odd = buf[1:].view_as(ts[0]).copy_(ts[0])     # 4 bytes past a 16-byte boundary
+    assert odd.data_ptr() % 16 and _prepare((odd, *ts[1:]))[0] is not base
+    # a transposed (non-contiguous) q is copied first, so it keeps the contiguous q's call
+    qt = ts[0].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not qt.is_contiguous() and _prepare((qt, *ts[1:]))[0] is base
+    TUNING.update(segments=1)
+    try:
+        assert _prepare(ts)[0] is not base
+        assert _prepare(ts)[0].plan.P == 1
+    finally:
+        TUNING.update(segments=None)
+    assert _prepare(ts)[0] is base
+
+
+def test_bad_shapes_are_refused_every_time():
+    call_mod.clear()
+    q, k, v, mu, ls, mix = _inputs()
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"expected mix_logits \(2,5\)"):
+            _prepare((q, k, v, mu, ls, mix[:, :4]))
+    with pytest.raises(ValueError, match="Dv must be one of"):
+        _prepare((q, k, v[..., :24], mu, ls, mix))
+    assert not call_mod._CALLS
+
+
+class _Compiled:
+    function, packed_metadata = "fn", "meta"
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, *a):
+        self.runs.append(a)
+
+
+class _Kernel:
+    arg_names = ["x", "n", "C"]
+
+    def __init__(self):
+        self.compiled, self.standard = _Compiled(), 0
+
+    def __getitem__(self, grid):
+        def launch(*a, **kw):
+            self.standard += 1
+            return self.compiled
+        return launch
+
+
+def test_a_memoised_launch_skips_the_key_and_a_clear_forgets_it(monkeypatch):
+    monkeypatch.setattr(launch_mod, "ENABLED", True)
+    monkeypatch.setattr(launch_mod.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch_mod, "_raw_stream", lambda dev: 77)
+    keys = []
+    real_key = launch_mod.arg_key
+    monkeypatch.setattr(launch_mod, "arg_key", lambda a: keys.append(a) or real_key(a))
+    launch_mod.clear()
+    kernel, memo, x = _Kernel(), {}, torch.empty(4)
+    for n in (16, 16, 16):
+        launch_mod.launch(kernel, (2,), (x, n), {"C": 3}, 4, 1, memo=memo, site="s")
+    # the first launch builds the key and compiles; the next two run the memoised kernel
+    assert kernel.standard == 1 and len(keys) == 2
+    assert [r[-3:] for r in kernel.compiled.runs] == [(x, 16, 3), (x, 16, 3)]
+    launch_mod.clear()
+    launch_mod.launch(kernel, (2,), (x, 16), {"C": 3}, 4, 1, memo=memo, site="s")
+    assert kernel.standard == 2 and len(keys) == 4
+    launch_mod.clear()

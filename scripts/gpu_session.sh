@@ -32,8 +32,9 @@
 #                              (logs/profile/ncu.txt)
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 7 minutes; EXPR selects with pytest -k
-#         | SUITE[:EXTRA]      gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
-#                              "-control" when EXTRA is given), resumed when that folder exists
+#         | SUITE[@NAME][:EXTRA]  gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
+#                              "-control" when EXTRA is given, unless @NAME names it), resumed
+#                              when that folder exists
 #
 #   e.g. on four GPUs, everything at once:
 #   bash scripts/gpu_session.sh 9 0/check 0/oom-isolation "0/oom-isolation:--mixers gma-reference,sdpa-flash" \
@@ -124,6 +125,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         *)
             suite="${what%%:*}"; extra=""; name="$suite"
             if [[ "$what" == *:* ]]; then extra="${what#*:}"; name="$suite-control"; fi
+            if [[ "$suite" == *@* ]]; then name="${suite#*@}"; suite="${suite%%@*}"; fi
             local resume=(); [[ -s "results/gpu/$name/results.jsonl" ]] && resume=(--resume)
             # shellcheck disable=SC2086
             python3 -m gmabench run "$suite" $extra --out "results/gpu/$name" "${resume[@]}" --no-report \

@@ -37,8 +37,13 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # run, 128 four, at the price of spills).
 PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps",
              "regs_fwd")
-_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 4,
-         "min_bps": 4, "regs_fwd": 0}
+_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 2,
+         "min_bps": 1, "regs_fwd": 0}
+# Segments: two programs per SM (waves 2, min_bps 1), which is what fits at once (255 registers
+# per thread): at N=2048-4096 every variant's device time was lowest with 16 segments per head
+# for 16 heads (results/2026-11-29-h200-regsweep/ "smallplans": e.g. causal fwd_bwd 241 us vs
+# 327 us with 8 and 356 us with 32; bidir fwd 29 us vs 48 us with 4), and at N=131072 waves 1-16
+# are within 0.3% of each other (results/2026-11-28-h200-kernels-v2, the bwdsweep of 2026-11-29).
 # Measured on an H200 (Triton 3.6), each at least 2% faster than what it replaced at N=131072, B=1,
 # H=16, D=Dv=K=64, bf16. Forward: the sweep's best of the version-2 kernels
 # (results/2026-11-28-h200-kernels-v2). Training: the bwdsweep of 2026-11-29
@@ -47,7 +52,7 @@ _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 
 _TUNED = {
     "bidir/fwd": {"block": 128, "warps_fwd": 4},          # 1.582 -> 0.747 ms
     "causal/fwd": {"warps_fwd": 4},                       # 2.787 -> 1.459 ms
-    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "min_bps": 2},  # 7.01 -> 5.31 ms
+    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},   # 7.01 -> 5.31 ms
     "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},               # 18.08 -> 11.15 ms
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}

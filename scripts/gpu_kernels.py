@@ -444,6 +444,26 @@ def small_plans(ns=(2048, 4096, 8192)):
     TUNING.update({k: None for k in TUNING})
 
 
+def seg_sweep(ns=(8192, 16384, 32768, 131072), segments=(16, 33)):
+    """Device time per call (profiler) and wall time (do_bench) with 16 segments per head (one
+    wave of the two programs per SM that fit, for 16 heads) against 33 (two waves)."""
+    for n in ns:
+        for causal, mode in VARIANTS:
+            for seg in segments:
+                TUNING.update({k: None for k in TUNING})
+                TUNING.update(segments=seg)
+                f = make_call("triton", n, causal, mode)
+                dev_us = _device_us(f, calls=10)
+                wall = do_bench(f, warmup=25, rep=100, return_mode="median")
+                pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
+                R.setdefault("seg_sweep", []).append(dict(N=n, causal=causal, mode=mode, segments=seg,
+                                                          device_us=dev_us, wall_ms=wall, P=pl.P, bps=pl.bps))
+                print(f"segsweep {n} {'causal' if causal else 'bidir'} {mode} P={pl.P} bps={pl.bps}: "
+                      f"device {dev_us:.1f} us, wall {wall * 1e3:.1f} us  [{elapsed():.0f}s]")
+                del f
+    TUNING.update({k: None for k in TUNING})
+
+
 def wide_shapes(N=16384):
     """Training at the wide shapes the backward's wide form makes fit (D=64 with K=256; D=128 with
     K=128): fused kernels against gma_chunked (the PyTorch fallback they replace), and which ran."""
@@ -653,6 +673,9 @@ def main():
             save()
         if "smallplans" in secs:
             guarded("smallplans", small_plans)
+            save()
+        if "segsweep" in secs:
+            guarded("segsweep", seg_sweep)
             save()
         if "wide" in secs:
             guarded("wide", wide_shapes)

@@ -24,6 +24,8 @@
 #         | smallprofile       device time per kernel of each variant at N=2048 and 4096
 #         | smallplans         device and wall time per call at N=2048-8192 under fewest blocks
 #                              per segment 4 (the table), 2 and 1
+#         | segsweep           device and wall time with 16 against 33 segments per head at
+#                              N=8192-131072
 #         | wide               training at D=64, K=256 and D=128, K=128 (N=16384): fused
 #                              kernels against gma_chunked, and whether the kernels ran
 #         | profile            device time per kernel of each variant at N=131072 (torch
@@ -96,7 +98,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         bwdsweep)
             python3 scripts/gpu_kernels.py --out "$logs/bwdsweep" --sections bwdsweep \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
-        regsweep|smallprofile|smallplans|wide)
+        regsweep|smallprofile|smallplans|segsweep|wide)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         profile)

@@ -167,11 +167,10 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             row["block_bwd"] = 16
     if INTERPRET:
         row.update(block=16, min_bps=1, stages=1)
-        target = 3
-    else:
-        target = row["waves"] * _sm_count(device)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
+    # (the knobs first: a `waves` knob once came after this line and changed nothing)
+    target = 3 if INTERPRET else row["waves"] * _sm_count(device)
     block = row["block"]
     nblk = triton.cdiv(N, block)
     P = knobs.get("segments") or max(1, min(triton.cdiv(target, B * H), nblk // row["min_bps"]))

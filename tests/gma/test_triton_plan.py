@@ -135,3 +135,14 @@ def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).regs_fwd == 0
     gpu_rules.TUNING.update(regs_fwd=128)
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True).regs_fwd == 128
+
+
+def test_segments_fill_whole_waves_and_the_waves_knob_counts(gpu_rules):
+    # 4 "SMs" on CPU: waves 2 -> 8 programs; 3 heads get 2 segments each (6 programs), not 3 (9,
+    # one program more than a wave, which would run alone after the rest)
+    gpu_rules.PLAN_TABLE["bidir/fwd"].update(block=64, waves=2, min_bps=1)
+    assert gpu_rules.make_plan(1, 8192, 3, 64, 64, 64, False, CPU, grad=False).P == 2
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).P == 2
+    assert gpu_rules.make_plan(1, 8192, 9, 64, 64, 64, False, CPU, grad=False).P == 1
+    gpu_rules.TUNING.update(waves=8)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).P == 8

@@ -39,11 +39,11 @@ PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", 
              "regs_fwd")
 _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 2,
          "min_bps": 1, "regs_fwd": 0}
-# Segments: two programs per SM (waves 2, min_bps 1), which is what fits at once (255 registers
-# per thread): at N=2048-4096 every variant's device time was lowest with 16 segments per head
-# for 16 heads (results/2026-11-29-h200-regsweep/ "smallplans": e.g. causal fwd_bwd 241 us vs
-# 327 us with 8 and 356 us with 32; bidir fwd 29 us vs 48 us with 4), and at N=131072 waves 1-16
-# are within 0.3% of each other (results/2026-11-28-h200-kernels-v2, the bwdsweep of 2026-11-29).
+# Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
+# 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
+# from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
+# and segsweep: e.g. causal fwd at 8192 111 us against 144 us with 32 segments, causal fwd_bwd at
+# 2048 241 us against 327 with 8).
 # Measured on an H200 (Triton 3.6), each at least 2% faster than what it replaced at N=131072, B=1,
 # H=16, D=Dv=K=64, bf16. Forward: the sweep's best of the version-2 kernels
 # (results/2026-11-28-h200-kernels-v2). Training: the bwdsweep of 2026-11-29
@@ -170,10 +170,13 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
     # (the knobs first: a `waves` knob once came after this line and changed nothing)
-    target = 3 if INTERPRET else row["waves"] * _sm_count(device)
+    # the interpreter: a few segments per (b, h), so the CPU tests cross segment boundaries
+    per_head = triton.cdiv(3, B * H) if INTERPRET else row["waves"] * _sm_count(device) // (B * H)
     block = row["block"]
     nblk = triton.cdiv(N, block)
-    P = knobs.get("segments") or max(1, min(triton.cdiv(target, B * H), nblk // row["min_bps"]))
+    # Rounded down: programs beyond a whole number of waves run as a tail after everything else
+    # (17 segments x 16 heads on 264 slots took 1.55x the time of 16 at N=131072).
+    P = knobs.get("segments") or max(1, min(per_head, nblk // row["min_bps"]))
     P = max(1, min(P, nblk))
     bps = triton.cdiv(nblk, P)
     P = triton.cdiv(nblk, bps)  # no empty segment

@@ -15,7 +15,7 @@ import torch
 from gmabench.gma.chunked import gma_chunked
 from gmabench.gma.reference import gma_reference
 
-__all__ = ["IMPLS", "gma_attention", "resolve_impl", "triton_available"]
+__all__ = ["IMPLS", "gma_attention", "resolve_impl", "triton_available", "wide_training"]
 
 IMPLS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 
@@ -47,14 +47,28 @@ def triton_available(device: torch.device | str) -> tuple[bool, str]:
     return True, ""
 
 
-def resolve_impl(impl: str, device: torch.device | str, causal: bool = False) -> str:
+def wide_training(K: int, D: int, Dv: int) -> bool:
+    """Whether the fused kernels' backward takes its wide form at this shape: K padded to a power
+    of two (at least 16) times max(D, Dv) above 8192, where it makes its Gaussian weights again for
+    every block to fit the GPU's shared memory (docs/kernels.md). On an H200 that form trained
+    1.9-2.4x slower than gma_chunked (D=64 with K=256, D=128 with K=128, N=16384:
+    results/2026-11-29-h200-prepared-calls), so impl="auto" trains such shapes in PyTorch."""
+    return max(16, 1 << (K - 1).bit_length()) * max(D, Dv) > 8192
+
+
+def resolve_impl(impl: str, device: torch.device | str, causal: bool = False, *,
+                 training: bool = False, shape: tuple[int, int, int] | None = None) -> str:
     """The concrete implementation `impl` means on `device`: "auto" becomes "triton" on CUDA when
-    the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA.
-    Explicit names are returned unchanged (after checking they exist)."""
+    the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA; a
+    training call (a backward will follow) whose shape = (K, D, Dv) takes the fused backward's
+    wide form becomes "chunked", which is faster there (`wide_training`). Explicit names are
+    returned unchanged (after checking they exist)."""
     _check_impl(impl)
     if impl != "auto":
         return impl
     if triton_available(device)[0]:
+        if training and shape is not None and wide_training(*shape):
+            return "chunked"
         return "triton"
     return "chunked" if causal else "reference"
 
@@ -119,7 +133,12 @@ def gma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.T
     _validate(q, k, v, mu, log_sigma, mix_logits, temperature, eps)
     kwargs = dict(causal=bool(causal), temperature=float(temperature), eps=float(eps))
 
-    chosen = resolve_impl(impl, q.device, causal=bool(causal))
+    chosen = impl
+    if impl == "auto":
+        training = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (q, k, v, mu, log_sigma, mix_logits))
+        chosen = resolve_impl(impl, q.device, causal=bool(causal), training=training,
+                              shape=(mu.shape[1], q.shape[-1], v.shape[-1]))
     if chosen == "reference":
         return gma_reference(q, k, v, mu, log_sigma, mix_logits, **kwargs)
     if chosen == "chunked":

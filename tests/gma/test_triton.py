@@ -385,3 +385,23 @@ def test_a_forward_over_shared_memory_runs_in_pytorch(monkeypatch):
     assert launched[-1] == "_causal_out_kernel" and out.dtype == torch.bfloat16
     assert torch.equal(out, ref)
     assert autograd.fallback_note(ins[0], ins[2], ins[3], True).startswith("inference in PyTorch")
+
+
+def test_gma_mixer_names_pytorch_training_at_wide_shapes(monkeypatch):
+    import gmabench.gma.api as gma_api
+    from gmabench.mixers.gma import GMAMixer
+    monkeypatch.setattr(gma_api, "triton_available", lambda device: (True, ""))
+    wide = dict(zip(("q", "k", "v", "mu", "log_sigma", "mix_logits"),
+                    _inputs(1, 4, 1, 64, 64, 256, torch.bfloat16, seed=3)))
+    narrow = dict(zip(("q", "k", "v", "mu", "log_sigma", "mix_logits"),
+                      _inputs(1, 4, 1, 64, 64, 64, torch.bfloat16, seed=3)))
+    mixer = GMAMixer("auto")
+    assert mixer.backend(wide, False).endswith(
+        "; training in PyTorch (gma_chunked): faster than the fused backward's wide form at this shape")
+    assert mixer.backend(wide, False).startswith("triton fp16")
+    assert "PyTorch" not in mixer.backend(narrow, False)
+    for t in wide.values():
+        t.requires_grad_()
+    assert mixer._resolve(wide, False) == "chunked"
+    with torch.no_grad():
+        assert mixer._resolve(wide, False) == "triton"

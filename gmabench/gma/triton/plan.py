@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import triton
 
+from gmabench.gma.api import wide_training
+
 from .common import INTERPRET
 
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
@@ -182,7 +184,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = triton.cdiv(nblk, bps)  # no empty segment
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
-                bps * (block // block_bwd), bool(knobs.get("wide", KP * wide > 8192)),
+                bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"])
     _PLANS[key] = plan
     return plan

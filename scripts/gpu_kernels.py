@@ -283,6 +283,12 @@ def overhead():
 VARIANTS = [(causal, mode) for causal in (False, True) for mode in ("fwd", "fwd_bwd")]
 
 
+def _event_us(e) -> float:
+    """Self device time of a profiler event (the attribute's name changed across PyTorch versions)."""
+    us = getattr(e, "self_device_time_total", None)
+    return e.self_cuda_time_total if us is None else us
+
+
 def profile_kernels(N=131072, calls=5):
     """Device time per kernel per call of each variant at the target shape (torch profiler):
     which kernel of a call the time goes to."""
@@ -298,9 +304,7 @@ def profile_kernels(N=131072, calls=5):
         tag = f"{'causal' if causal else 'bidir'} {mode}"
         total = 0.0
         for e in prof.key_averages():
-            us = getattr(e, "self_device_time_total", None)
-            if us is None:
-                us = e.self_cuda_time_total
+            us = _event_us(e)
             if us <= 0:
                 continue
             total += us / calls
@@ -415,53 +419,40 @@ def _device_us(f, calls=20):
         for _ in range(calls):
             f()
         torch.cuda.synchronize()
-    total = 0.0
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None)
-        total += max(us if us is not None else e.self_cuda_time_total, 0.0)
-    return total / calls
+    return sum(max(_event_us(e), 0.0) for e in prof.key_averages()) / calls
 
 
-def small_plans(ns=(2048, 4096, 8192)):
-    """Small N, where every call is host-bound and wall-clock timings hide the kernels: device time
-    per call (profiler) and wall time (do_bench) under fewest blocks per segment 4 (the table), 2
-    and 1: shorter chains of dependent blocks per program, more programs."""
+def _segment_times(tag, knob, values, ns, calls):
+    """Device time per call (profiler) and wall time (do_bench) of every variant at each N under
+    each value of one plan knob (None: the table's); rows under R[tag]."""
     for n in ns:
         for causal, mode in VARIANTS:
-            for min_bps in (None, 2, 1):
+            for value in values:
                 TUNING.update({k: None for k in TUNING})
-                TUNING.update(min_bps=min_bps)
+                TUNING.update({knob: value})
                 f = make_call("triton", n, causal, mode)
-                dev_us = _device_us(f)
+                dev_us = _device_us(f, calls)
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
                 pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
-                row = dict(N=n, causal=causal, mode=mode, min_bps=min_bps, device_us=dev_us,
-                           wall_ms=wall, P=pl.P, bps=pl.bps)
-                R.setdefault("small_plans", []).append(row)
-                print(f"smallplans {n} {'causal' if causal else 'bidir'} {mode} min_bps={min_bps}: "
-                      f"device {dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps})  [{elapsed():.0f}s]")
+                R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, knob: value,
+                                              "device_us": dev_us, "wall_ms": wall, "P": pl.P, "bps": pl.bps})
+                print(f"{tag} {n} {'causal' if causal else 'bidir'} {mode} {knob}={value}: device "
+                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps})  [{elapsed():.0f}s]")
                 del f
     TUNING.update({k: None for k in TUNING})
 
 
-def seg_sweep(ns=(8192, 16384, 32768, 131072), segments=(16, 33)):
-    """Device time per call (profiler) and wall time (do_bench) with 16 segments per head (one
-    wave of the two programs per SM that fit, for 16 heads) against 33 (two waves)."""
-    for n in ns:
-        for causal, mode in VARIANTS:
-            for seg in segments:
-                TUNING.update({k: None for k in TUNING})
-                TUNING.update(segments=seg)
-                f = make_call("triton", n, causal, mode)
-                dev_us = _device_us(f, calls=10)
-                wall = do_bench(f, warmup=25, rep=100, return_mode="median")
-                pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
-                R.setdefault("seg_sweep", []).append(dict(N=n, causal=causal, mode=mode, segments=seg,
-                                                          device_us=dev_us, wall_ms=wall, P=pl.P, bps=pl.bps))
-                print(f"segsweep {n} {'causal' if causal else 'bidir'} {mode} P={pl.P} bps={pl.bps}: "
-                      f"device {dev_us:.1f} us, wall {wall * 1e3:.1f} us  [{elapsed():.0f}s]")
-                del f
-    TUNING.update({k: None for k in TUNING})
+def small_plans():
+    """Small N, where every call is host-bound and wall-clock timings hide the kernels: fewest
+    blocks per segment 4 (the table then), 2 and 1: shorter chains of dependent blocks per
+    program, more programs."""
+    _segment_times("small_plans", "min_bps", (None, 2, 1), (2048, 4096, 8192), calls=20)
+
+
+def seg_sweep():
+    """16 segments per head (one wave of the two programs per SM that fit, for 16 heads) against
+    33 (two waves), from N=8192 to 131072."""
+    _segment_times("seg_sweep", "segments", (16, 33), (8192, 16384, 32768, 131072), calls=10)
 
 
 def wide_shapes(N=16384):

@@ -12,6 +12,7 @@ forward call against 10-30 us of kernels).
 from __future__ import annotations
 
 import torch
+
 from .common import INTERPRET, PRECISIONS
 from .plan import Plan, make_plan, padded_components
 
@@ -65,7 +66,7 @@ class Call:
     def __init__(self, dims, pl: Plan, dtype, causal, inv_tau, eps, prec, grad, key):
         B, N, H, D, DV, K = dims
         self.dims, self.plan, self.causal = dims, pl, causal
-        self.inv_tau, self.eps, self.prec, self.grad = inv_tau, eps, prec, grad
+        self.inv_tau, self.eps = inv_tau, eps
         self.fallback_key = key
         self.grid = (pl.P, B * H)
         self.state_len = pl.KP * (DV + 1)

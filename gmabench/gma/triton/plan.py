@@ -171,7 +171,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         row.update(block=16, min_bps=1, stages=1)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
-    # (the knobs first: a `waves` knob once came after this line and changed nothing)
+    # The knobs first (a `waves` knob once came after the programs target and changed nothing);
     # the interpreter: a few segments per (b, h), so the CPU tests cross segment boundaries
     per_head = triton.cdiv(3, B * H) if INTERPRET else row["waves"] * _sm_count(device) // (B * H)
     block = row["block"]

@@ -4,7 +4,8 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
     PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
 
 Sections (in order): ceil, check, time, overhead, profile, bwdsweep, sweep, extra; and ncu (each variant
-called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile). A time budget
+called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
+and wall time per call at each --ns, with GMABENCH_SRC naming the source tree to time). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to
 OUT/gpu_kernels.json and printed.
 """
@@ -21,7 +22,10 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# GMABENCH_SRC: import gmabench from another source tree (an untracked copy carried to the GPU),
+# so that one device call can time two versions of the kernels side by side (job devtimes@SRC).
+sys.path.insert(0, os.environ.get("GMABENCH_SRC")
+                or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -455,6 +459,12 @@ def seg_sweep():
     _segment_times("seg_sweep", "segments", (16, 33), (8192, 16384, 32768, 131072), calls=10)
 
 
+def dev_times(ns):
+    """Device time per call (profiler) and wall time (do_bench) of every variant with the table's
+    plans, at each N: the numbers a change of kernels moves (job devtimes, one per source tree)."""
+    _segment_times("dev_times", "segments", (None,), ns, calls=10)
+
+
 def wide_shapes(N=16384):
     """Training at the wide shapes the backward's wide form makes fit (D=64 with K=256; D=128 with
     K=128): fused kernels against gma_chunked (the PyTorch fallback they replace), and which ran."""
@@ -667,6 +677,9 @@ def main():
             save()
         if "segsweep" in secs:
             guarded("segsweep", seg_sweep)
+            save()
+        if "devtimes" in secs:
+            guarded("devtimes", dev_times, Ns)
             save()
         if "wide" in secs:
             guarded("wide", wide_shapes)

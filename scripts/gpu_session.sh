@@ -26,6 +26,10 @@
 #                              per segment 4 (the table), 2 and 1
 #         | segsweep           device and wall time with 16 against 33 segments per head at
 #                              N=8192-131072
+#         | devtimes[@SRC]     device and wall time per call of every variant at N=2048, 4096
+#                              and 131072 with the table's plans; @SRC: of the gmabench source
+#                              tree under SRC (an untracked copy, e.g. the last commit's, so that
+#                              two versions of the kernels are timed side by side in one call)
 #         | wide               training at D=64, K=256 and D=128, K=128 (N=16384): fused
 #                              kernels against gma_chunked, and whether the kernels ran
 #         | profile            device time per kernel of each variant at N=131072 (torch
@@ -101,6 +105,11 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         regsweep|smallprofile|smallplans|segsweep|wide)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
+        devtimes|devtimes@*)
+            local src=""; [[ "$what" == devtimes@* ]] && src="${what#devtimes@}"
+            GMABENCH_SRC="$src" python3 scripts/gpu_kernels.py --out "$logs/devtimes${src:+-${src//\//_}}" \
+                --sections devtimes --ns 2048,4096,131072 \
+                --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -30 ;;
         profile)
             python3 scripts/gpu_kernels.py --out "$logs/profile" --sections profile \
                 --budget "$(( s > 200 ? 180 : s - 20 ))" 2>&1 | tail -60

@@ -93,7 +93,7 @@ class GMAMixer(Mixer):
         from gmabench.gma.triton.autograd import fallback_note, precision_name
         precision = precision_name(inputs["q"].dtype, self.precision)
         if precision == "fp16":   # the output pass only, when a backward follows
-            precision = "fp16 (training: state and backward split)"
+            precision = "fp16 (training: state and backward split, dq/dk/dv products fp16)"
         launches = "cached" if launch.ENABLED else "triton"
         note = fallback_note(inputs["q"], inputs["v"], inputs["mu"], causal)
         return (f"triton {precision}, plans: {plan.PLAN_SOURCE}, launches: {launches}"

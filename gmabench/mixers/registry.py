@@ -56,7 +56,7 @@ MIXERS: tuple[MixerEntry, ...] = (
     MixerEntry("gma-triton-fp16", "gma", _GMA, {"impl": "triton", "precision": "fp16"},
                "GMA, fused Triton kernels with scaled-fp16 products in the output pass for float16 "
                "inputs too (the default for bfloat16; the state the backward reads and the "
-               "backward stay split)",
+               "backward stay split, but for the products feeding dq, dk, dv alone)",
                requires=("triton",), cuda_only=True),
     MixerEntry("gma-fla", "gma", "gmabench.mixers.fla:GMAFLA", {},
                "GMA responsibilities fed to fla chunk_linear_attn(normalize=True), causal",

@@ -166,6 +166,23 @@ def test_fp16_precision_with_a_backward_meets_spec(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_fp16_input_gradient_products_change_only_dq_dk_dv(causal):
+    # bf16 training takes scaled-fp16 products where a result feeds dq, dk or dv alone (DXP); its
+    # exact twin is the all-split backward. Same inputs, same state: the parameter gradients must
+    # come out bit for bit the same, dq, dk, dv within fp16 rounding of each other.
+    ins = _inputs(1, 90, 2, 32, 32, 12, torch.bfloat16, seed=21)
+    do = (0.5 * torch.randn(1, 90, 2, 32, generator=torch.Generator().manual_seed(22))).to(
+        device=ins[0].device, dtype=torch.bfloat16)
+    fp16 = _run(lambda *a: gma_triton(*a, causal=causal, precision="fp16"), ins, do)
+    split = _run(lambda *a: gma_triton(*a, causal=causal, precision="split"), ins, do)
+    for name, x, y in zip(NAMES[1:], fp16[1:], split[1:]):
+        if name in ("mu", "log_sigma", "mix_logits"):
+            assert torch.equal(x, y), name
+        else:
+            assert 0 < _rel(x, y.double()) < 2e-3, name   # fp16 products: not the same path
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_wide_backward_form_meets_spec_in_bf16(causal):
     # The form the shapes with K x D > 8192 take (weights made per block, input gradients through
     # the transposed logit weights), forced on a small shape.
@@ -187,13 +204,14 @@ def test_precision_modes_on_float32_inputs(precision, tol):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launch_variants_do_not_change_the_result(causal):
-    # one segment vs five; 16-, 32-, 128-token blocks; a backward with smaller blocks; the
+    # one segment vs five and seven (the causal walks start from the sum of up to six earlier or
+    # later segments' totals); 16-, 32-, 128-token blocks; a backward with smaller blocks; the
     # backward that makes its weights per block (the wide shapes' form)
-    ins = _inputs(1, 70, 1, 16, 16, 4, torch.float32, seed=7)
-    do = torch.ones(1, 70, 1, 16, device=ins[0].device)
+    ins = _inputs(1, 100, 1, 16, 16, 4, torch.float32, seed=7)
+    do = torch.randn(1, 100, 1, 16, generator=torch.Generator().manual_seed(8)).to(ins[0].device)
     outs = []
     # (the 16-token backward under a 64-token forward reads the forward's segment totals)
-    for knobs in (dict(segments=1), dict(segments=5), dict(block=32, segments=2),
+    for knobs in (dict(segments=1), dict(segments=5), dict(segments=7), dict(block=32, segments=2),
                   dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
                   dict(wide=1, segments=2)):
         TUNING.update(knobs)
@@ -295,7 +313,8 @@ def test_gma_mixer_records_precision_plan_source_and_launch_path(monkeypatch):
     source = plan_mod.PLAN_SOURCE
     monkeypatch.setattr(launch_mod, "ENABLED", False)
     assert GMAMixer("triton").backend(q16, False) == \
-        f"triton fp16 (training: state and backward split), plans: {source}, launches: triton"
+        ("triton fp16 (training: state and backward split, dq/dk/dv products fp16), plans: "
+         f"{source}, launches: triton")
     assert GMAMixer("triton").backend(q32, True) == f"triton ieee, plans: {source}, launches: triton"
     monkeypatch.setattr(launch_mod, "ENABLED", True)
     assert GMAMixer("triton").backend(q32, True).endswith("launches: cached")

@@ -41,6 +41,16 @@ def test_a_signature_is_prepared_once_and_its_parts_follow_the_plan():
     train, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["fp16"])
     assert train.fwd["PREC"] == PRECISIONS["fp16"]
     assert train.state["PREC"] == train.bwd["PREC"] == PRECISIONS["split"]
+    # ...but for the products that feed dq, dk, dv alone; a split call keeps them split
+    assert train.bwd["DXP"] == PRECISIONS["fp16"]
+    split, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["split"])
+    assert split.bwd["DXP"] == PRECISIONS["split"]
+    TUNING.update(wide=1)   # the wide form keeps one precision
+    try:
+        wide, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["fp16"])
+        assert wide.plan.WIDE and wide.bwd["DXP"] == PRECISIONS["split"]
+    finally:
+        TUNING.update(wide=None)
     assert train.bwd["BLOCK"] == train.plan.BLOCK_BWD and train.state["ATOMIC"] is False
 
 

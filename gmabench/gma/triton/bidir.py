@@ -103,12 +103,13 @@ def _load_state_t(sbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr)
 
 
 @triton.jit
-def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr):
-    """The summed G = R_q^T dn of one (b, h) as operand pairs, G and G^T, and g = R_q^T dd."""
+def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, DXP: tl.constexpr):
+    """The summed G = R_q^T dn of one (b, h) as operand pairs, G (for dv alone: precision DXP)
+    and G^T, and g = R_q^T dd."""
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     G = tl.load(gbase + kk[:, None] * DV + ee[None, :])
-    Gh, Gl = _split(G, PREC)
+    Gh, Gl = _split(G, DXP)
     Gth, Gtl = _split(tl.trans(G), PREC)
     return Gh, Gl, Gth, Gtl, tl.load(gbase + KP * DV + kk)
 
@@ -118,7 +119,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
                         N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -132,7 +133,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE)
+                                                               inv_tau, KP, D, PREC, WIDE,
+                                                               DXP)
         Mth, Mtl, s = _load_state_t(sbase, KP, DV, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -147,7 +149,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         if WIDE:
             woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
             Mth, Mtl, s = _load_state_t(sbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
@@ -161,7 +163,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         rP = tl.sum(r * P, 1)
         dR = (P - (rP / d)[:, None] * s[None, :]) / d[:, None]
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE)
+                                      X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         dn = do.to(tl.float32) / d[:, None]
@@ -182,7 +184,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
                         N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
@@ -190,8 +192,9 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE)
-        Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC)
+                                                               inv_tau, KP, D, PREC, WIDE,
+                                                               DXP)
+        Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC, DXP)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
     pc = tl.zeros((KP,), dtype=tl.float32)
@@ -204,29 +207,29 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
         if WIDE:
             woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         if WIDE:   # G after the logits, the weights again after G: one set resident at a time
-            Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC)
+            Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC, DXP)
         vh = _hi(v, PREC)
         dR = _mm(vh, _lo(v, vh, PREC), Gth, Gtl, tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
                  X_EXACT, False, INTERP) + g[None, :]
-        rh = _hi(r, PREC)
-        dv = _mm(rh, _lo(r, rh, PREC), Gh, Gl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
-                 False, False, INTERP)
+        rh, rl = _split(r, DXP, True)   # dv is rounded to the input dtype: DXP (_input_grads)
+        dv = _mm(rh, rl, Gh, Gl, tl.zeros((BLOCK, DV), dtype=tl.float32), DXP, False, False,
+                 INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
             woff2 = woff + _opaque_zero(N)   # another load, not a reuse of the first set's
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff2, ls_ptr + woff2, mix_ptr + woff2, h, K, inv_tau, KP, D,
-                PREC, WIDE)
+                PREC, WIDE, DXP)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE)
+                                      X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
     _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

@@ -79,7 +79,10 @@ class Call:
         # The backward runs split where the forward took fp16 products (a forward-only mode); its
         # blocks may be smaller than the forward's, over the same segments (plan.py).
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec
-        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE)
+        # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
+        # fp16 ones there too (common._input_grads); the wide form keeps one precision.
+        dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
+        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp)
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
 

@@ -87,7 +87,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
                          dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr, WIDE: tl.constexpr):
+                         INTERP: tl.constexpr, WIDE: tl.constexpr,
+                         DXP: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
     d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
     dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
@@ -98,7 +99,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     h = bh % H
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE)
+                                                               inv_tau, KP, D, PREC, WIDE,
+                                                               DXP)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -119,7 +121,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
         if WIDE:
             woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -152,7 +154,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
                  U / d[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE)
+                                      X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)
@@ -180,7 +182,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
                          dk_ptr, dv_ptr, pg_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                         INTERP: tl.constexpr, WIDE: tl.constexpr):
+                         INTERP: tl.constexpr, WIDE: tl.constexpr,
+                         DXP: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
@@ -190,7 +193,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     h = bh % H
     if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE)
+                                                               inv_tau, KP, D, PREC, WIDE,
+                                                               DXP)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa = tl.zeros((KP, D), dtype=tl.float32)
     pb = tl.zeros((KP, D), dtype=tl.float32)
@@ -211,7 +215,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         if WIDE:
             woff = blk * _opaque_zero(N)
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE)
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -244,15 +248,19 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
                  X_EXACT, False, INTERP) + g[None, :]
         dAth = _hi(dAt, PREC)
         dR = _mm(dAth, _lo(dAt, dAth, PREC), rqh, rql, dR, PREC, False, False, INTERP)
-        Gh = _hi(G, PREC)
-        dv = _mm(rkh, rkl, Gh, _lo(G, Gh, PREC), tl.zeros((BLOCK, DV), dtype=tl.float32), PREC,
-                 False, False, INTERP)
-        Ath = _hi(At, PREC)
-        dv = _mm(Ath, _lo(At, Ath, PREC), dnh, dnl, dv, PREC, False, False, INTERP)
+        # dv is rounded to the input dtype: its products take DXP (_input_grads); R_k and A lie
+        # in [0, 1]
+        rkdh, rkdl = _split(rk, DXP, True)
+        Gdh, Gdl = _split(G, DXP)
+        dv = _mm(rkdh, rkdl, Gdh, Gdl, tl.zeros((BLOCK, DV), dtype=tl.float32), DXP, False, False,
+                 INTERP)
+        Adh, Adl = _split(At, DXP, True)
+        dndh, dndl = _split(dn, DXP)
+        dv = _mm(Adh, Adl, dndh, dndl, dv, DXP, False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE)
+                                      X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)

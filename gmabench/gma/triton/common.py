@@ -178,17 +178,18 @@ def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
 
 @triton.jit
 def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr, WIDE: tl.constexpr):
+                 PREC: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr):
     """What a backward program needs of head h: the logit weights, plus the natural a and b
-    (KP, D) as operand pairs for the input gradients (_input_grads). WIDE: no separate a and b;
-    _input_grads takes the logit weights transposed (two resident operands instead of four)."""
+    (KP, D) as operand pairs for the input gradients (_input_grads), in precision DXP. WIDE: no
+    separate a and b; _input_grads takes the logit weights transposed (two resident operands
+    instead of four)."""
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     c2, a2h, a2l, b2h, b2l = _logit_weights(a, b, c, PREC)
     if WIDE:
         ah, al, bh, bl = a2h, a2l, b2h, b2l
     else:
-        ah, al = _split(a, PREC)
-        bh, bl = _split(b, PREC)
+        ah, al = _split(a, DXP)
+        bh, bl = _split(b, DXP)
     return c2, a2h, a2l, b2h, b2l, ah, al, bh, bl
 
 
@@ -230,13 +231,16 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 @triton.jit
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: tl.constexpr,
                  PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                 WIDE: tl.constexpr = False):
+                 WIDE: tl.constexpr, DXP: tl.constexpr):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
     Returns dx (BLOCK, D) float32 and the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
     (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed). WIDE: (ah, al), (bh,
     bl) are the logit weights A2 = a log2(e), B2 = -b log2(e)/2, (D, KP), used transposed.
+    DXP: the precision of the products that feed dx alone (dl a, dl b; not WIDE): dx is rounded
+    to the input dtype, so for bf16 inputs scaled-fp16 products (11 bits) suffice there, while
+    the parameter sums, which add up over every token, keep PREC.
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
@@ -249,9 +253,10 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
                   PREC, False, False, INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:
-        t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+        dxh, dxl = _split(dl, DXP)
+        t_a = _mm(dxh, dxl, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
-        t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+        t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         dx = t_a - xf * t_b
     dlth = tl.trans(dlh)

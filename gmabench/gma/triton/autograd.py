@@ -105,20 +105,6 @@ class GMATritonFunction(torch.autograd.Function):
         return (None, *grads)
 
 
-def _views(buf: torch.Tensor, *shapes) -> list[torch.Tensor]:
-    """Consecutive contiguous views of buf with the given shapes, in order. Every size put before
-    another view here is a multiple of 16 bytes (D, Dv and KP are multiples of 16), so each view
-    is as aligned as a separate allocation would be, which the kernels were compiled for."""
-    out, start = [], 0
-    for shape in shapes:
-        n = 1
-        for s in shape:
-            n *= s
-        out.append(buf[start:start + n].view(shape))
-        start += n
-    return out
-
-
 def _backward(call: Call, saved, do):
     """The backward launches of a prepared call; returns the six gradients."""
     q, k, v, mu, log_sigma, mix_logits, st = saved
@@ -129,23 +115,15 @@ def _backward(call: Call, saved, do):
     do = do.to(v.dtype).contiguous()
     if do.data_ptr() % 16:   # the memoised kernels were compiled for aligned tensors
         do = do.clone()
-    # Few allocations (each costs host time per call, which bounds small N): the three input
-    # gradients share one buffer, the three parameter gradients another, and the float32
-    # workspace is one zero-filled buffer.
-    dq, dk, dv = _views(torch.empty(q.numel() * 2 + v.numel(), device=q.device, dtype=q.dtype),
-                        q.shape, k.shape, v.shape)
-    if mu.dtype == log_sigma.dtype == mix_logits.dtype:
-        dmu, dls, dmix = _views(torch.empty(mu.numel() * 2 + mix_logits.numel(), device=q.device,
-                                            dtype=mu.dtype), mu.shape, log_sigma.shape,
-                                mix_logits.shape)
-    else:
-        dmu, dls, dmix = (torch.empty_like(t) for t in (mu, log_sigma, mix_logits))
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
     state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
     if call.causal:
-        pg, gtot, aux = _views(torch.zeros(pg_len + B * H * pl.P * state_len + B * H * 2 * N,
-                                           device=q.device, dtype=torch.float32),
-                               (pg_len,), (B * H * pl.P * state_len,), (B * H * 2 * N,))
+        pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
+        aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
+        gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
                                              inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
@@ -153,13 +131,16 @@ def _backward(call: Call, saved, do):
                                              inv_tau, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_k")
     else:
-        gbuf, pg = _views(torch.zeros(B * H * state_len + pg_len, device=q.device,
-                                      dtype=torch.float32), (B * H * state_len,), (pg_len,))
+        buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
+        gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
                                             bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, bps),
                 consts, pl.warps_bwd, pl.stages, memo=memo, site="bwd_k")
+    dmu = torch.empty_like(mu)
+    dls = torch.empty_like(log_sigma)
+    dmix = torch.empty_like(mix_logits)
     _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
             call.param, 4, 3, memo=memo, site="param")
     return dq, dk, dv, dmu, dls, dmix

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _opaque_zero, _resp,
+                     _opaque_zero, _resp, _resp_p,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -84,11 +84,12 @@ def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, in
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rh, rl = _split(r, PREC, True)
-        n = _mm(rh, rl, Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, False, INTERP)
-        d = tl.sum(r * s[None, :], 1) + eps
-        o = n / d[:, None]
+        # unnormalised: o = (p M) / (p.s + eps sum(p)), the same as (r M) / (r.s + eps)
+        p, psum = _resp_p(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        d = tl.sum(p * s[None, :], 1) + eps * psum
+        ph, pl = _split(p, PREC, True)
+        n = _mm(ph, pl, Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, False, INTERP)
+        o = n * (1.0 / d)[:, None]
         tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
                  mask=rm[:, None])
 
@@ -161,13 +162,14 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
                 X_EXACT, False, INTERP)
         d = tl.sum(r * s[None, :], 1) + eps
         rP = tl.sum(r * P, 1)
-        dR = (P - (rP / d)[:, None] * s[None, :]) / d[:, None]
+        rd = 1.0 / d                   # one division per row, products per element
+        dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
-        dn = do.to(tl.float32) / d[:, None]
-        ddv = -rP / (d * d)
+        dn = do.to(tl.float32) * rd[:, None]
+        ddv = -rP * (rd * rd)
         rt = tl.trans(r)
         rth = _hi(rt, PREC)
         dnh = _hi(dn, PREC)

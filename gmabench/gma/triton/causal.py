@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _opaque_zero, _resp,
+                     _opaque_zero, _resp, _resp_p,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -61,21 +61,23 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        # the queries' responsibilities unnormalised (p_q = r_q sum(p_q)): numerator and
+        # denominator both carry the factor sum(p_q), so o is unchanged (eps scaled with them)
+        pq, pqs = _resp_p(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh, rql = _split(rq, PREC, True)
+        rqh, rql = _split(pq, PREC, True)
         rkth, rktl = _split(tl.trans(rk), PREC, True)
         A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                 False, INTERP)
-        A = tl.where(tri, A, 0.0)     # entries r_q . r_k lie in [0, 1]
+        A = tl.where(tri, A, 0.0)     # entries p_q . r_k lie in [0, 1]
         Ah, Al = _split(A, PREC, True)
         vh, vl = _split(v, PREC)
         n = _mm(Ah, Al, vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, X_EXACT,
                 INTERP)
         Sh, Sl = _split(S, PREC)
         n = _mm(rqh, rql, Sh, Sl, n, PREC, False, False, INTERP)
-        d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
-        o = n / d[:, None]
+        d = tl.sum(A, 1) + tl.sum(pq * s[None, :], 1) + eps * pqs
+        o = n * (1.0 / d)[:, None]
         tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
                  mask=rm[:, None])
         S = _mm(rkth, rktl, vh, vl, S, PREC, False, X_EXACT, INTERP)
@@ -147,19 +149,20 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
                 X_EXACT, False, INTERP)
         d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
         don = tl.sum(A * W, 1) + tl.sum(rq * U, 1)
-        ddv = -don / (d * d)
-        dA = tl.where(tri, W / d[:, None] + ddv[:, None], 0.0)
+        rd = 1.0 / d                   # one division per row, products per element
+        ddv = -don * (rd * rd)
+        dA = tl.where(tri, W * rd[:, None] + ddv[:, None], 0.0)
         dAh = _hi(dA, PREC)
         rkh = _hi(rk, PREC)
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
-                 U / d[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
+                 U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)
         tl.store(auxbase + N + rows, ddv, mask=rm)
-        dn = do.to(tl.float32) / d[:, None]
+        dn = do.to(tl.float32) * rd[:, None]
         rqt = tl.trans(rq)
         rqth = _hi(rqt, PREC)
         dnh = _hi(dn, PREC)
@@ -238,8 +241,9 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         doth = _hi(dot_, PREC)
         Wt = _mm(vh, vl, doth, _lo(dot_, doth, PREC), tl.zeros((BLOCK, BLOCK), dtype=tl.float32),
                  PREC, X_EXACT, X_EXACT, INTERP)
-        dAt = tl.where(triT, Wt / d[None, :] + ddv[None, :], 0.0)
-        dn = do.to(tl.float32) / d[:, None]
+        rd = 1.0 / d                   # one division per row, products per element
+        dAt = tl.where(triT, Wt * rd[None, :] + ddv[None, :], 0.0)
+        dn = do.to(tl.float32) * rd[:, None]
         dnh, dnl = _split(dn, PREC)
         rqh, rql = _split(rq, PREC)
         Gt = tl.trans(G)

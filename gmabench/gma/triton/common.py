@@ -203,16 +203,17 @@ def _opaque_zero(N):
 
 
 @triton.jit
-def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
-          PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """Responsibilities (BLOCK, KP) in float32 of a tile x (BLOCK, D); rows outside the sequence
-    (rowmask False) get 0 so they add nothing to any sum."""
+def _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
+            PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+    """Unnormalised responsibilities p (BLOCK, KP) in (0, 1], float32 (the largest of each row
+    is 1), and their row sums: r = p / sum. Rows outside the sequence (rowmask False) get p = 0
+    (their sums stay positive)."""
     l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
     if PREC == 3:
         xh, xs = _split(x, PREC)        # x = xs * xh, |xh| <= 1
-        xhf = xh.to(tl.float32)
         l2 = _mm(xh, xs, a2h, a2l, l2, PREC, False, False, INTERP)
-        l2 = _mm((xhf * xhf).to(tl.float16), xs * xs, b2h, b2l, l2, PREC, False, False, INTERP)
+        # xh * xh in float16 rounds once, as the float32 square rounded to float16 would
+        l2 = _mm(xh * xh, xs * xs, b2h, b2l, l2, PREC, False, False, INTERP)
     else:
         xf = x.to(tl.float32)
         xh = _hi(x, PREC)
@@ -224,8 +225,16 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
         l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
     m = tl.max(l2, 1)
     p = tl.exp2(l2 - m[:, None])
-    r = p / tl.sum(p, 1)[:, None]
-    return tl.where(rowmask[:, None], r, 0.0)
+    return tl.where(rowmask[:, None], p, 0.0), tl.sum(p, 1)
+
+
+@triton.jit
+def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
+          PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+    """Responsibilities (BLOCK, KP) in float32 of a tile x (BLOCK, D); rows outside the sequence
+    (rowmask False) get 0 so they add nothing to any sum."""
+    p, psum = _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+    return p * (1.0 / psum)[:, None]
 
 
 @triton.jit

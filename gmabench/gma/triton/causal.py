@@ -65,9 +65,9 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
         # denominator both carry the factor sum(p_q), so o is unchanged (eps scaled with them)
         pq, pqs = _resp_p(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh, rql = _split(pq, PREC, True)
+        pqh, pql = _split(pq, PREC, True)
         rkth, rktl = _split(tl.trans(rk), PREC, True)
-        A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+        A = _mm(pqh, pql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
                 False, INTERP)
         A = tl.where(tri, A, 0.0)     # entries p_q . r_k lie in [0, 1]
         Ah, Al = _split(A, PREC, True)
@@ -75,7 +75,7 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
         n = _mm(Ah, Al, vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, X_EXACT,
                 INTERP)
         Sh, Sl = _split(S, PREC)
-        n = _mm(rqh, rql, Sh, Sl, n, PREC, False, False, INTERP)
+        n = _mm(pqh, pql, Sh, Sl, n, PREC, False, False, INTERP)
         d = tl.sum(A, 1) + tl.sum(pq * s[None, :], 1) + eps * pqs
         o = n * (1.0 / d)[:, None]
         tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),

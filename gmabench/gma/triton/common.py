@@ -253,8 +253,7 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
-    dlh = _hi(dl, PREC)
-    dll = _lo(dl, dlh, PREC)
+    dlh, dll = _split(dl, PREC)
     if WIDE:
         t_a = _mm(dlh, dll, tl.trans(ah), tl.trans(al), tl.zeros((BLOCK, D), dtype=tl.float32),
                   PREC, False, False, INTERP)
@@ -262,7 +261,10 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
                   PREC, False, False, INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:
-        dxh, dxl = _split(dl, DXP)
+        if DXP == PREC:
+            dxh, dxl = dlh, dll
+        else:
+            dxh, dxl = _split(dl, DXP)
         t_a = _mm(dxh, dxl, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,

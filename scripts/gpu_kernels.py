@@ -415,7 +415,8 @@ def reg_sweep(N=131072):
 
 
 def _device_us(f, calls=20):
-    """Device time of one call of f (sum of its kernels, torch profiler), after a warm-up call."""
+    """Device time of one call of f (sum of its kernels, torch profiler), after a warm-up call,
+    and the same per kernel name."""
     from torch.profiler import ProfilerActivity, profile
     f()
     torch.cuda.synchronize()
@@ -423,27 +424,35 @@ def _device_us(f, calls=20):
         for _ in range(calls):
             f()
         torch.cuda.synchronize()
-    return sum(max(_event_us(e), 0.0) for e in prof.key_averages()) / calls
+    per = {e.key: max(_event_us(e), 0.0) / calls for e in prof.key_averages()}
+    return sum(per.values()), {k: round(v, 2) for k, v in per.items() if v > 0}
+
+
+def _plan_times(tag, plans, ns, calls):
+    """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
+    at each N under each plan (a dict of TUNING knobs; {}: the table's); rows under R[tag]."""
+    for n in ns:
+        for causal, mode in VARIANTS:
+            for knobs in plans:
+                TUNING.update({k: None for k in TUNING})
+                TUNING.update(knobs)
+                f = make_call("triton", n, causal, mode)
+                dev_us, per_kernel = _device_us(f, calls)
+                wall = do_bench(f, warmup=25, rep=100, return_mode="median")
+                pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
+                R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, **knobs,
+                                              "device_us": dev_us, "kernels_us": per_kernel,
+                                              "wall_ms": wall, "P": pl.P, "bps": pl.bps})
+                print(f"{tag} {n} {'causal' if causal else 'bidir'} {mode} {knobs or 'table'}: device "
+                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps}) "
+                      f"{per_kernel}  [{elapsed():.0f}s]")
+                del f
+    TUNING.update({k: None for k in TUNING})
 
 
 def _segment_times(tag, knob, values, ns, calls):
-    """Device time per call (profiler) and wall time (do_bench) of every variant at each N under
-    each value of one plan knob (None: the table's); rows under R[tag]."""
-    for n in ns:
-        for causal, mode in VARIANTS:
-            for value in values:
-                TUNING.update({k: None for k in TUNING})
-                TUNING.update({knob: value})
-                f = make_call("triton", n, causal, mode)
-                dev_us = _device_us(f, calls)
-                wall = do_bench(f, warmup=25, rep=100, return_mode="median")
-                pl = plan_mod.make_plan(1, n, 16, 64, 64, 64, causal, torch.device("cuda"), mode == "fwd_bwd")
-                R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, knob: value,
-                                              "device_us": dev_us, "wall_ms": wall, "P": pl.P, "bps": pl.bps})
-                print(f"{tag} {n} {'causal' if causal else 'bidir'} {mode} {knob}={value}: device "
-                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps})  [{elapsed():.0f}s]")
-                del f
-    TUNING.update({k: None for k in TUNING})
+    """_plan_times over the values of one plan knob (None: the table's)."""
+    _plan_times(tag, [{knob: v} if v is not None else {} for v in values], ns, calls)
 
 
 def small_plans():
@@ -463,6 +472,14 @@ def dev_times(ns):
     """Device time per call (profiler) and wall time (do_bench) of every variant with the table's
     plans, at each N: the numbers a change of kernels moves (job devtimes, one per source tree)."""
     _segment_times("dev_times", "segments", (None,), ns, calls=10)
+
+
+def stage_sweep(ns):
+    """Pipeline depth of the block loops: with 2 stages Triton keeps one buffer per loaded tile and
+    issues the next block's copy at the end of an iteration, just before waiting for it; with 3
+    the copy runs one whole iteration ahead (two buffers)."""
+    _plan_times("stage_sweep", [{}, {"stages": 3}, {"stages": 4}, {"stages": 3, "block": 64}], ns,
+                calls=10)
 
 
 def wide_shapes(N=16384):
@@ -680,6 +697,9 @@ def main():
             save()
         if "devtimes" in secs:
             guarded("devtimes", dev_times, Ns)
+            save()
+        if "stagesweep" in secs:
+            guarded("stagesweep", stage_sweep, Ns)
             save()
         if "wide" in secs:
             guarded("wide", wide_shapes)

@@ -30,6 +30,8 @@
 #                              and 131072 with the table's plans; @SRC: of the gmabench source
 #                              tree under SRC (an untracked copy, e.g. the last commit's, so that
 #                              two versions of the kernels are timed side by side in one call)
+#         | stagesweep         device time (per kernel too) of every variant at N=2048 and 131072
+#                              with the block loops pipelined 2 (the table), 3 and 4 stages deep
 #         | wide               training at D=64, K=256 and D=128, K=128 (N=16384): fused
 #                              kernels against gma_chunked, and whether the kernels ran
 #         | profile            device time per kernel of each variant at N=131072 (torch
@@ -104,6 +106,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
         regsweep|smallprofile|smallplans|segsweep|wide)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
+                --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
+        stagesweep)
+            python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" --ns 2048,131072 \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         devtimes|devtimes@*)
             local src=""; [[ "$what" == devtimes@* ]] && src="${what#devtimes@}"

@@ -428,11 +428,12 @@ def _device_us(f, calls=20):
     return sum(per.values()), {k: round(v, 2) for k, v in per.items() if v > 0}
 
 
-def _plan_times(tag, plans, ns, calls):
+def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd")):
     """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
-    at each N under each plan (a dict of TUNING knobs; {}: the table's); rows under R[tag]."""
+    (of the given modes) at each N under each plan (a dict of TUNING knobs; {}: the table's); rows
+    under R[tag]."""
     for n in ns:
-        for causal, mode in VARIANTS:
+        for causal, mode in [vm for vm in VARIANTS if vm[1] in modes]:
             for knobs in plans:
                 TUNING.update({k: None for k in TUNING})
                 TUNING.update(knobs)
@@ -627,6 +628,9 @@ def main():
     ap.add_argument("--sections", default="ceil,check,time,sweep,extra")
     ap.add_argument("--ns", default="2048,4096,16384,65536,131072")
     ap.add_argument("--check-n", type=int, default=4096 + 37)
+    ap.add_argument("--plans", default="[{}]",
+                    help="plansweep: a JSON list of plans, each a dict of TUNING knobs ({}: the table)")
+    ap.add_argument("--modes", default="fwd,fwd_bwd", help="plansweep: the modes to time")
     args = ap.parse_args()
     secs = args.sections.split(",")
     Ns = [int(n) for n in args.ns.split(",")]
@@ -697,6 +701,10 @@ def main():
             save()
         if "devtimes" in secs:
             guarded("devtimes", dev_times, Ns)
+            save()
+        if "plansweep" in secs:
+            guarded("plansweep", _plan_times, "plan_sweep", json.loads(args.plans), Ns, 10,
+                    tuple(args.modes.split(",")))
             save()
         if "stagesweep" in secs:
             guarded("stagesweep", stage_sweep, Ns)

@@ -150,3 +150,22 @@ def test_launches_compile_for_sm90(monkeypatch, causal, D, DV, K):
                           capture_output=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert done.stdout.count("compiled") == len(launches)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_each_kernel_gets_its_plans_pipeline_depth(monkeypatch, causal):
+    """The key pass runs 3 stages deep in every variant at the tuned shape, the other kernels as
+    their variant says (bidirectional 3; the causal walk and backward 2: docs/kernels.md,
+    Version 2.7); shapes wider than the tuned ones keep 2 everywhere."""
+    stages = {}
+    for x in _record_launches(monkeypatch, causal, torch.bfloat16, 64, 64, 64):
+        stages.setdefault(x["name"], set()).add(x["options"]["num_stages"])
+    rest = 2 if causal else 3
+    kind = "causal" if causal else "bidir"
+    assert stages.pop("_param_grad_kernel") == {3}
+    assert stages == {"_state_kernel": {3}, f"_{kind}_out_kernel": {rest},
+                      f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}}
+    wide = {x["options"]["num_stages"] for x in _record_launches(monkeypatch, causal, torch.bfloat16,
+                                                                 64, 64, 256)
+            if x["name"] != "_param_grad_kernel"}
+    assert wide == {2}

@@ -30,14 +30,16 @@ def gpu_rules(monkeypatch):
 def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"_measured": "a comment", "causal/fwd": {"block": 128, "warps_fwd": 4},
-                                "bidir/fwd_bwd": {"stages": 3, "waves": 8}}))
+                                "bidir/fwd_bwd": {"stages": 3, "waves": 8},
+                                "causal/fwd_bwd": {"stages_key": 4}}))
     gpu_rules.load_plan_file(path)
     causal_fwd = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=False)
     causal_train = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
     bidir_train = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, False, CPU, grad=True)
     assert (causal_fwd.BLOCK, causal_fwd.warps_fwd, causal_fwd.stages) == (128, 4, 2)
     assert (causal_train.BLOCK, causal_train.warps_fwd) == (64, 8)
-    assert bidir_train.stages == 3
+    assert (bidir_train.stages, bidir_train.stages_key) == (3, 3)     # 0: the key pass as the rest
+    assert (causal_train.stages, causal_train.stages_key) == (2, 4)
     # waves: B*H*P ~ waves * SMs (4 "SMs" on CPU): 8 * 4 / 16 heads = 2 segments
     assert bidir_train.P == 2 and causal_train.P == 1
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -53,6 +55,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd_bwd": {"block_bwd": 48}}), "bidir/fwd_bwd.block_bwd = 48"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
+    (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"

@@ -37,10 +37,10 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills).
-PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "waves", "min_bps",
-             "regs_fwd")
-_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "waves": 2,
-         "min_bps": 1, "regs_fwd": 0}
+PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "stages_key", "waves",
+             "min_bps", "regs_fwd")
+_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "stages_key": 0,
+         "waves": 2, "min_bps": 1, "regs_fwd": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -51,17 +51,24 @@ _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 
 # (results/2026-11-28-h200-kernels-v2). Training: the bwdsweep of 2026-11-29
 # (results/2026-11-29-h200-train-plans), with the fp16 output pass: smaller backward blocks and 4
 # warps spill less (ncu: 73-88 M local-memory requests per backward kernel at block 32, 8 warps).
+# Stages (results/2026-11-29-h200-stages, device time per kernel, one call): 3 for every kernel of
+# the bidirectional variants and for the key pass of the causal ones (causal key pass 430 -> 367
+# us, bidirectional read-out 263 -> 231, bidirectional backward key side 1756 -> 1513); the
+# causal walk and the causal backward stay at 2 (3 took 4% and 3% longer).
 _TUNED = {
-    "bidir/fwd": {"block": 128, "warps_fwd": 4},          # 1.582 -> 0.747 ms
-    "causal/fwd": {"warps_fwd": 4},                       # 2.787 -> 1.459 ms
-    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},   # 7.01 -> 5.31 ms
-    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4},               # 18.08 -> 11.15 ms
+    "bidir/fwd": {"block": 128, "warps_fwd": 4, "stages": 3},          # 1.582 -> 0.605 ms
+    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                   # 2.787 -> 1.27 ms
+    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages": 3},  # 7.01 -> 4.29
+    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages_key": 3},  # 18.08 -> 9.2
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
 # Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64): the warps of version 2.1
 # and one block size for both passes; the 4-warp, 16-token backward was measured at K = D = 64 only.
 _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 4},
                   "causal/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8}}
+# ... and every wide shape the 2 stages they were measured with (a third buffer of the wider tiles
+# can overflow shared memory, and the launcher's retry then takes 1 stage)
+_WIDE_STAGES = {"stages": 2, "stages_key": 0}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -73,6 +80,7 @@ TUNING: dict[str, int | None] = {
     "warps_fwd": None,
     "warps_bwd": None,
     "stages": None,
+    "stages_key": None,
     "waves": None,
     "min_bps": None,
     "regs_fwd": None,
@@ -90,11 +98,12 @@ class Plan:
     bps: int       # blocks per segment
     warps_fwd: int
     warps_bwd: int
-    stages: int
+    stages: int          # pipeline depth of the block loops
     BLOCK_BWD: int = 0   # the backward's block (a divisor of BLOCK; 0: BLOCK)
     bps_bwd: int = 0     # the backward's blocks per segment: the same segments in tokens
     WIDE: bool = False   # backward kernels make their weights per block (KP x D > 8192: common.py)
     regs_fwd: int = 0    # register cap of the forward kernels (0: none)
+    stages_key: int = 0  # pipeline depth of the key pass (the state kernel)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -109,7 +118,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
         raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
-               "regs_fwd": (0, *range(24, 256))}
+               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256))}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -119,7 +128,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
-                  and value >= (0 if key in ("block_bwd", "regs_fwd") else 1))
+                  and value >= (0 if key in ("block_bwd", "stages_key", "regs_fwd") else 1))
             if ok and key in allowed:
                 ok = value in allowed[key]
             if not ok:
@@ -161,14 +170,14 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md), and
         # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
-        row.update(_WIDE_TRAINING.get(variant, {}))
+        row.update(_WIDE_TRAINING.get(variant, {}), **_WIDE_STAGES)
         if grad and KP >= 256:
             # 256 components: the backward's shared memory is the binding limit, and 16-token
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against
             # 203-240 KB at 32 tokens; docs/kernels.md)
             row["block_bwd"] = 16
     if INTERPRET:
-        row.update(block=16, min_bps=1, stages=1)
+        row.update(block=16, min_bps=1, stages=1, stages_key=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
     # The knobs first (a `waves` knob once came after the programs target and changed nothing);
@@ -185,7 +194,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
-                row["regs_fwd"])
+                row["regs_fwd"], row["stages_key"] or row["stages"])
     _PLANS[key] = plan
     return plan
 

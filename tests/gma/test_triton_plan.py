@@ -70,6 +70,17 @@ def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, conte
     assert gpu_rules.PLAN_SOURCE == "built-in"
 
 
+def test_key_pass_block_covers_the_same_segments(gpu_rules):
+    gpu_rules.PLAN_TABLE["bidir/fwd"].update(block=128, block_key=64)
+    p = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, False, CPU, grad=False)
+    assert (p.BLOCK, p.BLOCK_KEY) == (128, 64) and p.bps_key * p.BLOCK_KEY == p.bps * p.BLOCK
+    # never larger than the block; 0 means the block itself
+    gpu_rules.PLAN_TABLE["bidir/fwd"].update(block=32, block_key=64)
+    assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, False, CPU, grad=False).BLOCK_KEY == 32
+    t = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
+    assert (t.BLOCK_KEY, t.bps_key) == (t.BLOCK, t.bps)
+
+
 def test_tuning_knobs_override_the_table_and_wide_shapes_shrink_the_block(gpu_rules):
     gpu_rules.PLAN_TABLE["bidir/fwd"]["block"] = 128
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).BLOCK == 128

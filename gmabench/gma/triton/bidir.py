@@ -36,7 +36,10 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
     S = tl.zeros((KP, DV), dtype=tl.float32)
-    s = tl.zeros((KP,), dtype=tl.float32)
+    # the masses s = R^T 1, summed over the segment elementwise and over the rows once at the
+    # end: a column sum per block (across warps, through shared memory) took 16% of the key
+    # pass (docs/kernels.md, Version 2.7)
+    sacc = tl.zeros((BLOCK, KP), dtype=tl.float32)
     for blk in range(blk0, blk1):
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
@@ -46,7 +49,8 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         rth, rtl = _split(tl.trans(r), PREC, True)
         vh, vl = _split(v, PREC)
         S = _mm(rth, rtl, vh, vl, S, PREC, False, X_EXACT, INTERP)
-        s += tl.sum(r, 0)
+        sacc += r
+    s = tl.sum(sacc, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     if ATOMIC:

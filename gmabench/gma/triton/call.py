@@ -75,7 +75,7 @@ class Call:
         # split products even when the output pass takes fp16 ones (the parameter gradients
         # need it).
         state_prec = PRECISIONS["split"] if grad and prec == PRECISIONS["fp16"] else prec
-        self.state = dict(consts(dtype, D, DV, pl, state_prec), ATOMIC=not causal)
+        self.state = dict(consts(dtype, D, DV, pl, state_prec, pl.BLOCK_KEY), ATOMIC=not causal)
         # The backward runs split where the forward took fp16 products (a forward-only mode); its
         # blocks may be smaller than the forward's, over the same segments (plan.py).
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec

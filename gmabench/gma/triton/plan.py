@@ -31,16 +31,17 @@ from .common import INTERPRET
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # block: tokens per block (the chunk length for causal); block_bwd: the backward's block (0: the
 # same), at most `block`, so that the backward's segments (bps * block / block_bwd of its blocks)
-# end where the forward's do and can read their totals; warps_fwd / warps_bwd: warps of the
+# end where the forward's do and can read their totals; block_key: the key pass's block (0: the
+# same; at most `block`, over the same segments); warps_fwd / warps_bwd: warps of the
 # forward / backward kernels; stages: software-pipelining depth of the block loop; waves: target
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills).
-PLAN_KEYS = ("block", "block_bwd", "warps_fwd", "warps_bwd", "stages", "stages_key", "waves",
-             "min_bps", "regs_fwd")
-_BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2, "stages_key": 0,
-         "waves": 2, "min_bps": 1, "regs_fwd": 0}
+PLAN_KEYS = ("block", "block_bwd", "block_key", "warps_fwd", "warps_bwd", "stages", "stages_key",
+             "waves", "min_bps", "regs_fwd")
+_BASE = {"block": 64, "block_bwd": 0, "block_key": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2,
+         "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -56,7 +57,7 @@ _BASE = {"block": 64, "block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 
 # us, bidirectional read-out 263 -> 231, bidirectional backward key side 1756 -> 1513); the
 # causal walk and the causal backward stay at 2 (3 took 4% and 3% longer).
 _TUNED = {
-    "bidir/fwd": {"block": 128, "warps_fwd": 4, "stages": 3},          # 1.582 -> 0.605 ms
+    "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},  # 1.582 -> 0.605 ms
     "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                   # 2.787 -> 1.27 ms
     "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages": 3},  # 7.01 -> 4.29
     "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages_key": 3},  # 18.08 -> 9.2
@@ -75,6 +76,7 @@ PLAN_SOURCE = "built-in"
 TUNING: dict[str, int | None] = {
     "block": None,
     "block_bwd": None,
+    "block_key": None,
     "segments": None,       # segments per (b, h), overriding waves / min_bps
     "wide": None,           # 1 / 0: force the backward's per-block weights (Plan.WIDE) on or off
     "warps_fwd": None,
@@ -104,6 +106,8 @@ class Plan:
     WIDE: bool = False   # backward kernels make their weights per block (KP x D > 8192: common.py)
     regs_fwd: int = 0    # register cap of the forward kernels (0: none)
     stages_key: int = 0  # pipeline depth of the key pass (the state kernel)
+    BLOCK_KEY: int = 0   # the key pass's block (a divisor of BLOCK)
+    bps_key: int = 0     # the key pass's blocks per segment: the same segments in tokens
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -117,6 +121,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
+               "block_key": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256))}
     updates = {}
@@ -128,7 +133,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
-                  and value >= (0 if key in ("block_bwd", "stages_key", "regs_fwd") else 1))
+                  and value >= (0 if key in ("block_bwd", "block_key", "stages_key", "regs_fwd") else 1))
             if ok and key in allowed:
                 ok = value in allowed[key]
             if not ok:
@@ -177,7 +182,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # 203-240 KB at 32 tokens; docs/kernels.md)
             row["block_bwd"] = 16
     if INTERPRET:
-        row.update(block=16, min_bps=1, stages=1, stages_key=0)
+        row.update(block=16, block_key=0, min_bps=1, stages=1, stages_key=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
     # The knobs first (a `waves` knob once came after the programs target and changed nothing);
@@ -192,9 +197,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     bps = triton.cdiv(nblk, P)
     P = triton.cdiv(nblk, bps)  # no empty segment
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
+    block_key = min(row["block_key"] or block, block)
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
-                row["regs_fwd"], row["stages_key"] or row["stages"])
+                row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
+                bps * (block // block_key))
     _PLANS[key] = plan
     return plan
 

@@ -142,15 +142,19 @@ def test_inference_forward_meets_spec(dtype, precision, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_fp16_products_are_scaled_into_range(causal):
+@pytest.mark.parametrize("q_scale,k_scale,mu_scale", [(1200.0, 1200.0, 600.0), (1e-3, 1200.0, 1.0)],
+                         ids=["large", "unlike"])
+def test_fp16_products_are_scaled_into_range(causal, q_scale, k_scale, mu_scale):
     # x*x = 3.6e5 and v = 1e6 overflow float16 (max 65504) unless scaled; sigma ~ 0.05 and
-    # temperature 0.1 push the logit weights past it too.
+    # temperature 0.1 push the logit weights past it too. "unlike": q, k and v of very different
+    # ranges; the key pass takes k's and v's scales from one shared reduction, and each tile
+    # must get its own (k scaled by v's 2^21 loses its squares to float16's subnormals).
     ins = _inputs(1, 40, 2, 16, 16, 5, torch.bfloat16, seed=29)
     with torch.no_grad():
-        ins[0].mul_(1200.0)
-        ins[1].mul_(1200.0)
+        ins[0].mul_(q_scale)
+        ins[1].mul_(k_scale)
         ins[2].mul_(2e6)
-        ins[3].mul_(600.0)
+        ins[3].mul_(mu_scale)
         ins[4].sub_(3.0)
     for temperature in (1.0, 0.1):
         err, base = _forward_errors(ins, causal, temperature=temperature, precision="fp16")

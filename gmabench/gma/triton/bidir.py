@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _opaque_zero, _resp, _resp_p,
+                     _opaque_zero, _pow2_scale_pair, _resp, _resp_p, _resp_p16,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -45,9 +45,15 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        if PREC == 3 and D == DV:   # both tiles' scales from one reduction across warps
+            xs, xinv, vl, vinv = _pow2_scale_pair(x, v)
+            p, psum = _resp_p16(x, xs, xinv, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+            r = p * (1.0 / psum)[:, None]
+            vh = (v.to(tl.float32) * vinv).to(tl.float16)
+        else:
+            r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+            vh, vl = _split(v, PREC)
         rth, rtl = _split(tl.trans(r), PREC, True)
-        vh, vl = _split(v, PREC)
         S = _mm(rth, rtl, vh, vl, S, PREC, False, X_EXACT, INTERP)
         sacc += r
     s = tl.sum(sacc, 0)

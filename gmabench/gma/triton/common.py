@@ -85,12 +85,33 @@ def _lo(x, hi, PREC: tl.constexpr):
 
 
 @triton.jit
-def _pow2_scale(x):
-    """(2^e, 2^-e) with 2^e the power of two at or above max|x| (floored at 1e-30): x * 2^-e lies
-    in [-1, 1] and the scaling is exact."""
-    m = tl.maximum(tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0), 1e-30)
-    e = tl.ceil(tl.log2(m))
+def _pow2(m):
+    """(2^e, 2^-e) with 2^e the power of two at or above m (floored at 1e-30)."""
+    e = tl.ceil(tl.log2(tl.maximum(m, 1e-30)))
     return tl.exp2(e), tl.exp2(-e)
+
+
+@triton.jit
+def _pow2_scale(x):
+    """(2^e, 2^-e) with 2^e the power of two at or above max|x|: x * 2^-e lies in [-1, 1] and
+    the scaling is exact."""
+    return _pow2(tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0))
+
+
+@triton.jit
+def _max_pair(a0, b0, a1, b1):
+    return tl.maximum(a0, a1), tl.maximum(b0, b1)
+
+
+@triton.jit
+def _pow2_scale_pair(x, y):
+    """_pow2_scale of two tiles of one shape, with one reduction across warps for both (each
+    such reduction is a round trip through shared memory and a barrier)."""
+    mx, my = tl.reduce((tl.abs(x.to(tl.float32)), tl.abs(y.to(tl.float32))), 1, _max_pair)
+    mx, my = tl.reduce((mx, my), 0, _max_pair)
+    sx, ix = _pow2(mx)
+    sy, iy = _pow2(my)
+    return sx, ix, sy, iy
 
 
 @triton.jit
@@ -203,18 +224,36 @@ def _opaque_zero(N):
 
 
 @triton.jit
+def _softmax_p(l2, rowmask):
+    """exp2(l2 - its row max), rows outside the sequence zeroed, and the row sums."""
+    m = tl.max(l2, 1)
+    p = tl.exp2(l2 - m[:, None])
+    return tl.where(rowmask[:, None], p, 0.0), tl.sum(p, 1)
+
+
+@triton.jit
+def _resp_p16(x, xs, inv, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr,
+              KP: tl.constexpr, INTERP: tl.constexpr):
+    """_resp_p in "fp16" precision, with x's power-of-two scale given: x = xs * xh, |xh| <= 1."""
+    xh = (x.to(tl.float32) * inv).to(tl.float16)
+    l2 = _mm(xh, xs, a2h, a2l, tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :], 3, False,
+             False, INTERP)
+    # xh * xh in float16 rounds once, as the float32 square rounded to float16 would
+    l2 = _mm(xh * xh, xs * xs, b2h, b2l, l2, 3, False, False, INTERP)
+    return _softmax_p(l2, rowmask)
+
+
+@triton.jit
 def _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
             PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
     """Unnormalised responsibilities p (BLOCK, KP) in (0, 1], float32 (the largest of each row
     is 1), and their row sums: r = p / sum. Rows outside the sequence (rowmask False) get p = 0
     (their sums stay positive)."""
-    l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
     if PREC == 3:
-        xh, xs = _split(x, PREC)        # x = xs * xh, |xh| <= 1
-        l2 = _mm(xh, xs, a2h, a2l, l2, PREC, False, False, INTERP)
-        # xh * xh in float16 rounds once, as the float32 square rounded to float16 would
-        l2 = _mm(xh * xh, xs * xs, b2h, b2l, l2, PREC, False, False, INTERP)
+        xs, inv = _pow2_scale(x)
+        p, psum = _resp_p16(x, xs, inv, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
     else:
+        l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
         xf = x.to(tl.float32)
         xh = _hi(x, PREC)
         xl = _lo(xf, xh, PREC)
@@ -223,9 +262,8 @@ def _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.cons
         x2l = _lo(x2, x2h, PREC)
         l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
         l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
-    m = tl.max(l2, 1)
-    p = tl.exp2(l2 - m[:, None])
-    return tl.where(rowmask[:, None], p, 0.0), tl.sum(p, 1)
+        p, psum = _softmax_p(l2, rowmask)
+    return p, psum
 
 
 @triton.jit

@@ -33,7 +33,9 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # same), at most `block`, so that the backward's segments (bps * block / block_bwd of its blocks)
 # end where the forward's do and can read their totals; block_key: the key pass's block (0: the
 # same; at most `block`, over the same segments); warps_fwd / warps_bwd: warps of the
-# forward / backward kernels; stages: software-pipelining depth of the block loop; waves: target
+# forward / backward kernels; stages: software-pipelining depth of the block loops, stages_key the
+# key pass's own (0: `stages`; with 2 Triton issues a block's loads just before the block, with 3
+# a whole block ahead: docs/kernels.md, Version 2.7); waves: target
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
@@ -55,12 +57,17 @@ _BASE = {"block": 64, "block_bwd": 0, "block_key": 0, "warps_fwd": 8, "warps_bwd
 # Stages (results/2026-11-29-h200-stages, device time per kernel, one call): 3 for every kernel of
 # the bidirectional variants and for the key pass of the causal ones (causal key pass 430 -> 367
 # us, bidirectional read-out 263 -> 231, bidirectional backward key side 1756 -> 1513); the
-# causal walk and the causal backward stay at 2 (3 took 4% and 3% longer).
+# causal walk and the causal backward stay at 2 (3 took 4% and 3% longer). The bidirectional key
+# pass walks 64-token blocks under the read-out's 128: its elementwise sum of the masses holds a
+# BLOCK x KP float32 tile, which spills at 128 (results/2026-11-29-h200-masses).
+# Device time per call at N=131072 with each table (results/2026-11-29-h200-scales): the first
+# plans' -> now, in ms.
 _TUNED = {
-    "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},  # 1.582 -> 0.605 ms
-    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                   # 2.787 -> 1.27 ms
-    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages": 3},  # 7.01 -> 4.29
-    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages_key": 3},  # 18.08 -> 9.2
+    "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},     # 1.582 -> 0.537
+    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                               # 2.787 -> 1.220
+    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages": 3},   # 7.01 -> 4.24
+    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4,
+                       "stages_key": 3},                                           # 18.08 -> 9.22
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
 # Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64): the warps of version 2.1
@@ -132,8 +139,9 @@ def load_plan_file(path: str | os.PathLike) -> None:
             raise ValueError(f"GMA Triton plan file {path}: unknown variant {variant!r} "
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
+            zero_ok = key in ("block_bwd", "block_key", "stages_key", "regs_fwd")   # 0: default
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
-                  and value >= (0 if key in ("block_bwd", "block_key", "stages_key", "regs_fwd") else 1))
+                  and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
                 ok = value in allowed[key]
             if not ok:

@@ -5,7 +5,9 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 
 Sections (in order): ceil, check, time, overhead, profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
-and wall time per call at each --ns, with GMABENCH_SRC naming the source tree to time). A time budget
+and wall time per call, and per kernel, at each --ns, with GMABENCH_SRC naming the source tree to
+time); stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
+of --plans, a JSON list of TUNING knobs, for the --modes given). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to
 OUT/gpu_kernels.json and printed.
 """

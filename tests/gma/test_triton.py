@@ -210,14 +210,16 @@ def test_precision_modes_on_float32_inputs(precision, tol):
 def test_launch_variants_do_not_change_the_result(causal):
     # one segment vs five and seven (the causal walks start from the sum of up to six earlier or
     # later segments' totals); 16-, 32-, 128-token blocks; a backward, or a key pass, with smaller
-    # blocks; the backward that makes its weights per block (the wide shapes' form)
+    # blocks, and a backward whose key side walks other blocks than its query side; the backward
+    # that makes its weights per block (the wide shapes' form)
     ins = _inputs(1, 100, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.randn(1, 100, 1, 16, generator=torch.Generator().manual_seed(8)).to(ins[0].device)
     outs = []
     # (the 16-token backward under a 64-token forward reads the forward's segment totals)
     for knobs in (dict(segments=1), dict(segments=5), dict(segments=7), dict(block=32, segments=2),
                   dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
-                  dict(block=64, block_key=16, segments=3), dict(wide=1, segments=2)):
+                  dict(block=64, block_key=16, segments=3),
+                  dict(block=64, block_bwd=16, block_bwd_k=32, segments=3), dict(wide=1, segments=2)):
         TUNING.update(knobs)
         try:
             outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))

@@ -79,6 +79,12 @@ def test_key_pass_block_covers_the_same_segments(gpu_rules):
     assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, False, CPU, grad=False).BLOCK_KEY == 32
     t = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
     assert (t.BLOCK_KEY, t.bps_key) == (t.BLOCK, t.bps)
+    # the backward's key side: its own block over the same segments, by default the backward's
+    assert (t.BLOCK_BWD_K, t.bps_bwd_k) == (t.BLOCK_BWD, t.bps_bwd)
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block_bwd=16, block_bwd_k=32)
+    gpu_rules._PLANS.clear()
+    t = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
+    assert (t.BLOCK_BWD, t.BLOCK_BWD_K) == (16, 32) and t.bps_bwd_k * 32 == t.bps * t.BLOCK
 
 
 def test_tuning_knobs_override_the_table_and_wide_shapes_shrink_the_block(gpu_rules):

@@ -128,16 +128,17 @@ def _backward(call: Call, saved, do):
                                              inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
-                                             inv_tau, bps), consts, pl.warps_bwd, pl.stages,
-                memo=memo, site="bwd_k")
+                                             inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
+                pl.stages, memo=memo, site="bwd_k")
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
                                             bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
-        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau, bps),
-                consts, pl.warps_bwd, pl.stages, memo=memo, site="bwd_k")
+        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau,
+                                            pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_k")
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)

@@ -31,8 +31,9 @@ from .common import INTERPRET
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # block: tokens per block (the chunk length for causal); block_bwd: the backward's block (0: the
 # same), at most `block`, so that the backward's segments (bps * block / block_bwd of its blocks)
-# end where the forward's do and can read their totals; block_key: the key pass's block (0: the
-# same; at most `block`, over the same segments); warps_fwd / warps_bwd: warps of the
+# end where the forward's do and can read their totals; block_bwd_k: the backward key side's own
+# block (0: block_bwd; at most `block`); block_key: the key pass's block (0: the same; at most
+# `block`, over the same segments); warps_fwd / warps_bwd: warps of the
 # forward / backward kernels; stages: software-pipelining depth of the block loops, stages_key the
 # key pass's own (0: `stages`; with 2 Triton issues a block's loads just before the block, with 3
 # a whole block ahead: docs/kernels.md, Version 2.7); waves: target
@@ -40,10 +41,10 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills).
-PLAN_KEYS = ("block", "block_bwd", "block_key", "warps_fwd", "warps_bwd", "stages", "stages_key",
-             "waves", "min_bps", "regs_fwd")
-_BASE = {"block": 64, "block_bwd": 0, "block_key": 0, "warps_fwd": 8, "warps_bwd": 8, "stages": 2,
-         "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0}
+PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
+             "stages_key", "waves", "min_bps", "regs_fwd")
+_BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
+         "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -76,13 +77,14 @@ _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd":
                   "causal/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8}}
 # ... and every wide shape the 2 stages they were measured with (a third buffer of the wider tiles
 # can overflow shared memory, and the launcher's retry then takes 1 stage)
-_WIDE_STAGES = {"stages": 2, "stages_key": 0}
+_WIDE_STAGES = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
 TUNING: dict[str, int | None] = {
     "block": None,
     "block_bwd": None,
+    "block_bwd_k": None,
     "block_key": None,
     "segments": None,       # segments per (b, h), overriding waves / min_bps
     "wide": None,           # 1 / 0: force the backward's per-block weights (Plan.WIDE) on or off
@@ -115,6 +117,8 @@ class Plan:
     stages_key: int = 0  # pipeline depth of the key pass (the state kernel)
     BLOCK_KEY: int = 0   # the key pass's block (a divisor of BLOCK)
     bps_key: int = 0     # the key pass's blocks per segment: the same segments in tokens
+    BLOCK_BWD_K: int = 0  # the backward key side's block (a divisor of BLOCK)
+    bps_bwd_k: int = 0   # its blocks per segment: the same segments in tokens
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -128,7 +132,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"GMA Triton plan file {path}: expected an object keyed by {VARIANTS}")
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
-               "block_key": (0, 16, 32, 64, 128),
+               "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256))}
     updates = {}
@@ -139,7 +143,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
             raise ValueError(f"GMA Triton plan file {path}: unknown variant {variant!r} "
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
-            zero_ok = key in ("block_bwd", "block_key", "stages_key", "regs_fwd")   # 0: default
+            zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
+                              "regs_fwd")   # 0: the default
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -190,7 +195,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # 203-240 KB at 32 tokens; docs/kernels.md)
             row["block_bwd"] = 16
     if INTERPRET:
-        row.update(block=16, block_key=0, min_bps=1, stages=1, stages_key=0)
+        row.update(block=16, block_key=0, block_bwd_k=0, min_bps=1, stages=1, stages_key=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
     row.update({k: v for k, v in knobs.items() if k in row})
     # The knobs first (a `waves` knob once came after the programs target and changed nothing);
@@ -206,10 +211,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     P = triton.cdiv(nblk, bps)  # no empty segment
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     block_key = min(row["block_key"] or block, block)
+    block_bwd_k = min(row["block_bwd_k"] or block_bwd, block)
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
-                bps * (block // block_key))
+                bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k))
     _PLANS[key] = plan
     return plan
 

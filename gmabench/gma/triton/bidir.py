@@ -38,7 +38,7 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
     S = tl.zeros((KP, DV), dtype=tl.float32)
     # the masses s = R^T 1, summed over the segment elementwise and over the rows once at the
     # end: a column sum per block (across warps, through shared memory) took 16% of the key
-    # pass (docs/kernels.md, Version 2.7)
+    # pass (docs/kernels.md, Version 2.8)
     sacc = tl.zeros((BLOCK, KP), dtype=tl.float32)
     for blk in range(blk0, blk1):
         rows = blk * BLOCK + tl.arange(0, BLOCK)

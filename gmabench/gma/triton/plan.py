@@ -61,8 +61,8 @@ _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_f
 # causal walk and the causal backward stay at 2 (3 took 4% and 3% longer). The bidirectional key
 # pass walks 64-token blocks under the read-out's 128: its elementwise sum of the masses holds a
 # BLOCK x KP float32 tile, which spills at 128 (results/2026-11-29-h200-masses).
-# Device time per call at N=131072 with each table (results/2026-11-29-h200-scales): the first
-# plans' -> now, in ms.
+# Per variant, ms at N=131072: the version-2 sweep's untuned default (do_bench) -> this table
+# with the current kernels (device time, results/2026-11-29-h200-scales).
 _TUNED = {
     "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},     # 1.582 -> 0.537
     "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                               # 2.787 -> 1.220

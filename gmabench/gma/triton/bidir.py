@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _opaque_zero, _pow2_scale_pair, _resp, _resp_p, _resp_p16,
+                     _fp16_scaled, _opaque_zero, _pow2_scale_pair, _resp, _resp_p, _resp_p16,
                      _row_ptrs, _segment, _split, _to_out)
 
 
@@ -49,7 +49,7 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
             xs, xinv, vl, vinv = _pow2_scale_pair(x, v)
             p, psum = _resp_p16(x, xs, xinv, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
             r = p * (1.0 / psum)[:, None]
-            vh = (v.to(tl.float32) * vinv).to(tl.float16)
+            vh = _fp16_scaled(v, vinv)
         else:
             r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
             vh, vl = _split(v, PREC)

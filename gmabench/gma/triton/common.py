@@ -99,6 +99,12 @@ def _pow2_scale(x):
 
 
 @triton.jit
+def _fp16_scaled(x, inv):
+    """x * inv (a power of two from _pow2) in float16: exact, the scale carried apart."""
+    return (x.to(tl.float32) * inv).to(tl.float16)
+
+
+@triton.jit
 def _max_pair(a0, b0, a1, b1):
     return tl.maximum(a0, a1), tl.maximum(b0, b1)
 
@@ -124,7 +130,7 @@ def _split(x, PREC: tl.constexpr, UNIT: tl.constexpr = False):
             lo = 1.0
         else:
             lo, inv = _pow2_scale(x)
-            hi = (x.to(tl.float32) * inv).to(tl.float16)
+            hi = _fp16_scaled(x, inv)
     else:
         hi = _hi(x, PREC)
         lo = _lo(x, hi, PREC)
@@ -235,7 +241,7 @@ def _softmax_p(l2, rowmask):
 def _resp_p16(x, xs, inv, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr,
               KP: tl.constexpr, INTERP: tl.constexpr):
     """_resp_p in "fp16" precision, with x's power-of-two scale given: x = xs * xh, |xh| <= 1."""
-    xh = (x.to(tl.float32) * inv).to(tl.float16)
+    xh = _fp16_scaled(x, inv)
     l2 = _mm(xh, xs, a2h, a2l, tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :], 3, False,
              False, INTERP)
     # xh * xh in float16 rounds once, as the float32 square rounded to float16 would

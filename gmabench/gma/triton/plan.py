@@ -75,9 +75,9 @@ PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARI
 # and one block size for both passes; the 4-warp, 16-token backward was measured at K = D = 64 only.
 _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 4},
                   "causal/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8}}
-# ... and every wide shape the 2 stages they were measured with (a third buffer of the wider tiles
-# can overflow shared memory, and the launcher's retry then takes 1 stage)
-_WIDE_STAGES = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
+# ... and every wide shape the 2 stages and the one backward block they were measured with (a third
+# buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
+_WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -188,7 +188,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md), and
         # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
-        row.update(_WIDE_TRAINING.get(variant, {}), **_WIDE_STAGES)
+        row.update(_WIDE_TRAINING.get(variant, {}), **_WIDE_AS_MEASURED)
         if grad and KP >= 256:
             # 256 components: the backward's shared memory is the binding limit, and 16-token
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against

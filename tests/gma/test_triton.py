@@ -12,6 +12,7 @@ the inputs, so its gradients stay float64.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 
@@ -159,6 +160,89 @@ def test_fp16_products_are_scaled_into_range(causal, q_scale, k_scale, mu_scale)
     for temperature in (1.0, 0.1):
         err, base = _forward_errors(ins, causal, temperature=temperature, precision="fp16")
         assert err <= 2 * base + 1e-4, (temperature, err, base)
+
+
+def _raw_and_scaled(ins, causal):
+    """The inference forward with raw float16 (plan key raw16, the default) and with tile scales."""
+    outs = {}
+    try:
+        for raw in (1, 0):
+            TUNING.update(raw16=raw)
+            with torch.no_grad():
+                outs[raw] = gma_triton(*ins, causal=causal)
+    finally:
+        TUNING.update(raw16=None)
+    return outs[1], outs[0]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_raw_float16_matches_its_scaled_twin(causal):
+    # q and k at 15 standard deviations (mu and sigma scaled with them): the scaled tiles put
+    # many of x*x among float16's subnormals, the raw form does not, so the two differ (the raw
+    # form ran) by far less than either's error, and both meet the SPEC.
+    ins = _inputs(1, 100, 2, 32, 32, 12, torch.bfloat16, seed=7)
+    with torch.no_grad():
+        for i, f in ((0, 30.0), (1, 30.0), (3, 30.0)):
+            ins[i].mul_(f)
+        ins[4].add_(math.log(30.0))
+    raw, scaled = _raw_and_scaled(ins, causal)
+    assert not torch.equal(raw, scaled)
+    assert _rel(raw, scaled.double()) < 1e-3
+    with torch.no_grad():
+        ref = gma_spec_float64(*[t.double() for t in ins], causal=causal)
+        base = _rel(gma_reference(*ins, causal=causal), ref)
+    for out in (raw, scaled):
+        assert _rel(out, ref) <= 1.1 * base
+
+
+def _overflow_q(ins, causal):
+    ins[0][0, 7].fill_(-1000.0)       # x*x = 1e6: float16 overflows (a token of every head)
+    if not causal:                    # the bidirectional key pass sees only k
+        ins[1][0, 9].fill_(1000.0)
+
+
+def _overflow_k(ins, causal):
+    ins[1][0, 9].fill_(1000.0)
+    if not causal:
+        ins[0][0, 7].fill_(-1000.0)
+
+
+def _overflow_v(ins, causal):
+    ins[2][0, 11].fill_(1.0e5)        # over float16's 65504
+    if not causal:                    # the bidirectional read-out sees only q
+        ins[0][0, 7].fill_(-1000.0)
+
+
+def _tiny_scale(ins, causal):
+    # the whole problem scaled down 1000 times (the same responsibilities): x*x ~ 1e-7 lies
+    # among float16's subnormals and 1/sigma^2 ~ 1e6 would carry their rounding into the logits
+    for i in (0, 1, 3):
+        ins[i].mul_(1e-3)
+    ins[4].sub_(math.log(1e3))
+
+
+def _tiny_v(ins, causal):
+    ins[2].mul_(1e-6)                 # v among float16's subnormals
+    if not causal:
+        ins[0][0, 7].fill_(-1000.0)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("spoil", [_overflow_q, _overflow_k, _overflow_v, _tiny_scale, _tiny_v],
+                         ids=["q-overflow", "k-overflow", "v-overflow", "tiny-scale", "tiny-v"])
+def test_raw_float16_falls_back_to_the_scaled_form(causal, spoil):
+    # One segment per (b, h), and every program spoiled: each kernel redoes its walk with tile
+    # scales, so the output is the scaled form's bit for bit.
+    ins = _inputs(1, 100, 2, 32, 32, 12, torch.bfloat16, seed=7)
+    with torch.no_grad():
+        spoil(ins, causal)
+    TUNING.update(segments=1)
+    try:
+        raw, scaled = _raw_and_scaled(ins, causal)
+    finally:
+        TUNING.update(segments=None)
+    assert torch.isfinite(raw).all()
+    assert torch.equal(raw, scaled)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

@@ -56,6 +56,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
+    (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"
@@ -155,6 +156,17 @@ def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).regs_fwd == 0
     gpu_rules.TUNING.update(regs_fwd=128)
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True).regs_fwd == 128
+
+
+def test_raw_float16_is_on_unless_the_file_or_a_knob_turns_it_off(gpu_rules, tmp_path):
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).RAW16 is True
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"causal/fwd": {"raw16": 0}}))
+    gpu_rules.load_plan_file(path)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).RAW16 is False
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).RAW16 is True
+    gpu_rules.TUNING.update(raw16=0)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=True).RAW16 is False
 
 
 def test_segments_fill_whole_waves_and_the_waves_knob_counts(gpu_rules):

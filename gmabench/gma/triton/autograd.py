@@ -74,7 +74,8 @@ def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
         _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
                 call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out")
     else:
-        st = torch.zeros(B * H * call.state_len, device=q.device, dtype=torch.float32)
+        # the (b, h) states, then a flag per read-out program (RAW16: bidir._bidir_out_kernel)
+        st = torch.zeros(B * H * (call.state_len + pl.P), device=q.device, dtype=torch.float32)
         _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
                 pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
         _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),

@@ -13,39 +13,35 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _fp16_scaled, _opaque_zero, _pow2_scale_pair, _resp, _resp_p, _resp_p16,
-                     _row_ptrs, _segment, _split, _to_out)
+                     _fp16_scaled, _opaque_zero, _pow2_scale_pair, _raw_gate,
+                     _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split,
+                     _to_out)
 
 
 @triton.jit
-def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
+def _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
                   D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                  PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
-                  INTERP: tl.constexpr):
-    """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
-
-    ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
-    slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
-    """
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
-    blk0, blk1 = _segment(N, bps, BLOCK)
-    xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
-    vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
+                  PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                  RAW: tl.constexpr, NST: tl.constexpr = None):
+    """The key pass's walk over blocks [blk0, blk1): S = R^T V and the masses summed
+    elementwise. RAW (precision fp16 only): k and v converted to float16 with no tile scale
+    (common.py, RAW_LOGIT_ERR); the caller checks the result (_raw_state_ok)."""
     S = tl.zeros((KP, DV), dtype=tl.float32)
     # the masses s = R^T 1, summed over the segment elementwise and over the rows once at the
     # end: a column sum per block (across warps, through shared memory) took 16% of the key
     # pass (docs/kernels.md, Version 2.8)
     sacc = tl.zeros((BLOCK, KP), dtype=tl.float32)
-    for blk in range(blk0, blk1):
+    for blk in tl.range(blk0, blk1, num_stages=NST):
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        if PREC == 3 and D == DV:   # both tiles' scales from one reduction across warps
+        if RAW:   # a row that overflowed float16 turns S and the masses into NaN
+            p, psum = _resp_p16(x, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+            r = p * (1.0 / psum)[:, None]
+            vh = _fp16_scaled(v, 1.0)
+            vl = 1.0
+        elif PREC == 3 and D == DV:   # both tiles' scales from one reduction across warps
             xs, xinv, vl, vinv = _pow2_scale_pair(x, v)
             p, psum = _resp_p16(x, xs, xinv, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
             r = p * (1.0 / psum)[:, None]
@@ -56,7 +52,46 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         rth, rtl = _split(tl.trans(r), PREC, True)
         S = _mm(rth, rtl, vh, vl, S, PREC, False, X_EXACT, INTERP)
         sacc += r
-    s = tl.sum(sacc, 0)
+    return S, sacc
+
+
+@triton.jit
+def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
+                  D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                  PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
+                  INTERP: tl.constexpr, RAW16: tl.constexpr = False):
+    """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
+
+    ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
+    slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
+    RAW16 (precision fp16): first with k and v converted to float16 as they are, again with tile
+    scales if the weights or the result say that lost precision (common.py, RAW_LOGIT_ERR).
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
+    vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
+    if PREC == 3 and RAW16:
+        S = tl.zeros((KP, DV), dtype=tl.float32)
+        s = tl.zeros((KP,), dtype=tl.float32)
+        ok = _raw_gate(a2h, a2l, b2h, b2l)
+        if ok == 1:
+            S, sacc = _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV,
+                                    KP, BLOCK, PREC, X_EXACT, INTERP, True)
+            s = tl.sum(sacc, 0)
+            ok = _raw_state_ok(S, s)
+        if ok == 0:
+            S, sacc = _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV,
+                                    KP, BLOCK, PREC, X_EXACT, INTERP, False, 1)
+            s = tl.sum(sacc, 0)
+    else:
+        S, sacc = _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV, KP,
+                                BLOCK, PREC, X_EXACT, INTERP, False)
+        s = tl.sum(sacc, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     if ATOMIC:
@@ -73,10 +108,42 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
 
 
 @triton.jit
+def _out_blocks(xbase, obase, o_ptr, flag_ptr, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, Mh, Ml,
+                s, eps, D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                RAW: tl.constexpr, NST: tl.constexpr = None):
+    """The read-out's walk over blocks [blk0, blk1), storing o. RAW: q converted to float16
+    with no tile scale (common.py, RAW_LOGIT_ERR); a row whose logits overflowed stores 1 at
+    flag_ptr (a masked store: no lane stores in the common case, and nothing is carried from
+    block to block)."""
+    for blk in tl.range(blk0, blk1, num_stages=NST):
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        # unnormalised: o = (p M) / (p.s + eps sum(p)), the same as (r M) / (r.s + eps)
+        if RAW:
+            p, psum = _resp_p16(x, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+            tl.store(flag_ptr + tl.zeros((BLOCK,), tl.int32), 1.0, mask=~(psum >= 1.0))
+        else:
+            p, psum = _resp_p(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        d = tl.sum(p * s[None, :], 1) + eps * psum
+        ph, pl = _split(p, PREC, True)
+        n = _mm(ph, pl, Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, False, INTERP)
+        o = n * (1.0 / d)[:, None]
+        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
+                 mask=rm[:, None])
+
+
+@triton.jit
 def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, inv_tau, eps, bps,
                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                      PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """o = (R_q M) / (R_q s + eps) for this program's segment of queries."""
+                      PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                      RAW16: tl.constexpr = False):
+    """o = (R_q M) / (R_q s + eps) for this program's segment of queries. RAW16 (precision
+    fp16): q converted to float16 as it is, the segment read out again with tile scales if the
+    weights or a row's logits say that lost precision (common.py, RAW_LOGIT_ERR); after the
+    B*H states, st holds one flag per program for that (no zero fill: each program clears its
+    own)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -90,18 +157,23 @@ def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, in
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
     obase = o_ptr + (b.to(tl.int64) * N * H + h) * DV
-    for blk in range(blk0, blk1):
-        rows = blk * BLOCK + tl.arange(0, BLOCK)
-        rm = rows < N
-        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-        # unnormalised: o = (p M) / (p.s + eps sum(p)), the same as (r M) / (r.s + eps)
-        p, psum = _resp_p(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        d = tl.sum(p * s[None, :], 1) + eps * psum
-        ph, pl = _split(p, PREC, True)
-        n = _mm(ph, pl, Mh, Ml, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, False, INTERP)
-        o = n * (1.0 / d)[:, None]
-        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
-                 mask=rm[:, None])
+    if PREC == 3 and RAW16:
+        nbh = tl.num_programs(1)
+        flag_ptr = st_ptr + nbh.to(tl.int64) * (KP * (DV + 1)) + tl.program_id(0) * nbh + bh
+        ok = _raw_gate(a2h, a2l, b2h, b2l)
+        if ok == 1:
+            tl.store(flag_ptr, 0.0)
+            tl.debug_barrier()   # every thread's clearing store before any thread's flag
+            _out_blocks(xbase, obase, o_ptr, flag_ptr, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
+                        Mh, Ml, s, eps, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, True)
+            tl.debug_barrier()   # the program's flags visible to all of its threads
+            ok = (tl.load(flag_ptr, volatile=True) == 0.0).to(tl.int32)
+        if ok == 0:
+            _out_blocks(xbase, obase, o_ptr, flag_ptr, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
+                        Mh, Ml, s, eps, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False, 1)
+    else:
+        _out_blocks(xbase, obase, o_ptr, st_ptr, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, Mh, Ml,
+                    s, eps, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False)
 
 
 @triton.jit

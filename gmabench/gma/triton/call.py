@@ -70,12 +70,13 @@ class Call:
         self.fallback_key = key
         self.grid = (pl.P, B * H)
         self.state_len = pl.KP * (DV + 1)
-        self.fwd = consts(dtype, D, DV, pl, prec)
+        self.fwd = dict(consts(dtype, D, DV, pl, prec), RAW16=pl.RAW16)
         # The key pass's state is what the backward reads: before a backward it is made with
         # split products even when the output pass takes fp16 ones (the parameter gradients
         # need it).
         state_prec = PRECISIONS["split"] if grad and prec == PRECISIONS["fp16"] else prec
-        self.state = dict(consts(dtype, D, DV, pl, state_prec, pl.BLOCK_KEY), ATOMIC=not causal)
+        self.state = dict(consts(dtype, D, DV, pl, state_prec, pl.BLOCK_KEY), ATOMIC=not causal,
+                          RAW16=pl.RAW16)
         # The backward runs split where the forward took fp16 products (a forward-only mode); its
         # blocks may be smaller than the forward's, over the same segments (plan.py).
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec

@@ -16,9 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _opaque_zero, _resp, _resp_p,
-                     _row_ptrs, _segment, _split, _to_out)
+from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _fp16_scaled, _hi,
+                     _input_grads, _lo, _mm, _opaque_zero, _raw_gate, _raw_state_ok,
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out)
 
 
 @triton.jit
@@ -36,10 +36,61 @@ def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
 
 
 @triton.jit
+def _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps,
+                 c2, a2h, a2l, b2h, b2l, D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                 BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                 INTERP: tl.constexpr, RAW: tl.constexpr, NST: tl.constexpr = None):
+    """The chunk walk over blocks [blk0, blk1) from the state (S, s), storing o; returns the
+    final state. RAW: q, k and v converted to float16 with no tile scale (common.py,
+    RAW_LOGIT_ERR), a row whose q or k logits overflowed turning the state into NaN; the caller
+    checks it (_raw_state_ok). The state's own tile scale stays: it grows along the walk."""
+    ii = tl.arange(0, BLOCK)
+    tri = ii[:, None] >= ii[None, :]
+    for blk in tl.range(blk0, blk1, num_stages=NST):
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        # the queries' responsibilities unnormalised (p_q = r_q sum(p_q)): numerator and
+        # denominator both carry the factor sum(p_q), so o is unchanged (eps scaled with them)
+        if RAW:
+            pq, pqs = _resp_p16(xq, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+            pk, pks = _resp_p16(xk, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+            # a query row whose logits overflowed (its sum NaN) makes its key row's r NaN: the
+            # state shows it (pqs * 0 + 1 is 1 for a finite sum, NaN for NaN or infinity)
+            rk = pk * ((1.0 / pks) * (pqs * 0.0 + 1.0))[:, None]
+            vh = _fp16_scaled(v, 1.0)
+            vl = 1.0
+        else:
+            pq, pqs = _resp_p(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+            rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+            vh, vl = _split(v, PREC)
+        pqh, pql = _split(pq, PREC, True)
+        rkth, rktl = _split(tl.trans(rk), PREC, True)
+        A = _mm(pqh, pql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                False, INTERP)
+        A = tl.where(tri, A, 0.0)     # entries p_q . r_k lie in [0, 1]
+        Ah, Al = _split(A, PREC, True)
+        n = _mm(Ah, Al, vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, X_EXACT,
+                INTERP)
+        Sh, Sl = _split(S, PREC)
+        n = _mm(pqh, pql, Sh, Sl, n, PREC, False, False, INTERP)
+        d = tl.sum(A, 1) + tl.sum(pq * s[None, :], 1) + eps * pqs
+        o = n * (1.0 / d)[:, None]
+        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
+                 mask=rm[:, None])
+        S = _mm(rkth, rktl, vh, vl, S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(rk, 0)
+    return S, s
+
+
+@triton.jit
 def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_ptr,
                        N, H, K, inv_tau, eps, bps,
                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                       RAW16: tl.constexpr = False):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -53,35 +104,20 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
     kbase = k_ptr + off * D
     vbase = v_ptr + off * DV
     obase = o_ptr + off * DV
-    ii = tl.arange(0, BLOCK)
-    tri = ii[:, None] >= ii[None, :]
-    for blk in range(blk0, blk1):
-        rows = blk * BLOCK + ii
-        rm = rows < N
-        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        # the queries' responsibilities unnormalised (p_q = r_q sum(p_q)): numerator and
-        # denominator both carry the factor sum(p_q), so o is unchanged (eps scaled with them)
-        pq, pqs = _resp_p(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        pqh, pql = _split(pq, PREC, True)
-        rkth, rktl = _split(tl.trans(rk), PREC, True)
-        A = _mm(pqh, pql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
-                False, INTERP)
-        A = tl.where(tri, A, 0.0)     # entries p_q . r_k lie in [0, 1]
-        Ah, Al = _split(A, PREC, True)
-        vh, vl = _split(v, PREC)
-        n = _mm(Ah, Al, vh, vl, tl.zeros((BLOCK, DV), dtype=tl.float32), PREC, False, X_EXACT,
-                INTERP)
-        Sh, Sl = _split(S, PREC)
-        n = _mm(pqh, pql, Sh, Sl, n, PREC, False, False, INTERP)
-        d = tl.sum(A, 1) + tl.sum(pq * s[None, :], 1) + eps * pqs
-        o = n * (1.0 / d)[:, None]
-        tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(o, o_ptr),
-                 mask=rm[:, None])
-        S = _mm(rkth, rktl, vh, vl, S, PREC, False, X_EXACT, INTERP)
-        s += tl.sum(rk, 0)
+    if PREC == 3 and RAW16:
+        ok = _raw_gate(a2h, a2l, b2h, b2l)
+        if ok == 1:
+            S2, s2 = _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps,
+                                  c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP,
+                                  True)
+            ok = _raw_state_ok(S2, s2)
+        if ok == 0:   # the start state loaded again rather than kept through the first walk
+            S1, s1 = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
+            _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S1, s1, blk0, blk1, N, H, eps, c2,
+                         a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False, 1)
+    else:
+        _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps, c2, a2h,
+                     a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False)
 
 
 @triton.jit

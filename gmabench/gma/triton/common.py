@@ -104,6 +104,45 @@ def _fp16_scaled(x, inv):
     return (x.to(tl.float32) * inv).to(tl.float16)
 
 
+# "Raw" float16 (RAW16, precision fp16; docs/kernels.md, Version 2.9): q, k and v converted to
+# float16 as they are, with no tile scale, when that loses nothing the scaled form keeps. bf16
+# values convert exactly unless they are float16 subnormals or overflow, so two things are
+# checked instead of a scale per tile (a reduction across warps per block):
+# - overflow, after the fact: an infinite x or x*x makes a row's logits infinite or NaN, and
+#   then its responsibilities and softmax sum (>= 1 for every finite row) NaN; so is the state
+#   they are summed into (the causal walk adds a NaN there for a query row too), and an
+#   infinite v makes it infinite; one check of the state at the end (_raw_state_ok) sends the
+#   segment through the scaled form again (the bidirectional read-out keeps a flag instead);
+# - subnormals: an x or x*x below 2^-14 rounds to a multiple of 2^-24, so the logits may err by
+#   2^-25 times the sum of the weights' magnitudes (_raw_gate: at most RAW_LOGIT_ERR, once per
+#   program); and v's: the state must not be tiny against its masses (v of magnitude below
+#   RAW_V_MIN would keep fewer bits than a scaled tile).
+RAW_LOGIT_ERR = tl.constexpr(6.103515625e-05)    # 2^-14, in log2 units
+RAW_V_MIN = tl.constexpr(6.103515625e-05)        # 2^-14 (float16's smallest normal)
+FLOAT_BIG = tl.constexpr(3.0e38)
+
+
+@triton.jit
+def _raw_gate(a2h, a2l, b2h, b2l):
+    """1 if subnormal x or x*x (error <= 2^-25 each) move no logit by more than RAW_LOGIT_ERR
+    under these logit weights (fp16 operand pairs, (D, KP)), else 0 (int32 scalar)."""
+    wa = tl.sum(tl.abs(a2h.to(tl.float32)), 0) * a2l
+    wb = tl.sum(tl.abs(b2h.to(tl.float32)), 0) * b2l
+    return (tl.max(wa + wb, 0) * 2.98023223876953125e-08 <= RAW_LOGIT_ERR).to(tl.int32)
+
+
+@triton.jit
+def _raw_state_ok(S, s):
+    """1 (int32 scalar) if the state S (KP, DV) and masses s (KP) made with raw float16 are
+    finite and S is not tiny against s (v of magnitude RAW_V_MIN or more), else 0."""
+    aS = tl.abs(S)
+    finite = tl.min(tl.min((aS <= FLOAT_BIG).to(tl.int32), 1), 0)
+    finite = tl.minimum(finite, tl.min((tl.abs(s) <= FLOAT_BIG).to(tl.int32), 0))
+    mS = tl.max(tl.max(aS, 1), 0)
+    big = (mS == 0.0) | (mS >= RAW_V_MIN * tl.max(s, 0))
+    return tl.minimum(finite, big.to(tl.int32))
+
+
 @triton.jit
 def _max_pair(a0, b0, a1, b1):
     return tl.maximum(a0, a1), tl.maximum(b0, b1)

@@ -40,11 +40,14 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
-# run, 128 four, at the price of spills).
+# run, 128 four, at the price of spills); raw16: 1 lets the fp16 forward kernels convert q, k
+# and v to float16 with no tile scale when every row is in range (checked per row, the segment
+# redone with scales otherwise: docs/kernels.md, Version 2.9), 0 always scales.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
-             "stages_key", "waves", "min_bps", "regs_fwd")
+             "stages_key", "waves", "min_bps", "regs_fwd", "raw16")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
-         "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0}
+         "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
+         "raw16": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -61,14 +64,17 @@ _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_f
 # causal walk and the causal backward stay at 2 (3 took 4% and 3% longer). The bidirectional key
 # pass walks 64-token blocks under the read-out's 128: its elementwise sum of the masses holds a
 # BLOCK x KP float32 tile, which spills at 128 (results/2026-11-29-h200-masses).
+# The backward's key side walks 32-token blocks under its query side's 16 (results/2026-11-29-
+# h200-raw16: key side 3918 -> 3675 us causal, 1516 -> 1457 bidirectional).
 # Per variant, ms at N=131072: the version-2 sweep's untuned default (do_bench) -> this table
-# with the current kernels (device time, results/2026-11-29-h200-scales).
+# with the current kernels (device time, results/2026-11-29-h200-raw16).
 _TUNED = {
-    "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},     # 1.582 -> 0.537
-    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                               # 2.787 -> 1.220
-    "bidir/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4, "stages": 3},   # 7.01 -> 4.24
-    "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 4,
-                       "stages_key": 3},                                           # 18.08 -> 9.22
+    "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},     # 1.582 -> 0.429
+    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                               # 2.787 -> 0.919
+    "bidir/fwd_bwd": {"block_bwd": 16, "block_bwd_k": 32, "warps_fwd": 4, "warps_bwd": 4,
+                      "stages": 3},                                                # 7.01 -> 4.13
+    "causal/fwd_bwd": {"block_bwd": 16, "block_bwd_k": 32, "warps_fwd": 4, "warps_bwd": 4,
+                       "stages_key": 3},                                           # 18.08 -> 8.69
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
 # Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64): the warps of version 2.1
@@ -95,6 +101,7 @@ TUNING: dict[str, int | None] = {
     "waves": None,
     "min_bps": None,
     "regs_fwd": None,
+    "raw16": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -119,6 +126,7 @@ class Plan:
     bps_key: int = 0     # the key pass's blocks per segment: the same segments in tokens
     BLOCK_BWD_K: int = 0  # the backward key side's block (a divisor of BLOCK)
     bps_bwd_k: int = 0   # its blocks per segment: the same segments in tokens
+    RAW16: bool = True   # fp16 forward kernels try q, k, v with no tile scale (plan key raw16)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -134,7 +142,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
                "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
-               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256))}
+               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -144,7 +152,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
-                              "regs_fwd")   # 0: the default
+                              "regs_fwd", "raw16")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -215,7 +223,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
-                bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k))
+                bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
+                bool(row["raw16"]))
     _PLANS[key] = plan
     return plan
 

@@ -18,6 +18,10 @@ grid and plan with parts taken out; the differences attribute the time:
     nologits   full with R = |k| (no logit products, no softmax)
 
     python3 scripts/keypass_ablation.py --out DIR    (writes DIR/keypass_ablation.json)
+
+`_state_kernel` itself is timed in its scaled form (RAW16 off): since docs/kernels.md Version 2.9
+gmabench's calls convert k and v to float16 without tile scales where that loses nothing, which
+is what the noxscale and novscale forms measured.
 """
 
 from __future__ import annotations

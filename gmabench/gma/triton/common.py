@@ -17,7 +17,9 @@ Precision (constexpr PREC):
               inputs' range, and 11 significant bits, 8 times finer than bfloat16. The scale rides
               in the "lo" slot of the operand pair: _mm returns acc + (s_a * s_b) * (a' @ b').
               Output error: 1.04x gma_reference's in a float64 simulation (docs/kernels.md), at
-              the tensor-core work of "fast". Backward kernels never run in this mode.
+              the tensor-core work of "fast". Backward kernels never run in this mode. The
+              forward kernels take q, k and v with no scale at all where a check finds that
+              exact ("raw", below: RAW_LOGIT_ERR), and their scaled form where it does not.
 """
 
 from __future__ import annotations

@@ -379,6 +379,24 @@ def test_gpu_wide_training_meets_spec(monkeypatch, record_property, causal):
     record_property("fallback", note or "none")    # in the JUnit XML of a GPU run
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("D,Dv,K", [(64, 64, 256), (128, 128, 128), (128, 128, 256), (16, 32, 1)],
+                         ids=["D64-K256", "D128-K128", "D128-K256", "D16-Dv32-K1"])
+def test_gpu_raw_float16_at_the_edge_shapes(causal, D, Dv, K):
+    # The raw and scaled forward kernels at the shapes whose plans take other blocks (32 or 16
+    # tokens) and whose shared memory is tightest: the same output within float16 rounding, and
+    # within 1.1x of gma_reference's error.
+    ins = _inputs(1, 1000, 2, D, Dv, K, torch.bfloat16, seed=41)
+    raw, scaled = _raw_and_scaled(ins, causal)
+    assert _rel(raw, scaled.double()) < 1e-3
+    _, base = _forward_errors(ins, causal)
+    with torch.no_grad():
+        ref = gma_spec_float64(*[t.double() for t in ins], causal=causal)
+    assert _rel(raw, ref) <= 1.1 * base, (_rel(raw, ref), base)
+
+
 def test_inference_and_training_calls_take_their_own_plans():
     from gmabench.gma.triton import plan as plan_mod
     ins = _inputs(1, 20, 1, 16, 16, 3, torch.float32, seed=2)

@@ -119,6 +119,7 @@ def _fp16_scaled(x, inv):
 #   2^-25 times the sum of the weights' magnitudes (_raw_gate: at most RAW_LOGIT_ERR, once per
 #   program); and v's: the state must not be tiny against its masses (v of magnitude below
 #   RAW_V_MIN would keep fewer bits than a scaled tile).
+RAW_SUBNORMAL_ERR = tl.constexpr(2.98023223876953125e-08)   # 2^-25: half a subnormal's step
 RAW_LOGIT_ERR = tl.constexpr(6.103515625e-05)    # 2^-14, in log2 units
 RAW_V_MIN = tl.constexpr(6.103515625e-05)        # 2^-14 (float16's smallest normal)
 FLOAT_BIG = tl.constexpr(3.0e38)
@@ -130,7 +131,7 @@ def _raw_gate(a2h, a2l, b2h, b2l):
     under these logit weights (fp16 operand pairs, (D, KP)), else 0 (int32 scalar)."""
     wa = tl.sum(tl.abs(a2h.to(tl.float32)), 0) * a2l
     wb = tl.sum(tl.abs(b2h.to(tl.float32)), 0) * b2l
-    return (tl.max(wa + wb, 0) * 2.98023223876953125e-08 <= RAW_LOGIT_ERR).to(tl.int32)
+    return (tl.max(wa + wb, 0) * RAW_SUBNORMAL_ERR <= RAW_LOGIT_ERR).to(tl.int32)
 
 
 @triton.jit

@@ -41,8 +41,8 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills); raw16: 1 lets the fp16 forward kernels convert q, k
-# and v to float16 with no tile scale when every row is in range (checked per row, the segment
-# redone with scales otherwise: docs/kernels.md, Version 2.9), 0 always scales.
+# and v to float16 with no tile scale, a segment redone with scales where a check finds that
+# lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,

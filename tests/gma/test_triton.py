@@ -270,29 +270,6 @@ def test_fp16_input_gradient_products_change_only_dq_dk_dv(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("pslot", [1, 2, 3], ids=["key-side", "query-side", "both"])
-def test_parameter_sums_in_memory_are_the_register_sums_bit_for_bit(causal, pslot):
-    # Plan key pslot moves a backward kernel's running sums dl^T x, dl^T x^2 out of registers
-    # into a slot of global memory per program: the same products on the same values, so every
-    # gradient must be identical. Three segments, so several programs each keep their own slot
-    # and walk several blocks (the slot is read back after each one).
-    ins = _inputs(1, 70, 2, 32, 16, 12, torch.bfloat16, seed=43)
-    do = (0.5 * torch.randn(1, 70, 2, 16, generator=torch.Generator().manual_seed(44))).to(
-        device=ins[0].device, dtype=torch.bfloat16)
-    runs = []
-    for knobs in (dict(segments=3), dict(segments=3, pslot=pslot)):
-        TUNING.update(knobs)
-        try:
-            runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
-        finally:
-            TUNING.update({key: None for key in knobs})
-    regs, slots = runs
-    assert any(g.abs().max() > 0 for g in regs[4:])      # parameter gradients that can differ
-    for name, x, y in zip(NAMES, slots, regs):
-        assert torch.equal(x, y), name
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_wide_backward_form_meets_spec_in_bf16(causal):
     # The form the shapes with K x D > 8192 take (weights made per block, input gradients through
     # the transposed logit weights), forced on a small shape.

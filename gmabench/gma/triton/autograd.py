@@ -121,28 +121,23 @@ def _backward(call: Call, saved, do):
     dv = torch.empty_like(v)
     state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
-    # the parameter sums' slots (plan key pslot), one per program, shared by the two sides in turn
-    slot = (torch.empty(B * H * pl.P * 2 * pl.KP * D, device=q.device, dtype=torch.float32)
-            if pl.PSLOT else None)
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
         aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
         gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-        slot = pg if slot is None else slot   # a float32 placeholder when no kernel takes one
-        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, slot, N, H,
-                                             K, inv_tau, eps, bps), consts, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_q")
-        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, slot, N, H,
-                                             K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
+        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
+                                             inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_q")
+        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
+                                             inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
                 pl.stages, memo=memo, site="bwd_k")
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
-        slot = pg if slot is None else slot
-        _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, slot, N, H, K, inv_tau,
-                                            eps, bps), consts, pl.warps_bwd, pl.stages,
+        _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, N, H, K, inv_tau, eps,
+                                            bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
-        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, slot, N, H, K, inv_tau,
+        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_k")
     dmu = torch.empty_like(mu)

@@ -83,10 +83,8 @@ class Call:
         # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
         # fp16 ones there too (common._input_grads); the wide form keeps one precision.
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
-        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
-                        PSLOT=bool(pl.PSLOT & 2))
-        # the key side's own block and parameter-sum slot
-        self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K, PSLOT=bool(pl.PSLOT & 1))
+        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp)
+        self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K)   # the key side's own block
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
 

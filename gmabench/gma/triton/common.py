@@ -370,37 +370,6 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
 
 
 @triton.jit
-def _psum_open(slot_ptr, bh, KP: tl.constexpr, D: tl.constexpr):
-    """Plan key pslot: a program's running sums dl^T x and dl^T x^2 (_input_grads) kept in its
-    own slot of global memory instead of registers across its walk (two KP x D float32 tiles,
-    zeroed here); returns the pointers of the two tiles."""
-    kk = tl.arange(0, KP)
-    dd = tl.arange(0, D)
-    slot = bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
-    sa = slot_ptr + slot * (2 * KP * D) + kk[:, None] * D + dd[None, :]
-    zero = tl.zeros((KP, D), dtype=tl.float32)
-    tl.store(sa, zero)
-    tl.store(sa + KP * D, zero)
-    tl.debug_barrier()
-    return sa, sa + KP * D
-
-
-@triton.jit
-def _input_grads_slot(r, dR, x, ah, al, bh, bl, sa, sb, pc, BLOCK: tl.constexpr,
-                      D: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                      INTERP: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr):
-    """_input_grads with the sums pa, pb read from and written back to their slot (_psum_open):
-    the same products on the same values, so the same sums bit for bit. The barrier orders one
-    block's stores before the next block's loads, which other threads of the program may make."""
-    dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh, bl, tl.load(sa), tl.load(sb), pc, BLOCK,
-                                  D, PREC, X_EXACT, INTERP, WIDE, DXP)
-    tl.store(sa, pa)
-    tl.store(sb, pb)
-    tl.debug_barrier()
-    return dx, pc
-
-
-@triton.jit
 def _add_param_sums(pg_ptr, h, pa, pb, pc, KP: tl.constexpr, D: tl.constexpr):
     """Add a program's partial sums dl^T x, dl^T x^2 and dl into its head's (a, b, c) gradients:
     da = sum dl^T x, db = -1/2 sum dl^T x^2, dc = sum dl (float32 atomics)."""

@@ -29,7 +29,9 @@ _INT_COLS = SHAPE_COLS + ["seed", "schema_version", "peak_bytes", "fwd_peak_byte
 _FLOAT_COLS = ["median_ms", "p20_ms", "p80_ms", "iqr_over_median", "tokens_per_s", "flops",
                "min_bytes", "rel_error", "wall_s", "host_ms"]
 # A cell whose host took at least this share of its measured time to issue the call is
-# "host-bound": it measures launch overhead more than the kernels.
+# "host-bound": it measures launch overhead more than the kernels, unless the call itself waited
+# for the GPU (a synchronisation, or a launch queue full of its kernels: the PyTorch mamba2's
+# cells are host-bound at every N, its times growing with N), so the flag alone cannot tell.
 HOST_BOUND_SHARE = 0.8
 _BOOL_COLS = ["causal", "k_applies"]
 _OBJECT_COLS = ["samples_ms", "clocks"]

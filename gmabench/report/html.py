@@ -148,8 +148,11 @@ def _ok_section(df: pd.DataFrame) -> str:
     headers = ["series", "backend", "B", "N", "H", "D", "Dv", "K", "median ms", "p20–p80 ms",
                "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error"] + [fracs[c] for c in fracs]
     legend = ("<p>noisy: IQR/median above the suite's threshold; host-bound: the host took at least "
-              f"{HOST_BOUND_SHARE:.0%} of the measured time to issue the call, so the cell measures "
-              "launch overhead more than the kernels.</p>")
+              f"{HOST_BOUND_SHARE:.0%} of the measured time to issue the call: either the GPU "
+              "waited for the host, and the cell measures launch overhead more than the kernels "
+              "(its times then stay flat across N), or the call waited for the GPU before it "
+              "returned (a synchronisation inside it, or a launch queue full of its kernels; "
+              "its times then grow with N).</p>")
     return "<h2>All ok cells</h2>" + legend + _table(headers, rows, left=2)
 
 

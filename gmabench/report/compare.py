@@ -3,7 +3,10 @@
 A cell regresses when its median time grows by more than `threshold` AND the raw samples say
 the change is real (one-sided Mann-Whitney U test, scipy), or when its peak memory grows by more
 than `threshold`, or when it ran ok before and does not now. Every regressed cell counts: one is
-enough to fail the gate.
+enough to fail the gate. A slower cell that was host-bound in both runs says so in `why`, with
+how much its host time grew: a slower call path or host can explain it (gma's and cuDNN's
+fwd_bwd calls at N=2048 took the host 1.2-1.7x longer in one H200 run than in another:
+results/2026-11-29-h200-paper-3/README.md).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Iterable
 
 from scipy.stats import mannwhitneyu
 
+from gmabench.report.analysis import HOST_BOUND_SHARE
 from gmabench.results.schema import cell_key
 
 
@@ -50,6 +54,17 @@ def _ratio(new, base):
     return (new / base) if (new is not None and base not in (None, 0)) else None
 
 
+def _host_note(rb: dict[str, Any], rn: dict[str, Any]) -> str:
+    """'' unless both cells were host-bound (analysis.HOST_BOUND_SHARE); then their host times."""
+    hb, hn, mb, mn = rb.get("host_ms"), rn.get("host_ms"), rb.get("median_ms"), rn.get("median_ms")
+    if not (hb and hn and mb and mn):
+        return ""
+    if hb < HOST_BOUND_SHARE * mb or hn < HOST_BOUND_SHARE * mn:
+        return ""
+    return (f"; host-bound in both runs (host {hn / mn:.0%} of the time), its host time "
+            f"{hn / hb:.2f}x: a slower call path or host can explain it")
+
+
 def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *, threshold: float = 0.10,
                  alpha: float = 0.05) -> list[CellChange]:
     b, n = _latest(base), _latest(new)
@@ -72,6 +87,7 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
             verdict, why = "regressed", f"was ok, now {rn['status']}: {rn.get('reason', '')}"
         elif tr is not None and tr > 1 + threshold and (p is None or p < alpha):
             verdict, why = "regressed", f"{tr:.2f}x slower (p={p:.2g})" if p is not None else f"{tr:.2f}x slower"
+            why += _host_note(rb, rn)
         elif mr is not None and mr > 1 + threshold:
             verdict, why = "regressed", f"{mr:.2f}x more peak memory"
         elif tr is not None and tr < 1 / (1 + threshold):

@@ -41,6 +41,18 @@ def test_a_slower_median_without_statistical_support_is_not_a_regression():
     assert change.time_ratio == 1.25 and change.p_value > 0.05 and change.verdict == "same"
 
 
+def test_a_slower_host_bound_cell_says_how_its_host_time_grew():
+    # Both runs' host time is most of the cell (a Python call path, small N): the regression
+    # stands, and says so; a cell whose kernels take the time gets no such note.
+    base = [dict(_rec("a", 64, BASE), host_ms=0.95), dict(_rec("b", 64, BASE), host_ms=0.1)]
+    new = [dict(_rec("a", 64, [x * 1.3 for x in BASE]), host_ms=1.27),
+           dict(_rec("b", 64, [x * 1.3 for x in BASE]), host_ms=0.1)]
+    a, b = compare_runs(base, new, threshold=0.1)
+    assert a.verdict == b.verdict == "regressed"
+    assert "host-bound in both runs (host 98% of the time), its host time 1.34x" in a.why
+    assert "host" not in b.why
+
+
 def _write(path, recs):
     path.mkdir()
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))

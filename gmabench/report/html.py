@@ -105,12 +105,17 @@ def _fit_section(df: pd.DataFrame) -> str:
                              if c != x and getattr(r, c) is not pd.NA)
             slope = "—" if math.isnan(r.slope) else f"{r.slope:.2f} ± {r.stderr:.2f}"
             span = f"{r.x_min:g}–{r.x_max:g}" if r.n_points else "—"
-            rows.append([label, r.series, fixed, slope, _fmt(r.r2, ".3f"),
-                         _fmt(r.slope_large, ".2f"), r.n_points, span])
+            large = _fmt(r.slope_large, ".2f")
+            if r.n_host_bound_large and math.isfinite(r.slope_large):
+                large += f" ({r.n_host_bound_large} of its sizes host-bound)"
+            rows.append([label, r.series, fixed, slope, _fmt(r.r2, ".3f"), large, r.n_points,
+                         span])
     headers = ["fit", "series", "fixed", "slope ± stderr", "r²", "large-x slope", "points",
                "x range"]
     note = ("<p>Log-log slopes over ok cells (needs 3 sizes): 1 means O(x), 2 means O(x²). "
-            "The large-x slope refits the upper half of the sizes, past launch overhead.</p>")
+            "The large-x slope refits the upper half of the sizes, past launch overhead; where "
+            "some of those sizes are host-bound (see the cells' legend) it may still time the "
+            "call path, and says how many.</p>")
     return "<h2>Scaling fits</h2>" + note + _table(headers, rows, left=3)
 
 

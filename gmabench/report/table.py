@@ -39,7 +39,8 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     mem_n = fit_scaling(df, x="N", y="peak_bytes")
     lat_k = fit_scaling(df, x="K", y="median_ms")
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
-                  caption="ms~N big: fit over the upper half of N; a range means several fixed "
+                  caption="ms~N big: fit over the upper half of N (*: over host-bound cells "
+                          "too, which may time the call path); a range means several fixed "
                           "shapes (B, H, D, K) were fitted separately")
     # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
     table.add_column("series", overflow="fold", min_width=24)
@@ -53,9 +54,12 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
         k_slope = _slopes(lat_k, series, "slope") if g["k_applies"].any() else "n/a"
         failed = int(((status != "ok") & (status != "skipped")).sum())
         counts = f"{ok}/{f'[red]{failed}[/red]' if failed else 0}/{int((status == 'skipped').sum())}"
+        big = _slopes(lat_n, series, "slope_large")
+        if big != "—" and (lat_n.loc[lat_n["series"] == series, "n_host_bound_large"] > 0).any():
+            big += "*"
         table.add_row(
             escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
-            _slopes(lat_n, series, "slope"), _slopes(lat_n, series, "slope_large"),
+            _slopes(lat_n, series, "slope"), big,
             _slopes(mem_n, series, "slope"), k_slope, counts)
     return table
 

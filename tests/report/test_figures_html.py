@@ -145,3 +145,5 @@ def test_cells_whose_host_time_dominates_are_marked_host_bound(tmp_path, make_re
     assert list(df.sort_values("N")["host_bound"]) == [True, False, False]
     text = write_report(tmp_path, recs, {}, {"name": "h"}).read_text()
     assert text.count("(host-bound)") == 1 and "host-bound: the host took at least 80%" in text
+    # the latency fit over N (the three sizes) counts the one host-bound size
+    assert "(1 of its sizes host-bound)" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from gmabench.report import failures_table, summary_table
+from gmabench.report.analysis import fit_scaling, records_frame
 
 
 def _text(table) -> str:
@@ -27,6 +28,24 @@ def test_summary_table_shows_fitted_slopes_and_counts(records):
                                        "n/a", "15/3/0"]
     assert _row(text, "overhead")[2:4] == ["0.26", "0.45"]
     assert _row(text, "tiny")[2:] == ["—", "—", "—", "—", "2/0/1"]
+
+
+def test_a_large_n_slope_over_host_bound_sizes_is_marked(make_record):
+    # "hosted" is flat at 0.6 ms, the host's time per call, up to N=4096, then linear; its
+    # large-N fit (the upper 3 of 5 sizes) takes 4096, whose cell is host-bound: a star, and the
+    # fit counts that one size. "kernel" is never host-bound: no star. Memory fits count none.
+    recs = []
+    for N in (1024, 2048, 4096, 8192, 16384):
+        ms = max(0.6, 1e-4 * N)
+        recs.append(make_record("hosted", N, median_ms=ms, host_ms=0.58 if ms == 0.6 else 0.2,
+                                peak_bytes=100 * N))
+        recs.append(make_record("kernel", N, median_ms=1e-4 * N, host_ms=0.01, peak_bytes=100 * N))
+    fits = fit_scaling(records_frame(recs))
+    assert dict(zip(fits["mixer"], fits["n_host_bound_large"])) == {"hosted": 1, "kernel": 0}
+    assert set(fit_scaling(records_frame(recs), y="peak_bytes")["n_host_bound_large"]) == {0}
+    text = _text(summary_table(recs))
+    assert _row(text, "hosted")[3].endswith("*") and not _row(text, "kernel")[3].endswith("*")
+    assert "*: over host-bound cells too" in text
 
 
 def test_summary_table_leaves_series_without_ok_cells_to_the_failures_table(make_record):

@@ -33,6 +33,13 @@ _FLOAT_COLS = ["median_ms", "p20_ms", "p80_ms", "iqr_over_median", "tokens_per_s
 # for the GPU (a synchronisation, or a launch queue full of its kernels: the PyTorch mamba2's
 # cells are host-bound at every N, its times growing with N), so the flag alone cannot tell.
 HOST_BOUND_SHARE = 0.8
+
+
+def host_bound(host_ms, median_ms):
+    """Whether a cell (scalars) or cells (Series) are host-bound, by HOST_BOUND_SHARE."""
+    return host_ms >= HOST_BOUND_SHARE * median_ms
+
+
 _BOOL_COLS = ["causal", "k_applies"]
 _OBJECT_COLS = ["samples_ms", "clocks"]
 _DTYPE_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
@@ -77,7 +84,7 @@ def records_frame(records: Iterable[dict[str, Any]], env: dict | None = None) ->
                 df[c] = df[c].fillna("").astype(str)
     df["series"] = [series_label(*t) for t in
                     zip(df["mixer"], df["causal"], df["mode"], df["dtype"], df["scope"], df["device"])]
-    df["host_bound"] = (df["host_ms"] >= HOST_BOUND_SHARE * df["median_ms"]).fillna(False).astype(bool)
+    df["host_bound"] = host_bound(df["host_ms"], df["median_ms"]).fillna(False).astype(bool)
     return add_throughput(df, env)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from scipy.stats import mannwhitneyu
 
-from gmabench.report.analysis import HOST_BOUND_SHARE
+from gmabench.report.analysis import host_bound
 from gmabench.results.schema import cell_key
 
 
@@ -55,11 +55,9 @@ def _ratio(new, base):
 
 
 def _host_note(rb: dict[str, Any], rn: dict[str, Any]) -> str:
-    """'' unless both cells were host-bound (analysis.HOST_BOUND_SHARE); then their host times."""
+    """'' unless both cells were host-bound (analysis.host_bound); then their host times."""
     hb, hn, mb, mn = rb.get("host_ms"), rn.get("host_ms"), rb.get("median_ms"), rn.get("median_ms")
-    if not (hb and hn and mb and mn):
-        return ""
-    if hb < HOST_BOUND_SHARE * mb or hn < HOST_BOUND_SHARE * mn:
+    if not (hb and hn and mb and mn) or not (host_bound(hb, mb) and host_bound(hn, mn)):
         return ""
     return (f"; host-bound in both runs (host {hn / mn:.0%} of the time), its host time "
             f"{hn / hb:.2f}x: a slower call path or host can explain it")

@@ -42,7 +42,9 @@
 #                              of light, occupancy, launch statistics, warp stall reasons
 #                              (logs/profile/ncu.txt)
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
-#                              at most 7 minutes; EXPR selects with pytest -k
+#                              at most 7 minutes; EXPR selects with pytest -k; with
+#                              GPU_PYTEST_PROCS=P, one process per test, P at a time (their
+#                              kernels compile in parallel), one JUnit XML each
 #         | SUITE[@NAME][:EXTRA]  gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given, unless @NAME names it), resumed
 #                              when that folder exists
@@ -144,9 +146,22 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             fi ;;
         pytest|pytest:*)    # at most 7 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
-            timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
-                --ignore=tests/report -p no:cacheprovider -o addopts="" -o junit_family=xunit1 -rfEs \
-                --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60 ;;
+            local popts=(-p no:cacheprovider -o addopts="" -o junit_family=xunit1 -rfEs)
+            if (( ${GPU_PYTEST_PROCS:-1} > 1 )); then
+                # one process per test, GPU_PYTEST_PROCS at once: the kernels' compilation is
+                # what takes the time, and it is CPU work (16 cores); one JUnit XML per test
+                mkdir -p "$logs/pytest-gpu"
+                python3 -m pytest -m gpu "${select[@]}" --collect-only -q --ignore=tests/report \
+                    "${popts[@]}" | grep '::' >"$logs/pytest-gpu/ids.txt"
+                echo "$(wc -l <"$logs/pytest-gpu/ids.txt") tests, $GPU_PYTEST_PROCS at a time"
+                timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" xargs -P "$GPU_PYTEST_PROCS" -I{} \
+                    sh -c 'n=$(printf %s "$1" | md5sum | cut -c1-10); shift; python3 -m pytest -q \
+                        "$@" --junitxml="$0/$n.xml" >"$0/$n.log" 2>&1; tail -n 1 "$0/$n.log"' \
+                    "$logs/pytest-gpu" {} "${popts[@]}" {} <"$logs/pytest-gpu/ids.txt" | sort | uniq -c
+            else
+                timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
+                    --ignore=tests/report "${popts[@]}" --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60
+            fi ;;
         *)
             suite="${what%%:*}"; extra=""; name="$suite"
             if [[ "$what" == *:* ]]; then extra="${what#*:}"; name="$suite-control"; fi

@@ -358,25 +358,67 @@ def test_gpu_real_sizes(dtype, causal):
     assert err <= 2 * base_o + _floor(dtype, "o"), (err, base_o)
 
 
+def _errors_noting_fallback(monkeypatch, record_property, shape, dtype, causal, seed):
+    """_errors, and whether the call fell back to PyTorch (a kernel over the GPU's shared memory:
+    autograd.TOO_LARGE), which the warning, the mixers' fallback note and the JUnit XML of a GPU
+    run must agree on. Either way the result must meet the SPEC."""
+    import json
+    import warnings
+    from gmabench.gma.triton import autograd
+    B, N, H, D, Dv, K = shape
+    monkeypatch.setattr(autograd, "TOO_LARGE", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        errs, base = _errors(B, N, H, D, Dv, K, dtype, causal, seed=seed)
+    q = torch.empty(1, 1, 1, D, device=DEVICE, dtype=dtype)
+    v = torch.empty(1, 1, 1, Dv, device=DEVICE, dtype=dtype)
+    note = autograd.fallback_note(q, v, torch.empty(1, K, D), causal)
+    fell_back = any("shared memory" in str(w.message) for w in caught)
+    record_property("fallback", note or "none")    # in the JUnit XML of a GPU run
+    record_property("errors", json.dumps({n: [float(f"{errs[n]:.3g}"), float(f"{base[n]:.3g}")]
+                                          for n in errs}))   # [kernels, gma_reference]
+    assert bool(note) == fell_back, (note, [str(w.message) for w in caught])
+    _assert_spec(errs, base, dtype)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_gpu_wide_training_meets_spec(monkeypatch, record_property, causal):
     # D=64, K=256: the backward's wide form fits an H200's shared memory at compile time
     # (docs/kernels.md); should the GPU refuse a kernel anyway, the call falls back to PyTorch.
-    # Either way the result must meet the SPEC, and the fallback note must tell which ran.
-    import warnings
-    from gmabench.gma.triton import autograd
-    monkeypatch.setattr(autograd, "TOO_LARGE", {})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        errs, base = _errors(1, 1000, 2, 64, 64, 256, torch.bfloat16, causal, seed=19)
-    _assert_spec(errs, base, torch.bfloat16)
-    q = torch.empty(1, 1, 1, 64, device=DEVICE, dtype=torch.bfloat16)
-    note = autograd.fallback_note(q, q, torch.empty(1, 256, 64), causal)
-    fell_back = any("shared memory" in str(w.message) for w in caught)
-    assert bool(note) == fell_back, (note, [str(w.message) for w in caught])
-    record_property("fallback", note or "none")    # in the JUnit XML of a GPU run
+    _errors_noting_fallback(monkeypatch, record_property, (1, 1000, 2, 64, 64, 256),
+                            torch.bfloat16, causal, seed=19)
+
+
+# The issue's support matrix at GPU launch plans: every D and Dv of {16, 32, 64, 128}, K from 1
+# to 256 (KP 16 to 256, non-powers of two padded), training (output and six gradients) and
+# inference, B=2 and a masked tail over several segments. Which plan family each takes
+# (plan.py): the tuned table (KP, D, Dv <= 64), the wider rule (32-token blocks; 16-token backward
+# blocks at KP=256), the wide backward (KP x max(D, Dv) > 8192: weights made per block).
+SUPPORT = [
+    pytest.param(16, 16, 1, id="D16-Dv16-K1"),
+    pytest.param(64, 16, 7, id="D64-Dv16-K7"),
+    pytest.param(16, 128, 33, id="D16-Dv128-K33"),
+    pytest.param(32, 64, 100, id="D32-Dv64-K100"),
+    pytest.param(32, 32, 256, id="D32-Dv32-K256"),
+    pytest.param(128, 32, 64, id="D128-Dv32-K64"),
+    pytest.param(128, 128, 100, id="D128-Dv128-K100"),
+    pytest.param(64, 128, 256, id="D64-Dv128-K256"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("D,Dv,K", SUPPORT)
+def test_gpu_support_matrix(monkeypatch, record_property, D, Dv, K, causal):
+    _errors_noting_fallback(monkeypatch, record_property, (2, 1000 + 37, 2, D, Dv, K),
+                            torch.bfloat16, causal, seed=D + Dv + K)
+    ins = _inputs(2, 1000 + 37, 2, D, Dv, K, torch.bfloat16, seed=D * Dv + K)
+    err, base_o = _forward_errors(ins, causal)
+    record_property("inference", f"{err:.3g} (gma_reference {base_o:.3g})")
+    assert err <= 2 * base_o + _floor(torch.bfloat16, "o"), (err, base_o)
 
 
 @pytest.mark.gpu

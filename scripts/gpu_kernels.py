@@ -3,7 +3,8 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_kernels.py --out $OUT [--budget 330] [--sections ...]
 
-Sections (in order): ceil, check, time, overhead, profile, bwdsweep, sweep, extra; and ncu (each variant
+Sections (in order): ceil, check, time, overhead, hostparts (host time of a training call at
+N=2048 split into its parts), profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
 and wall time per call, and per kernel, at each --ns, with GMABENCH_SRC naming the source tree to
 time); stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
@@ -284,6 +285,63 @@ def overhead():
     us = (time.perf_counter() - t) / 1000 * 1e6
     R["overhead"].append(dict(what="empty Triton kernel, 14 arguments + 7 constexprs", wall_us_per_call=us))
     print(f"overhead: one launch of an empty Triton kernel with the walk's arguments: {us:.1f} us")
+
+
+class _Floor(torch.autograd.Function):
+    """An autograd Function shaped like GMA's (six inputs, seven saved tensors, six gradients)
+    that launches nothing: what the autograd engine and Python cost a training call anyway."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mu, ls, mix):
+        ctx.save_for_backward(q, k, v, mu, ls, mix, mix)
+        return torch.empty_like(v)
+
+    @staticmethod
+    def backward(ctx, do):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors[:6])
+
+
+def _issue_us(f, calls=100):
+    """Median host time to issue f() (the GPU idle before each call: no queue to wait on)."""
+    for _ in range(10):
+        f()
+    out = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        f()
+        out.append((time.perf_counter() - t) * 1e6)
+    torch.cuda.synchronize()
+    return sorted(out)[calls // 2]
+
+
+def host_parts(N=2048):
+    """Where the host time of a training call goes at a host-bound N (B=1, H=16, D=Dv=K=64,
+    bf16): the whole call against its forward, its backward's launches without the autograd
+    engine, the engine around a Function that launches nothing, and cuDNN SDPA's call."""
+    from gmabench.gma.triton import autograd as ag
+    from gmabench.gma.triton.call import prepare
+    from gmabench.gma.triton.common import PRECISIONS
+    for causal in (False, True):
+        ins = inputs(1, N, 16, 64, 64, 64, torch.bfloat16, grad=True)
+        do = torch.randn(1, N, 16, 64, device="cuda").to(torch.bfloat16)
+        call, ready = prepare(tuple(ins), causal, 1.0, 1e-6, PRECISIONS["fp16"], True)
+        _, saved = ag._forward(call, *ready)
+        sdpa = make_call("sdpa_cudnn", N, causal, "fwd_bwd")
+        parts = {
+            "gma fwd_bwd call": lambda: torch.autograd.grad(gma_triton(*ins, causal=causal), ins, do),
+            "gma training forward": lambda: gma_triton(*ins, causal=causal),
+            "gma backward launches, no engine": lambda: ag._backward(call, saved, do),
+            "Function launching nothing, fwd_bwd": lambda: torch.autograd.grad(_Floor.apply(*ins), ins, do),
+            "empty_like x 6": lambda: [torch.empty_like(t) for t in ins],
+            "sdpa-cudnn fwd_bwd call": sdpa,
+        }
+        row = {"N": N, "causal": causal}
+        for name, f in parts.items():
+            row[name] = _issue_us(f)
+        R["overhead"].append(dict(what="host_parts_us", **row))
+        print(f"host parts, {'causal' if causal else 'bidir'} N={N}: " +
+              ", ".join(f"{k} {v:.1f} us" for k, v in row.items() if k not in ("N", "causal")))
 
 
 VARIANTS = [(causal, mode) for causal in (False, True) for mode in ("fwd", "fwd_bwd")]
@@ -686,6 +744,9 @@ def main():
             save()
         if "overhead" in secs:
             guarded("overhead", overhead)
+            save()
+        if "hostparts" in secs:
+            guarded("hostparts", host_parts)
             save()
         if "profile" in secs:
             guarded("profile", profile_kernels)

@@ -16,6 +16,9 @@
 #                              results/gpu/triton-plan.json, which every later job and call of
 #                              the session uses (GMA_TRITON_PLAN)
 #         | overhead           host cost per call only (the first section of tune), no sweep
+#         | hostparts          host time of a training call at N=2048 split into its parts: its
+#                              forward, its backward's launches, the autograd engine around a
+#                              Function that launches nothing, cuDNN SDPA's call
 #         | bwdsweep           fwd_bwd at N=131072: split vs fp16 output pass, then training plans
 #                              (block, block_bwd, warps, stages: scripts/gpu_kernels.py BWD_PLANS)
 #         | regsweep           inference forward at N=131072 under register caps (plan key
@@ -109,7 +112,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
         bwdsweep)
             python3 scripts/gpu_kernels.py --out "$logs/bwdsweep" --sections bwdsweep \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -40 ;;
-        regsweep|smallprofile|smallplans|segsweep|wide)
+        regsweep|smallprofile|smallplans|segsweep|wide|hostparts)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         plansweep:*)   # plansweep:NS:MODES:PLANS, e.g. 'plansweep:131072:fwd:[{},{"warps_fwd":8}]'

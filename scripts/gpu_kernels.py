@@ -301,18 +301,22 @@ class _Floor(torch.autograd.Function):
         return tuple(torch.empty_like(t) for t in ctx.saved_tensors[:6])
 
 
-def _issue_us(f, calls=100):
-    """Median host time to issue f() (the GPU idle before each call: no queue to wait on)."""
-    for _ in range(10):
-        f()
-    out = []
-    for _ in range(calls):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        f()
-        out.append((time.perf_counter() - t) * 1e6)
+def _issue_us(parts, rounds=200):
+    """Median host time to issue each of `parts` (name -> callable), the GPU idle before each
+    call (no queue to wait on). The parts take turns, one call each per round, so that a host
+    whose speed drifts (the H200's did by 2x within a minute) slows every part alike."""
+    for f in parts.values():
+        for _ in range(10):
+            f()
+    times = {name: [] for name in parts}
+    for _ in range(rounds):
+        for name, f in parts.items():
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t) * 1e6)
     torch.cuda.synchronize()
-    return sorted(out)[calls // 2]
+    return {name: sorted(v)[rounds // 2] for name, v in times.items()}
 
 
 def host_parts(N=2048):
@@ -336,9 +340,7 @@ def host_parts(N=2048):
             "empty_like x 6": lambda: [torch.empty_like(t) for t in ins],
             "sdpa-cudnn fwd_bwd call": sdpa,
         }
-        row = {"N": N, "causal": causal}
-        for name, f in parts.items():
-            row[name] = _issue_us(f)
+        row = {"N": N, "causal": causal, **_issue_us(parts)}
         R["overhead"].append(dict(what="host_parts_us", **row))
         print(f"host parts, {'causal' if causal else 'bidir'} N={N}: " +
               ", ".join(f"{k} {v:.1f} us" for k, v in row.items() if k not in ("N", "causal")))

@@ -7,7 +7,8 @@ Sections (in order): ceil, check, time, overhead, hostparts (host time of a trai
 N=2048 split into its parts), profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
 and wall time per call, and per kernel, at each --ns, with GMABENCH_SRC naming the source tree to
-time); stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
+time); peerdevtimes (device time per call of gma, cuDNN and flash SDPA at each --ns);
+stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
 of --plans, a JSON list of TUNING knobs, for the --modes given). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to
 OUT/gpu_kernels.json and printed.
@@ -544,6 +545,23 @@ def dev_times(ns):
     _segment_times("dev_times", "segments", (None,), ns, calls=10)
 
 
+def peer_dev_times(ns):
+    """Device time per call (profiler: the sum of a call's kernels) of gma against cuDNN and
+    flash SDPA, every variant, at each N: at the N where every call is host-bound, what the GPU
+    itself takes for each library's call."""
+    for n in ns:
+        for causal, mode in VARIANTS:
+            row = {"N": n, "causal": causal, "mode": mode}
+            for impl in ("triton", "sdpa_cudnn", "sdpa_flash"):
+                f = make_call(impl, n, causal, mode)
+                row[impl], _ = _device_us(f, 20)
+                del f
+            R.setdefault("peer_dev_times", []).append(row)
+            print(f"peer device time {n} {'causal' if causal else 'bidir'} {mode}: gma "
+                  f"{row['triton']:.1f} us, sdpa-cudnn {row['sdpa_cudnn']:.1f}, sdpa-flash "
+                  f"{row['sdpa_flash']:.1f}  [{elapsed():.0f}s]")
+
+
 def stage_sweep(ns):
     """Pipeline depth of the block loops: with 2 stages Triton keeps one buffer per loaded tile and
     issues the next block's copy at the end of an iteration, just before waiting for it; with 3
@@ -777,6 +795,9 @@ def main():
         if "plansweep" in secs:
             guarded("plansweep", _plan_times, "plan_sweep", json.loads(args.plans), Ns, 10,
                     tuple(args.modes.split(",")))
+            save()
+        if "peerdevtimes" in secs:
+            guarded("peerdevtimes", peer_dev_times, Ns)
             save()
         if "stagesweep" in secs:
             guarded("stagesweep", stage_sweep, Ns)

@@ -81,8 +81,10 @@ class Mixer:
             reasons.append(f"{self.name} needs a CUDA device")
         return reasons
 
-    def mode_not_supported_reasons(self, mode: str, device: torch.device) -> list[str]:
-        """Reasons this mixer cannot run `mode` ("fwd" or "fwd_bwd") on `device`; empty when it can."""
+    def mode_not_supported_reasons(self, mode: str, device: torch.device,
+                                   dtype: torch.dtype | None = None) -> list[str]:
+        """Reasons this mixer cannot run `mode` ("fwd" or "fwd_bwd") on `device` with inputs of
+        `dtype` (None: any); empty when it can."""
         return []
 
     # ---- inputs -------------------------------------------------------------------------

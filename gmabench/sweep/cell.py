@@ -114,7 +114,7 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
         dtype = getattr(torch, cell.dtype)
         shape = Shape(B=cell.B, N=cell.N, H=cell.H, D=cell.D, K=cell.K, Dv=cell.Dv, causal=cell.causal)
         reasons = mixer.not_supported_reasons(shape, dtype, device)
-        reasons += getattr(mixer, "mode_not_supported_reasons", lambda m, d: [])(cell.mode, device)
+        reasons += mixer.mode_not_supported_reasons(cell.mode, device, dtype)
         if reasons:
             rec.update(status="skipped", reason="; ".join(reasons))
             return rec

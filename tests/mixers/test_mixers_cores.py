@@ -135,8 +135,43 @@ def test_mamba2_refuses_bidirectional_with_a_reason():
 
 
 def test_mode_reasons_are_empty_by_default_and_off_cuda():
-    for name in ("gma", "sdpa", "fla-simple-gla"):
+    for name in ("gma", "sdpa", "fla-simple-gla", "fla-linear-attention"):
         assert load_mixer(name).mode_not_supported_reasons("fwd_bwd", CPU) == []
+        assert load_mixer(name).mode_not_supported_reasons("fwd_bwd", CPU, torch.float16) == []
+
+
+def test_fla_linear_attention_refuses_float16_training_up_to_the_measured_version(monkeypatch):
+    # fla 0.6.0's backward gave wrong dq and dk with float16 inputs on an H200
+    # (results/2026-11-29-h200-competitor-tests); nothing else is refused, and a later fla runs.
+    from gmabench.mixers import fla
+    mixer, cuda = load_mixer("fla-linear-attention"), torch.device("cuda")
+    monkeypatch.setattr(fla, "_fla_version", lambda: (0, 6, 0))
+    reasons = mixer.mode_not_supported_reasons("fwd_bwd", cuda, torch.float16)
+    assert len(reasons) == 1 and "wrong dq and dk with float16" in reasons[0]
+    assert "installed: 0.6.0" in reasons[0]
+    for mode, dtype in [("fwd", torch.float16), ("fwd_bwd", torch.bfloat16),
+                        ("fwd_bwd", torch.float32), ("fwd_bwd", None)]:
+        assert mixer.mode_not_supported_reasons(mode, cuda, dtype) == [], (mode, dtype)
+    monkeypatch.setattr(fla, "_fla_version", lambda: (0, 6, 1))
+    assert mixer.mode_not_supported_reasons("fwd_bwd", cuda, torch.float16) == []
+    assert load_mixer("gma-fla").mode_not_supported_reasons("fwd_bwd", cuda, torch.float16) == []
+
+
+def test_fla_version_is_read_from_either_distribution(monkeypatch):
+    import importlib.metadata as md
+    from gmabench.mixers import fla
+    installed = {"flash-linear-attention": "0.5.2"}
+
+    def version(dist):
+        if dist not in installed:
+            raise md.PackageNotFoundError(dist)
+        return installed[dist]
+    monkeypatch.setattr(md, "version", version)
+    assert fla._fla_version() == (0, 5, 2)
+    installed["fla-core"] = "0.6.0"
+    assert fla._fla_version() == (0, 6, 0)
+    installed.clear()
+    assert fla._fla_version() is None
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -54,10 +54,10 @@ def _ready(fast_name: str, shape: Shape, dtype: torch.dtype):
     if not ok:
         pytest.skip(why)
     fast = load_mixer(fast_name)
-    reasons = fast.not_supported_reasons(shape, dtype, CUDA) + fast.mode_not_supported_reasons("fwd", CUDA)
+    reasons = fast.not_supported_reasons(shape, dtype, CUDA) + fast.mode_not_supported_reasons("fwd", CUDA, dtype)
     if reasons:
         pytest.skip("; ".join(reasons))
-    return fast, not fast.mode_not_supported_reasons("fwd_bwd", CUDA)
+    return fast, not fast.mode_not_supported_reasons("fwd_bwd", CUDA, dtype)
 
 
 def _float64_twin(twin, inputs, causal, grad_out):

@@ -75,3 +75,20 @@ class LearnsFallback(Mixer):
 
     def reference(self, inputs, causal):
         return inputs["v"].double() * 2
+
+
+class RefusesHalfTraining(Mixer):
+    """Runs everything but float16 training, which it refuses with a reason (as fla's linear
+    attention does where its float16 gradients were measured wrong)."""
+    name = "test-refuses-half-training"
+    grad_inputs = ("v",)
+    impl = "test"
+
+    def mode_not_supported_reasons(self, mode, device, dtype=None):
+        return ["float16 gradients are wrong"] if mode == "fwd_bwd" and dtype == torch.float16 else []
+
+    def forward(self, inputs, causal):
+        return inputs["v"] * 2
+
+    def reference(self, inputs, causal):
+        return inputs["v"].double() * 2

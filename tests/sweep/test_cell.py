@@ -55,3 +55,17 @@ def test_backend_is_read_again_after_the_cell_ran(monkeypatch):
     assert rec["status"] == "ok" and rec["backend"] == "fused", rec.get("traceback")
     rec = run_cell(_cell(mixer="test-learns-fallback"), torch.device("cpu"))
     assert rec["status"] == "ok" and rec["backend"] == "fused; backward in PyTorch", rec.get("traceback")
+
+
+def test_a_mode_refused_for_one_dtype_is_a_skip_in_that_dtype_only(monkeypatch):
+    # The cell hands the mixer its dtype along with the mode: a mixer may train in one dtype and
+    # not in another (fla's linear attention in float16, docs/competitors.md).
+    monkeypatch.setenv("GMABENCH_MIXERS",
+                       "test-refuses-half-training=tests.sweep.fault_mixers:RefusesHalfTraining")
+    half = run_cell(_cell(mixer="test-refuses-half-training", dtype="float16"), torch.device("cpu"))
+    assert half["status"] == "skipped" and half["reason"] == "float16 gradients are wrong"
+    full = run_cell(_cell(mixer="test-refuses-half-training"), torch.device("cpu"))
+    assert full["status"] == "ok", full.get("traceback")
+    fwd = run_cell(_cell(mixer="test-refuses-half-training", dtype="float16", mode="fwd"),
+                   torch.device("cpu"))
+    assert fwd["status"] == "ok", fwd.get("traceback")

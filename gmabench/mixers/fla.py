@@ -47,16 +47,19 @@ def _crash_reasons(features: int, shape: Shape, dtype: torch.dtype, device: torc
     return []
 
 
+def _version_tuple(text: str) -> tuple[int, int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
 def _fla_version() -> tuple[int, int, int] | None:
     """The installed fla's version (fla-core, or flash-linear-attention before that split), read
     from package metadata: fla itself is not imported."""
     for dist in ("fla-core", "flash-linear-attention"):
         try:
-            text = importlib.metadata.version(dist)
+            return _version_tuple(importlib.metadata.version(dist))
         except importlib.metadata.PackageNotFoundError:
             continue
-        match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
-        return tuple(int(part) for part in match.groups()) if match else None
     return None
 
 
@@ -121,8 +124,7 @@ def _triton_version() -> tuple[int, int, int] | None:
         import triton
     except Exception:
         return None
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", getattr(triton, "__version__", ""))
-    return tuple(int(part) for part in match.groups()) if match else None
+    return _version_tuple(getattr(triton, "__version__", ""))
 
 
 class FLASimpleGLA(Mamba2):

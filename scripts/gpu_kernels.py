@@ -332,7 +332,8 @@ def host_parts(N=2048):
         do = torch.randn(1, N, 16, 64, device="cuda").to(torch.bfloat16)
         call, ready = prepare(tuple(ins), causal, 1.0, 1e-6, PRECISIONS["fp16"], True)
         _, saved = ag._forward(call, *ready)
-        pg = torch.zeros(16 * 64 * 129, device="cuda")
+        _, _, H, D, _, K = call.dims
+        pg = torch.zeros(H * call.plan.KP * (2 * D + 1), device="cuda")   # as autograd._backward
         pgrads = [torch.empty_like(t) for t in ins[3:]]
         sdpa = make_call("sdpa_cudnn", N, causal, "fwd_bwd")
         parts = {
@@ -341,7 +342,7 @@ def host_parts(N=2048):
             "gma training forward, launches only": lambda: ag._forward(call, *ready),
             "gma prepare": lambda: prepare(tuple(ins), causal, 1.0, 1e-6, PRECISIONS["fp16"], True),
             "one launch (parameter chain)": lambda: ag._launch(
-                ag._param_grad_kernel, (16,), (*ins[3:], pg, *pgrads, 64, 1.0), call.param, 4, 3,
+                ag._param_grad_kernel, (H,), (*ins[3:], pg, *pgrads, K, call.inv_tau), call.param, 4, 3,
                 memo=call.memo, site="param"),
             "gma backward launches, no engine": lambda: ag._backward(call, saved, do),
             "Function launching nothing, fwd_bwd": lambda: torch.autograd.grad(_Floor.apply(*ins), ins, do),

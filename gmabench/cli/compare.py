@@ -18,6 +18,8 @@ def compare(
     new: Annotated[Path, typer.Argument(help="The run directory to judge.")],
     threshold: Annotated[float, typer.Option(help="Relative slow-down (or memory growth) that counts, e.g. 0.1.")] = 0.10,
     alpha: Annotated[float, typer.Option(help="Significance level of the one-sided Mann-Whitney test on raw samples.")] = 0.05,
+    error_ratio: Annotated[float, typer.Option(help="Growth of a cell's output or gradient error against float64 that counts, e.g. 2.")] = 2.0,
+    error_floor: Annotated[float, typer.Option(help="Errors below this count as this (rounding noise).")] = 1e-5,
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged cells too.")] = False,
 ) -> None:
     """Compare two runs cell by cell; exit 1 when any cell regressed, 2 on bad input."""
@@ -28,6 +30,10 @@ def compare(
         fail(f"--threshold: must be positive, got {threshold}")
     if not 0 < alpha < 1:
         fail(f"--alpha: must be in (0, 1), got {alpha}")
+    if error_ratio <= 1:
+        fail(f"--error-ratio: must be above 1, got {error_ratio}")
+    if error_floor < 0:
+        fail(f"--error-floor: must not be negative, got {error_floor}")
     runs = []
     for name, path in (("BASE", base), ("NEW", new)):
         try:
@@ -37,7 +43,8 @@ def compare(
         if not recs:
             fail(f"{name}: {path} holds no run")
         runs.append(recs)
-    changes = compare_runs(runs[0], runs[1], threshold=threshold, alpha=alpha)
+    changes = compare_runs(runs[0], runs[1], threshold=threshold, alpha=alpha,
+                           error_ratio=error_ratio, error_floor=error_floor)
     table = Table(title=f"{new} against {base} (threshold {threshold:.0%})")
     for col in ("cell", "base ms", "new ms", "new/base", "p", "peak new/base", "verdict"):
         table.add_column(col, justify="left" if col in ("cell", "verdict") else "right")

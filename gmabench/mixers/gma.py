@@ -112,7 +112,7 @@ class GMAMixer(Mixer):
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         from gmabench.gma import gma_spec_float64
-        return gma_spec_float64(*(inputs[name].detach() for name in
+        return gma_spec_float64(*(inputs[name] for name in
                                   ("q", "k", "v", "mu", "log_sigma", "mix_logits")),
                                 causal=causal, eps=self.eps)
 

@@ -102,7 +102,7 @@ class LinearAttention(Mixer):
         return self.compute(inputs, causal)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
-        return self.compute({k: t.detach().double() for k, t in inputs.items()}, causal)
+        return self.compute({k: t.double() for k, t in inputs.items()}, causal)
 
     def flops(self, shape: Shape) -> float:
         return 6.0 * shape.B * shape.N * shape.H * shape.D + normalised_linear_flops(shape, shape.D)

@@ -129,7 +129,7 @@ class Mamba2(Mixer):
         return y.to(v.dtype)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
-        up = {name: t.detach().double() for name, t in inputs.items()}
+        up = {name: t.double() for name, t in inputs.items()}
         dt, A = decay_inputs(up, torch.float64)
         return ssd_sequential(up["v"], dt, A, up["k"], up["q"])
 

@@ -27,7 +27,7 @@ _INT_COLS = SHAPE_COLS + ["seed", "schema_version", "peak_bytes", "fwd_peak_byte
                           "bwd_peak_bytes", "saved_bytes", "allocated_bytes", "reserved_bytes",
                           "rel_error_tokens", "worker_pid", "gpu_index"]
 _FLOAT_COLS = ["median_ms", "p20_ms", "p80_ms", "iqr_over_median", "tokens_per_s", "flops",
-               "min_bytes", "rel_error", "wall_s", "host_ms"]
+               "min_bytes", "rel_error", "grad_rel_error", "wall_s", "host_ms"]
 # A cell whose host took at least this share of its measured time to issue the call is
 # "host-bound": it measures launch overhead more than the kernels, unless the call itself waited
 # for the GPU (a synchronisation, or a launch queue full of its kernels: the PyTorch mamba2's
@@ -41,7 +41,7 @@ def host_bound(host_ms, median_ms):
 
 
 _BOOL_COLS = ["causal", "k_applies"]
-_OBJECT_COLS = ["samples_ms", "clocks"]
+_OBJECT_COLS = ["samples_ms", "clocks", "grad_rel_errors"]
 _DTYPE_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 _MODE_SHORT = {"fwd_bwd": "fwd+bwd"}
 

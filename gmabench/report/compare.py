@@ -2,7 +2,9 @@
 
 A cell regresses when its median time grows by more than `threshold` AND the raw samples say
 the change is real (one-sided Mann-Whitney U test, scipy), or when its peak memory grows by more
-than `threshold`, or when it ran ok before and does not now. Every regressed cell counts: one is
+than `threshold`, or when its output or gradient error against the float64 reference grows past
+`error_ratio` times the base's (errors under `error_floor` count as that floor: they are
+rounding noise), or when it ran ok before and does not now. Every regressed cell counts: one is
 enough to fail the gate. A slower cell that was host-bound in both runs says so in `why`, with
 how much its host time grew: a slower call path or host can explain it (gma's and cuDNN's
 fwd_bwd calls at N=2048 took the host 1.2-1.7x longer in one H200 run than in another:
@@ -63,8 +65,22 @@ def _host_note(rb: dict[str, Any], rn: dict[str, Any]) -> str:
             f"{hn / hb:.2f}x: a slower call path or host can explain it")
 
 
+def _error_growth(rb: dict[str, Any], rn: dict[str, Any], ratio: float, floor: float) -> str:
+    """'' unless the output's or a gradient's error grew past `ratio` times the base's (each
+    taken as at least `floor`); then which, from what to what."""
+    grown = []
+    pairs = [("output", rb.get("rel_error"), rn.get("rel_error"))]
+    base_grads, new_grads = rb.get("grad_rel_errors") or {}, rn.get("grad_rel_errors") or {}
+    pairs += [(f"d{name}", base_grads.get(name), new_grads[name]) for name in new_grads]
+    for what, eb, en in pairs:
+        if eb is not None and en is not None and en > ratio * max(eb, floor):
+            grown.append(f"{what} error {eb:.2g} -> {en:.2g}")
+    return "; ".join(grown)
+
+
 def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *, threshold: float = 0.10,
-                 alpha: float = 0.05) -> list[CellChange]:
+                 alpha: float = 0.05, error_ratio: float = 2.0,
+                 error_floor: float = 1e-5) -> list[CellChange]:
     b, n = _latest(base), _latest(new)
     changes = []
     for key in list(b) + [k for k in n if k not in b]:
@@ -81,8 +97,11 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
         if rb.get("samples_ms") and rn.get("samples_ms"):
             p = float(mannwhitneyu(rn["samples_ms"], rb["samples_ms"], alternative="greater").pvalue)
         verdict, why = "same", ""
+        grown = _error_growth(rb, rn, error_ratio, error_floor)
         if rb["status"] == "ok" and rn["status"] != "ok":
             verdict, why = "regressed", f"was ok, now {rn['status']}: {rn.get('reason', '')}"
+        elif grown:
+            verdict, why = "regressed", f"less accurate: {grown}"
         elif tr is not None and tr > 1 + threshold and (p is None or p < alpha):
             verdict, why = "regressed", f"{tr:.2f}x slower (p={p:.2g})" if p is not None else f"{tr:.2f}x slower"
             why += _host_note(rb, rn)

@@ -148,16 +148,20 @@ def _ok_section(df: pd.DataFrame) -> str:
              f"{_fmt(r.p20_ms)}–{_fmt(r.p80_ms)}" + (" (noisy)" if _flag(r.noisy) else "")
              + (" (host-bound)" if r.host_bound else ""),
              None if r.peak_bytes is pd.NA else r.peak_bytes / MIB, r.tokens_per_s,
-             r.tflops_per_s, r.tb_per_s, r.rel_error] + [getattr(r, c) for c in fracs]
+             r.tflops_per_s, r.tb_per_s, r.rel_error, r.grad_rel_error] + [getattr(r, c) for c in fracs]
             for r in ok.itertuples()]
     headers = ["series", "backend", "B", "N", "H", "D", "Dv", "K", "median ms", "p20–p80 ms",
-               "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error"] + [fracs[c] for c in fracs]
+               "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error", "grad rel_error"] + [fracs[c] for c in fracs]
     legend = ("<p>noisy: IQR/median above the suite's threshold; host-bound: the host took at least "
               f"{HOST_BOUND_SHARE:.0%} of the measured time to issue the call: either the GPU "
               "waited for the host, and the cell measures launch overhead more than the kernels "
               "(its times then stay flat across N), or the call waited for the GPU before it "
               "returned (a synchronisation inside it, or a launch queue full of its kernels; "
-              "its times then grow with N).</p>")
+              "its times then grow with N). rel_error: the output's relative error against the "
+              "mixer's float64 reference on a short sample of fresh inputs; grad rel_error "
+              "(fwd+bwd cells): the largest relative error of the gradients of every input the "
+              "backward differentiates, for one random output gradient (each input's is in the "
+              "record's grad_rel_errors).</p>")
     return "<h2>All ok cells</h2>" + legend + _table(headers, rows, left=2)
 
 

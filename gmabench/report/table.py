@@ -27,6 +27,14 @@ def _slopes(fits: pd.DataFrame, series: str, col: str) -> str:
     return f"≈{a}" if a == b else f"{a}–{b}"
 
 
+def _worst_errors(ok: pd.DataFrame) -> str:
+    """The largest output error and the largest gradient error of a series' ok cells."""
+    def worst(col: str) -> str:
+        vals = pd.to_numeric(ok[col], errors="coerce").dropna() if col in ok else []
+        return f"{max(vals):.1e}" if len(vals) else "—"
+    return f"{worst('rel_error')}/{worst('grad_rel_error')}"
+
+
 def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     return records if isinstance(records, pd.DataFrame) else records_frame(records)
 
@@ -41,10 +49,12 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
                   caption="ms~N big: fit over the upper half of N (*: over host-bound cells "
                           "too, which may time the call path); a range means several fixed "
-                          "shapes (B, H, D, K) were fitted separately")
+                          "shapes (B, H, D, K) were fitted separately; max err: the largest "
+                          "relative error of the output / of a gradient against the float64 "
+                          "reference over the series' ok cells")
     # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
     table.add_column("series", overflow="fold", min_width=24)
-    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "ok/bad/skip"]:
+    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "max err out/grad", "ok/bad/skip"]:
         table.add_column(c, justify="right", no_wrap=True)
     for series, g in df.groupby("series", sort=True):
         status = g["status"]
@@ -60,7 +70,7 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
         table.add_row(
             escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
             _slopes(lat_n, series, "slope"), big,
-            _slopes(mem_n, series, "slope"), k_slope, counts)
+            _slopes(mem_n, series, "slope"), k_slope, _worst_errors(g[status == "ok"]), counts)
     return table
 
 

@@ -62,6 +62,9 @@ class Record:
     min_bytes: float | None = None       # analytic fewest bytes the timed call must move
     rel_error: float | None = None       # ||out - ref64|| / ||ref64|| on a sample of inputs
     rel_error_tokens: int | None = None  # sequence length of that sample
+    grad_rel_error: float | None = None  # fwd_bwd: the largest of grad_rel_errors
+    grad_rel_errors: dict[str, float] = field(default_factory=dict)  # fwd_bwd, per differentiated
+    #                                      input: like rel_error, for one random output gradient
     # --- provenance ---
     suite: str = ""
     seed: int = 0

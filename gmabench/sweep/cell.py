@@ -1,4 +1,4 @@
-"""Measuring one cell inside a worker: inputs, accuracy, memory per phase, then timing.
+"""Measuring one cell inside a worker: inputs, accuracy (accuracy.py), memory per phase, then timing.
 
 Everything here runs in the worker process that owns the device. Failures are classified
 (oom, cuda_error, error) and returned as data; the supervisor decides what to do with the worker.
@@ -21,6 +21,7 @@ from gmabench.measure.cost import call_flops, call_min_bytes
 from gmabench.measure.memory import measure_peak, memory_totals, saved_tensor_bytes
 from gmabench.measure.timing import time_callable
 from gmabench.mixers.base import Mixer, Shape
+from gmabench.sweep.accuracy import measure_accuracy
 from gmabench.sweep.plan import Cell
 
 
@@ -41,23 +42,6 @@ def classify_failure(exc: BaseException) -> str:
             or "cudaError" in text or "illegal memory access" in text:
         return "cuda_error"
     return "error"
-
-
-def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-300))
-
-
-def _accuracy(mixer: Mixer, shape: Shape, dtype: torch.dtype, device: torch.device,
-              tokens: int, seed: int) -> tuple[float, int]:
-    n = min(shape.N, tokens)
-    small = Shape(B=1, N=n, H=shape.H, D=shape.D, K=shape.K, Dv=shape.Dv, causal=shape.causal)
-    gen = torch.Generator().manual_seed(seed + 1)
-    inputs = mixer.make_inputs(small, dtype, device, gen)
-    with torch.no_grad():
-        out = mixer.forward(inputs, shape.causal)
-        ref = mixer.reference(inputs, shape.causal)
-    return _relative_error(out, ref), n
 
 
 def _build_calls(mixer: Mixer, cell: Cell, shape: Shape, dtype: torch.dtype, device: torch.device,
@@ -120,8 +104,13 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
             return rec
         seed = cell_seed(cell)
         rec["seed"] = seed
-        rec["rel_error"], rec["rel_error_tokens"] = _accuracy(mixer, shape, dtype, device,
-                                                              cell.timing.accuracy_tokens, seed)
+        accuracy = measure_accuracy(mixer, shape, dtype, device, cell.timing.accuracy_tokens,
+                                    seed, gradients=cell.mode == "fwd_bwd")
+        rec["rel_error"], rec["rel_error_tokens"] = accuracy.rel_error, accuracy.tokens
+        if accuracy.grad_rel_errors:
+            rec["grad_rel_error"] = accuracy.grad_rel_error
+            rec["grad_rel_errors"] = accuracy.grad_rel_errors
+        del accuracy
         call, forward, backward, wrt, backend = _build_calls(mixer, cell, shape, dtype, device, seed)
         rec["backend"] = backend()
 

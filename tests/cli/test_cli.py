@@ -34,6 +34,11 @@ def test_smoke_suite_writes_records_environment_and_report(tmp_path):
             assert r[f] is not None and r[f] > 0, (r["mixer"], f)
         assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["rel_error"] is not None and r["rel_error"] < 1e-3, (r["mixer"], r["rel_error"])
+        if r["mode"] == "fwd_bwd":   # every differentiated input's gradient, against float64
+            assert r["grad_rel_errors"] and r["grad_rel_error"] < 1e-3, (r["mixer"], r["grad_rel_errors"])
+            assert r["grad_rel_error"] == max(r["grad_rel_errors"].values())
+        else:
+            assert r["grad_rel_error"] is None and r["grad_rel_errors"] == {}
         assert r["memory_method"] == "dispatch_tracked_storages" and r["timer"] == "wall_clock"
     skipped = [r for r in recs if r["status"] == "skipped"]
     assert skipped and all(r["reason"] for r in skipped)

@@ -53,6 +53,28 @@ def test_a_slower_host_bound_cell_says_how_its_host_time_grew():
     assert "host" not in b.why
 
 
+def _accurate(mixer, rel_error, **grads):
+    rec = _rec(mixer, 64, BASE)
+    rec.update(rel_error=rel_error, grad_rel_errors=grads,
+               grad_rel_error=max(grads.values()) if grads else None)
+    return rec
+
+
+def test_a_cell_that_got_less_accurate_regresses_even_at_the_same_speed():
+    base = [_accurate("a", 1e-3, q=1e-3, mu=1e-5), _accurate("b", 1e-3, q=1e-3, mu=1e-5),
+            _accurate("c", 1e-3), _accurate("d", 2e-7, q=3e-7)]
+    new = [_accurate("a", 1e-3, q=1e-3, mu=4e-4),     # one gradient 40x worse
+           _accurate("b", 1.5e-3, q=1.8e-3, mu=1e-5),  # within 2x
+           _accurate("c", 0.3),                       # the output broke
+           _accurate("d", 9e-7, q=8e-6)]              # float32 noise, under the 1e-5 floor
+    a, b, c, d = compare_runs(base, new, threshold=0.1)
+    assert (a.verdict, a.why) == ("regressed", "less accurate: dmu error 1e-05 -> 0.0004")
+    assert b.verdict == "same" and d.verdict == "same"
+    assert (c.verdict, c.why) == ("regressed", "less accurate: output error 0.001 -> 0.3")
+    (a,) = compare_runs(base[:1], new[:1], threshold=0.1, error_ratio=50)
+    assert a.verdict == "same"
+
+
 def _write(path, recs):
     path.mkdir()
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -66,5 +88,7 @@ def test_cli_exit_codes(tmp_path):
     assert runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "same")]).exit_code == 0
     slow = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow")])
     assert slow.exit_code == 1 and "regressed: 1," in slow.output and "1.500" in slow.output
+    bad = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "same"), "--error-ratio", "1"])
+    assert bad.exit_code == 2 and "--error-ratio: must be above 1" in bad.output
     empty = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "nothing")])
     assert empty.exit_code == 2 and "NEW" in empty.output and "holds no run" in empty.output

@@ -147,3 +147,15 @@ def test_cells_whose_host_time_dominates_are_marked_host_bound(tmp_path, make_re
     assert text.count("(host-bound)") == 1 and "host-bound: the host took at least 80%" in text
     # the latency fit over N (the three sizes) counts the one host-bound size
     assert "(1 of its sizes host-bound)" in text
+
+
+def test_the_cells_table_shows_output_and_gradient_errors(tmp_path, make_record):
+    recs = [make_record("m", n, mode="fwd_bwd", median_ms=0.01 * n, rel_error=0.00123,
+                        grad_rel_error=0.0456, grad_rel_errors={"q": 0.0456, "v": 0.001})
+            for n in (256, 512)]
+    recs.append(make_record("f", 256, median_ms=1.0, rel_error=0.00789))
+    text = write_report(tmp_path, recs, {}, SUITE).read_text()   # no ceilings: no fraction columns
+    head = re.search(r"<h2>All ok cells</h2>.*?<tr>(.*?)</tr>", text, re.S).group(1)
+    assert head.endswith("<th>rel_error</th><th>grad rel_error</th>")
+    assert text.count("<td>0.00123</td><td>0.0456</td></tr>") == 2
+    assert "<td>0.00789</td><td>—</td></tr>" in text     # a forward cell checks no gradient

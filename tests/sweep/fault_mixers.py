@@ -92,3 +92,27 @@ class RefusesHalfTraining(Mixer):
 
     def reference(self, inputs, causal):
         return inputs["v"].double() * 2
+
+
+class WrongValueGradient(Mixer):
+    """A right output with a wrong backward: the gradient of v is 2.01x the output gradient
+    where the function's is 2x (the kind of bug only a gradient check sees)."""
+    name = "test-wrong-value-gradient"
+    grad_inputs = ("q", "v")
+    impl = "test"
+
+    def forward(self, inputs, causal):
+        v = inputs["v"]
+        nudge = 0.01 * v
+        return 2 * v + (nudge - nudge.detach()) + 0 * inputs["q"].sum()
+
+    def reference(self, inputs, causal):
+        return 2 * inputs["v"].double() + 0 * inputs["q"].double().sum()
+
+
+class DetachedReference(WrongValueGradient):
+    """A reference that cuts the graph: a gradient check cannot use it, and must say so."""
+    name = "test-detached-reference"
+
+    def reference(self, inputs, causal):
+        return 2 * inputs["v"].detach().double()

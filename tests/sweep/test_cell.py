@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from gmabench.mixers.registry import load_mixer
 from gmabench.sweep.cell import classify_failure, run_cell
 from gmabench.sweep.plan import Cell
 from gmabench.sweep.suite import Timing
@@ -25,6 +26,18 @@ def test_scopes_measure_time_memory_and_accuracy(scope, mixer):
     assert rec["fwd_peak_bytes"] > 0 and rec["bwd_peak_bytes"] > 0 and rec["saved_bytes"] > 0
     assert rec["rel_error"] < 1e-4 and rec["rel_error_tokens"] == 16
     assert rec["flops"] > 0 and rec["min_bytes"] > 0
+    grads = rec["grad_rel_errors"]   # the core's gradients, whatever the scope timed
+    assert set(grads) == set(load_mixer(mixer).grad_inputs) and max(grads.values()) < 1e-4, grads
+
+
+def test_a_wrong_backward_is_recorded_as_its_gradient_error(monkeypatch):
+    monkeypatch.setenv("GMABENCH_MIXERS", "test-wrong-grad=tests.sweep.fault_mixers:WrongValueGradient")
+    rec = run_cell(_cell(mixer="test-wrong-grad"), torch.device("cpu"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["rel_error"] == 0.0 and rec["grad_rel_errors"]["q"] == 0.0
+    assert rec["grad_rel_error"] == rec["grad_rel_errors"]["v"] == pytest.approx(0.005, rel=1e-5)
+    rec = run_cell(_cell(mixer="test-wrong-grad", mode="fwd"), torch.device("cpu"))
+    assert "grad_rel_errors" not in rec and rec["rel_error"] == 0.0
 
 
 def test_layer_saves_more_than_the_core_it_wraps():

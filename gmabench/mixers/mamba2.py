@@ -170,11 +170,21 @@ def load_mamba_ssd_combined() -> ModuleType:
 
 
 class Mamba2SSD(Mamba2):
-    """The same function through mamba_ssm's fused Triton kernels (mamba_chunk_scan_combined)."""
+    """The same function through mamba_ssm's fused Triton kernels (mamba_chunk_scan_combined),
+    in chunks of 256 tokens by default: what mamba_ssm's Mamba2 module passes them. Chunks of 64
+    (registered as mamba2-ssd-chunk64, this mixer's chunking before 2026-11-29) stop at 4096 x 16
+    chunk-head pairs: N=262144 with H=16 asks mamba_ssm's _bmm_chunk_fwd for a grid of
+    nchunks * ngroups = 65536 in its third dimension, over CUDA's 65535 ("invalid argument")."""
 
     name = "mamba2-ssd"
     impl = "mamba_ssm"
     cuda_only = True
+
+    def __init__(self, chunk_size: int = 256) -> None:
+        super().__init__(chunk_size)
+
+    def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
+        return f"mamba_ssm, chunks of {self.chunk_size}"
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
         scan = load_mamba_ssd_combined().mamba_chunk_scan_combined

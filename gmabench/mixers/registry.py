@@ -83,7 +83,10 @@ MIXERS: tuple[MixerEntry, ...] = (
     MixerEntry("mamba2", "ssm", "gmabench.mixers.mamba2:Mamba2", {},
                "Mamba2 SSD (scalar decay, d_state K), chunked PyTorch"),
     MixerEntry("mamba2-ssd", "ssm", "gmabench.mixers.mamba2:Mamba2SSD", {},
-               "mamba_ssm mamba_chunk_scan_combined (Mamba2 SSD Triton kernels)",
+               "mamba_ssm mamba_chunk_scan_combined (Mamba2 SSD Triton kernels), chunks of 256 "
+               "as Mamba2 runs them", requires=("mamba_ssm", "triton", "einops"), cuda_only=True),
+    MixerEntry("mamba2-ssd-chunk64", "ssm", "gmabench.mixers.mamba2:Mamba2SSD",
+               {"chunk_size": 64}, "the same kernels in chunks of 64 (mamba2-ssd before 2026-11-29)",
                requires=("mamba_ssm", "triton", "einops"), cuda_only=True),
     MixerEntry("fla-linear-attention", "linear", "gmabench.mixers.fla:FLALinearAttention", {},
                "fla chunk_linear_attn, elu+1 features, normalised, causal",

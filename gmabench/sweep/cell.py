@@ -146,7 +146,9 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
         rec["status"] = classify_failure(exc)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         rec["reason"] = f"{type(exc).__name__}: {first}"[:500]
-        rec["traceback"] = traceback.format_exc(limit=8)[-4000:]
+        # the innermost frames say where it failed: keep the end (a positive limit keeps the
+        # outermost frames, which cut mamba_ssm's launch failure off at gmabench's own call)
+        rec["traceback"] = traceback.format_exc()[-4000:]
     finally:
         if device.type == "cuda":
             rec["clocks"]["after"] = read_clocks(gpu_index)

@@ -45,6 +45,7 @@ PAIRS = [
     ("fla-linear-attention", "linear-attention", 2.0),
     ("fla-simple-gla", "mamba2", 1.0),
     ("mamba2-ssd", "mamba2", 1.0),
+    ("mamba2-ssd-chunk64", "mamba2", 1.0),
 ]
 
 

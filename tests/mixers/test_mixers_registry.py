@@ -15,8 +15,8 @@ from gmabench.mixers.registry import (MIXERS, UnknownMixerError, availability, g
 NAMES = mixer_names()
 EXPECTED = {"gma", "gma-reference", "gma-chunked", "gma-triton", "gma-triton-fast", "gma-triton-split", "gma-triton-fp16", "gma-fla", "softmax-naive",
             "sdpa", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "linear-attention",
-            "performer", "mamba2", "mamba2-ssd", "fla-linear-attention", "fla-simple-gla",
-            "flash-attn"}
+            "performer", "mamba2", "mamba2-ssd", "mamba2-ssd-chunk64", "fla-linear-attention",
+            "fla-simple-gla", "flash-attn"}
 
 
 def test_names_are_unique_and_include_every_family():
@@ -67,6 +67,7 @@ def test_list_mixers_reports_missing_optional_packages_and_cuda():
         assert set(row) == {"name", "family", "description", "k_applies", "available", "reason"}
     for name, package in (("gma-fla", "fla"), ("fla-linear-attention", "fla"),
                           ("fla-simple-gla", "fla"), ("mamba2-ssd", "mamba_ssm"),
+                          ("mamba2-ssd-chunk64", "mamba_ssm"),
                           ("flash-attn", "flash_attn")):
         assert not rows[name]["available"]
         assert f"'{package}'" in rows[name]["reason"]
@@ -112,3 +113,12 @@ def test_malformed_plugin_variable_is_an_error_naming_the_item(monkeypatch, spec
     monkeypatch.setenv(registry.PLUGIN_VARIABLE, spec)
     with pytest.raises(ValueError, match=registry.PLUGIN_VARIABLE):
         mixer_names()
+
+
+def test_mamba2_ssd_runs_in_mamba2s_chunks_and_says_so():
+    # Mamba2's module passes chunk_size=256 to these kernels; 64 stays registered under its own name
+    default, small = load_mixer("mamba2-ssd"), load_mixer("mamba2-ssd-chunk64")
+    assert (default.chunk_size, small.chunk_size) == (256, 64)
+    assert default.backend({}, True) == "mamba_ssm, chunks of 256"
+    assert small.backend({}, True) == "mamba_ssm, chunks of 64"
+    assert load_mixer("mamba2").chunk_size == 64   # the PyTorch twin's own chunking is unchanged

@@ -41,6 +41,16 @@ class Raise(_Fault):
         raise ValueError("deliberate failure in test-raise")
 
 
+class DeepRaise(_Fault):
+    """Fails 30 calls deep, as a library's kernel launch does below its wrappers."""
+    name = "test-deep-raise"
+
+    def fail(self, depth=30):
+        if depth:
+            return self.fail(depth - 1)
+        raise ValueError("deliberate failure at the bottom")
+
+
 class HugeAlloc(_Fault):
     name = "test-oom"
 

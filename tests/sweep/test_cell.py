@@ -82,3 +82,13 @@ def test_a_mode_refused_for_one_dtype_is_a_skip_in_that_dtype_only(monkeypatch):
     fwd = run_cell(_cell(mixer="test-refuses-half-training", dtype="float16", mode="fwd"),
                    torch.device("cpu"))
     assert fwd["status"] == "ok", fwd.get("traceback")
+
+
+def test_a_failures_record_keeps_the_frames_where_it_failed(monkeypatch):
+    monkeypatch.setenv("GMABENCH_MIXERS", "test-deep-raise=tests.sweep.fault_mixers:DeepRaise")
+    rec = run_cell(_cell(mixer="test-deep-raise", mode="fwd"), torch.device("cpu"))
+    assert rec["status"] == "error" and rec["reason"] == "ValueError: deliberate failure at the bottom"
+    tail = rec["traceback"].splitlines()
+    assert tail[-1] == "ValueError: deliberate failure at the bottom"
+    assert 'raise ValueError("deliberate failure at the bottom")' in tail[-2]
+    assert len(rec["traceback"]) <= 4000

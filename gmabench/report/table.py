@@ -27,14 +27,6 @@ def _slopes(fits: pd.DataFrame, series: str, col: str) -> str:
     return f"≈{a}" if a == b else f"{a}–{b}"
 
 
-def _worst_errors(ok: pd.DataFrame) -> str:
-    """The largest output error and the largest gradient error of a series' ok cells."""
-    def worst(col: str) -> str:
-        vals = pd.to_numeric(ok[col], errors="coerce").dropna() if col in ok else []
-        return f"{max(vals):.1e}" if len(vals) else "—"
-    return f"{worst('rel_error')}/{worst('grad_rel_error')}"
-
-
 def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     return records if isinstance(records, pd.DataFrame) else records_frame(records)
 
@@ -49,12 +41,10 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
                   caption="ms~N big: fit over the upper half of N (*: over host-bound cells "
                           "too, which may time the call path); a range means several fixed "
-                          "shapes (B, H, D, K) were fitted separately; max err: the largest "
-                          "relative error of the output / of a gradient against the float64 "
-                          "reference over the series' ok cells")
+                          "shapes (B, H, D, K) were fitted separately")
     # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
     table.add_column("series", overflow="fold", min_width=24)
-    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "max err out/grad", "ok/bad/skip"]:
+    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "ok/bad/skip"]:
         table.add_column(c, justify="right", no_wrap=True)
     for series, g in df.groupby("series", sort=True):
         status = g["status"]
@@ -70,8 +60,38 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
         table.add_row(
             escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
             _slopes(lat_n, series, "slope"), big,
-            _slopes(mem_n, series, "slope"), k_slope, _worst_errors(g[status == "ok"]), counts)
+            _slopes(mem_n, series, "slope"), k_slope, counts)
     return table
+
+
+def accuracy_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
+    """Per series with ok cells, the largest relative error of the output and of a gradient
+    against the float64 reference, over its cells ("—": not checked, e.g. no backward ran)."""
+    df = _frame(records)
+    table = Table(title="Accuracy (largest relative error against float64 over the ok cells)")
+    table.add_column("series", overflow="fold", min_width=24)
+    for c in ["output", "gradients", "worst gradient"]:
+        table.add_column(c, justify="right", no_wrap=True)
+    ok = df[df["status"] == "ok"] if len(df) else df
+    for series, g in ok.groupby("series", sort=True):
+        table.add_row(escape(str(series)), _largest(g, "rel_error"), _largest(g, "grad_rel_error"),
+                      _worst_input(g))
+    return table
+
+
+def _largest(g: pd.DataFrame, col: str) -> str:
+    vals = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else []
+    return f"{max(vals):.1e}" if len(vals) else "—"
+
+
+def _worst_input(g: pd.DataFrame) -> str:
+    """The differentiated input whose gradient erred most, over the cells (e.g. "dq")."""
+    worst, name = -1.0, "—"
+    for errors in g["grad_rel_errors"] if "grad_rel_errors" in g else []:
+        for key, value in (errors or {}).items():
+            if value is not None and value > worst:
+                worst, name = value, f"d{key}"
+    return name
 
 
 def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:

@@ -88,6 +88,20 @@ def test_key_pass_block_covers_the_same_segments(gpu_rules):
     assert (t.BLOCK_BWD, t.BLOCK_BWD_K) == (16, 32) and t.bps_bwd_k * 32 == t.bps * t.BLOCK
 
 
+def test_split_dx_products_walk_the_key_side_in_the_query_sides_block(gpu_rules):
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block=64, block_bwd=16, block_bwd_k=32)
+    fp16_dx = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
+    split = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True, split_dx=True)
+    assert (fp16_dx.BLOCK_BWD, fp16_dx.BLOCK_BWD_K) == (16, 32)
+    assert (split.BLOCK_BWD, split.BLOCK_BWD_K) == (16, 16) and split.bps_bwd_k == split.bps_bwd
+    assert split.BLOCK == fp16_dx.BLOCK and split.P == fp16_dx.P      # the same segments
+    # inference has no backward; a knob still decides over the rule
+    assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=False, split_dx=True) == \
+        gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=False)
+    gpu_rules.TUNING["block_bwd_k"] = 32
+    assert gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, True, True).BLOCK_BWD_K == 32
+
+
 def test_tuning_knobs_override_the_table_and_wide_shapes_shrink_the_block(gpu_rules):
     gpu_rules.PLAN_TABLE["bidir/fwd"]["block"] = 128
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).BLOCK == 128

@@ -99,7 +99,8 @@ def prepare(tensors, causal, temperature, eps, prec, grad):
         dims = check(*tensors)
         _DIMS[sig] = dims
     B, N, H, D, DV, K = dims
-    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad)
+    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad,
+                   split_dx=prec == PRECISIONS["split"])
     key = (sig, pl, causal, temperature, eps, prec, grad)
     call = _CALLS.get(key)
     if call is None:

@@ -182,8 +182,12 @@ def padded_components(K: int) -> int:
 
 
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
-              device: torch.device, grad: bool = True) -> Plan:
-    key = (B, N, H, K, D, DV, causal, grad, device.type, device.index, tuple(TUNING.values()))
+              device: torch.device, grad: bool = True, split_dx: bool = False) -> Plan:
+    """split_dx: the backward's dq, dk, dv products are split too (float16 inputs, or
+    precision "split"), not scaled fp16 as in bf16 training; the key side then walks the query
+    side's block (below)."""
+    key = (B, N, H, K, D, DV, causal, grad, split_dx, device.type, device.index,
+           tuple(TUNING.values()))
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
@@ -202,6 +206,12 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against
             # 203-240 KB at 32 tokens; docs/kernels.md)
             row["block_bwd"] = 16
+    if grad and split_dx:
+        # The key side's 32-token block was tuned with fp16 dv products; split ones there spill
+        # 2000 B per thread at 32 tokens against 308 at 16 (ptxas, sm_90a), and on the H200 the
+        # split form's causal fwd_bwd at N=131072 took 15.89 ms at 32, 11.65 at 16; bidirectional
+        # 5.91 and 4.79 (results/2026-11-29-h200-split-plan, docs/kernels.md Version 2.12)
+        row["block_bwd_k"] = 0
     if INTERPRET:
         row.update(block=16, block_key=0, block_bwd_k=0, min_bps=1, stages=1, stages_key=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}

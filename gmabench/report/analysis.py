@@ -184,3 +184,26 @@ def speedup_table(df, baseline: str) -> pd.DataFrame:
     out = ["mixer", "series", "baseline"] + MATCH_COLS + ["K", "median_ms", "baseline_ms",
                                                           "ratio", "speedup"]
     return m[out].sort_values(["series"] + MATCH_COLS, kind="stable").reset_index(drop=True)
+
+
+def worst_errors(df) -> pd.DataFrame:
+    """Per series with ok cells, the largest error against float64 over its cells: of the output
+    ("output"), of any gradient ("gradients"), and of each differentiated input's gradient
+    ("grad q", "grad mu", ... in the order the records name them). NaN where nothing was checked."""
+    df = _as_frame(df)
+    ok = df[df["status"] == "ok"] if len(df) else df
+    rows, inputs = [], []
+    for series, g in ok.groupby("series", sort=True):
+        row = {"series": series, "cells": len(g),
+               "output": pd.to_numeric(g["rel_error"], errors="coerce").max(),
+               "gradients": pd.to_numeric(g.get("grad_rel_error"), errors="coerce").max()
+               if "grad_rel_error" in g else math.nan}
+        for errors in g["grad_rel_errors"] if "grad_rel_errors" in g else []:
+            for name, value in (errors or {}).items():
+                col = f"grad {name}"
+                if col not in inputs:
+                    inputs.append(col)
+                if value is not None and not value <= row.get(col, -math.inf):
+                    row[col] = float(value)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["series", "cells", "output", "gradients", *inputs])

@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from gmabench.report.analysis import HOST_BOUND_SHARE, fit_scaling, records_frame, speedup_table
+from gmabench.report.analysis import (HOST_BOUND_SHARE, fit_scaling, records_frame, speedup_table,
+                                      worst_errors)
 from gmabench.report.figures import MIB, all_figures
 from gmabench.report.table import group_unrecorded
 
@@ -165,6 +166,21 @@ def _ok_section(df: pd.DataFrame) -> str:
     return "<h2>All ok cells</h2>" + legend + _table(headers, rows, left=2)
 
 
+def _accuracy_section(df: pd.DataFrame) -> str:
+    """Per series, the largest error of the output and of each input's gradient over its ok
+    cells: which backward is off, and where, at a glance."""
+    worst = worst_errors(df)
+    if worst.empty or worst[list(worst.columns[2:])].isna().all().all():
+        return ""
+    headers = ["series", "cells", "output"] + list(worst.columns[4:])
+    rows = [[r[c] for c in headers] for r in worst.to_dict("records")]
+    note = ("<p>Largest relative error against the mixer's float64 reference over each series' ok "
+            "cells (a sample of accuracy_tokens tokens per cell): of the output, and of the "
+            "gradient of each input the backward differentiates (fwd+bwd cells, one random output "
+            "gradient); — where a series has no such input or ran no backward.</p>")
+    return "<h2>Accuracy</h2>" + note + _table(headers, rows, left=1)
+
+
 def _speedup_section(df: pd.DataFrame, baseline: Any) -> str:
     if not isinstance(baseline, str) or baseline not in set(df["mixer"]):
         return ""
@@ -232,7 +248,7 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict,
                     _fit_section(df) if len(df) else "", _failure_section(df),
                     _unrecorded_section(unrecorded or []),
                     _speedup_section(df, suite.get("baseline")) if len(df) else "",
-                    _ok_section(df), details])
+                    _accuracy_section(df) if len(df) else "", _ok_section(df), details])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape('gmabench: ' + title)}</title><style>{_CSS}</style>{script}</head>"
             f"<body>{body}</body></html>")

@@ -66,32 +66,25 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
 
 def accuracy_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     """Per series with ok cells, the largest relative error of the output and of a gradient
-    against the float64 reference, over its cells ("—": not checked, e.g. no backward ran)."""
-    df = _frame(records)
+    against the float64 reference, over its cells, and whose gradient it was ("—": not checked,
+    e.g. no backward ran)."""
+    from gmabench.report.analysis import worst_errors
+
+    worst = worst_errors(_frame(records))
     table = Table(title="Accuracy (largest relative error against float64 over the ok cells)")
     table.add_column("series", overflow="fold", min_width=24)
-    for c in ["output", "gradients", "worst gradient"]:
+    for c in ["output", "gradients", "worst gradient of"]:
         table.add_column(c, justify="right", no_wrap=True)
-    ok = df[df["status"] == "ok"] if len(df) else df
-    for series, g in ok.groupby("series", sort=True):
-        table.add_row(escape(str(series)), _largest(g, "rel_error"), _largest(g, "grad_rel_error"),
-                      _worst_input(g))
+    inputs = list(worst.columns[4:])   # "grad q", ...: after series, cells, output, gradients
+    for r in worst.to_dict("records"):
+        grads = {c.removeprefix("grad "): r[c] for c in inputs if not pd.isna(r[c])}
+        table.add_row(escape(str(r["series"])), _sci(r["output"]), _sci(r["gradients"]),
+                      escape(max(grads, key=grads.get)) if grads else "—")
     return table
 
 
-def _largest(g: pd.DataFrame, col: str) -> str:
-    vals = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else []
-    return f"{max(vals):.1e}" if len(vals) else "—"
-
-
-def _worst_input(g: pd.DataFrame) -> str:
-    """The differentiated input whose gradient erred most, over the cells (e.g. "dq")."""
-    worst, name = -1.0, "—"
-    for errors in g["grad_rel_errors"] if "grad_rel_errors" in g else []:
-        for key, value in (errors or {}).items():
-            if value is not None and value > worst:
-                worst, name = value, f"d{key}"
-    return name
+def _sci(v: Any) -> str:
+    return "—" if v is None or pd.isna(v) else f"{v:.1e}"
 
 
 def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:

@@ -117,3 +117,23 @@ def test_report_package_never_imports_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
+
+
+def test_worst_errors_per_series_and_per_input_over_ok_cells_only(make_record):
+    from gmabench.report.analysis import worst_errors
+    recs = [make_record("m", 1024, mode="fwd_bwd", median_ms=1.0, rel_error=2e-3, grad_rel_error=3e-3,
+                        grad_rel_errors={"q": 3e-3, "mu": 1e-5}),
+            make_record("m", 2048, mode="fwd_bwd", median_ms=2.0, rel_error=1e-3, grad_rel_error=2e-3,
+                        grad_rel_errors={"q": 2e-3, "mu": 4e-5}),
+            make_record("m", 4096, mode="fwd_bwd", status="error", rel_error=9.0, grad_rel_error=9.0,
+                        grad_rel_errors={"q": 9.0, "mu": 9.0}),
+            make_record("s", 1024, mode="fwd_bwd", median_ms=1.0, rel_error=5e-3, grad_rel_error=6e-3,
+                        grad_rel_errors={"q": 6e-3, "dt_raw": 1e-3}),
+            make_record("f", 1024, median_ms=1.0, rel_error=4e-4)]
+    w = worst_errors(records_frame(recs)).set_index("series")
+    assert list(w.columns) == ["cells", "output", "gradients", "grad q", "grad mu", "grad dt_raw"]
+    m = w.loc["m causal fwd+bwd bf16"]
+    assert (m["cells"], m["output"], m["gradients"], m["grad q"], m["grad mu"]) == (2, 2e-3, 3e-3, 3e-3, 4e-5)
+    assert math.isnan(m["grad dt_raw"])
+    f = w.loc["f causal fwd bf16"]
+    assert f["output"] == 4e-4 and math.isnan(f["gradients"]) and math.isnan(f["grad q"])

@@ -159,3 +159,12 @@ def test_the_cells_table_shows_output_and_gradient_errors(tmp_path, make_record)
     assert head.endswith("<th>rel_error</th><th>grad rel_error</th>")
     assert text.count("<td>0.00123</td><td>0.0456</td></tr>") == 2
     assert "<td>0.00789</td><td>—</td></tr>" in text     # a forward cell checks no gradient
+    # the Accuracy section: per series, the output and each input's gradient, worst over cells
+    acc = re.search(r"<h2>Accuracy</h2>.*?</table>", text, re.S).group(0)
+    assert "<th>output</th><th>grad q</th><th>grad v</th>" in acc
+    assert '<td class="l">m causal fwd+bwd bf16</td><td>2</td><td>0.00123</td><td>0.0456</td><td>0.001</td>' in acc
+    assert '<td class="l">f causal fwd bf16</td><td>1</td><td>0.00789</td><td>—</td><td>—</td>' in acc
+
+
+def test_no_accuracy_section_without_errors(tmp_path, records):
+    assert "<h2>Accuracy</h2>" not in write_report(tmp_path, records, ENV, SUITE).read_text()

@@ -40,7 +40,7 @@ def test_accuracy_table_shows_the_worst_errors_of_ok_cells_and_which_gradient(ma
                         grad_rel_error=9.0, grad_rel_errors={"q": 9.0}),
             make_record("f", 1024, median_ms=1.0, rel_error=4e-4)]
     text = _text(accuracy_table(recs))
-    assert _row(text, "m")[1:] == ["2.0e-03", "5.0e-02", "dv"]
+    assert _row(text, "m")[1:] == ["2.0e-03", "5.0e-02", "v"]
     assert _row(text, "f")[1:] == ["4.0e-04", "—", "—"]   # a forward: no gradient checked
 
 

@@ -71,7 +71,7 @@ def _error_growth(rb: dict[str, Any], rn: dict[str, Any], ratio: float, floor: f
     grown = []
     pairs = [("output", rb.get("rel_error"), rn.get("rel_error"))]
     base_grads, new_grads = rb.get("grad_rel_errors") or {}, rn.get("grad_rel_errors") or {}
-    pairs += [(f"d{name}", base_grads.get(name), new_grads[name]) for name in new_grads]
+    pairs += [(f"grad {name}", base_grads.get(name), new_grads[name]) for name in new_grads]
     for what, eb, en in pairs:
         if eb is not None and en is not None and en > ratio * max(eb, floor):
             grown.append(f"{what} error {eb:.2g} -> {en:.2g}")

@@ -68,7 +68,7 @@ def test_a_cell_that_got_less_accurate_regresses_even_at_the_same_speed():
            _accurate("c", 0.3),                       # the output broke
            _accurate("d", 9e-7, q=8e-6)]              # float32 noise, under the 1e-5 floor
     a, b, c, d = compare_runs(base, new, threshold=0.1)
-    assert (a.verdict, a.why) == ("regressed", "less accurate: dmu error 1e-05 -> 0.0004")
+    assert (a.verdict, a.why) == ("regressed", "less accurate: grad mu error 1e-05 -> 0.0004")
     assert b.verdict == "same" and d.verdict == "same"
     assert (c.verdict, c.why) == ("regressed", "less accurate: output error 0.001 -> 0.3")
     (a,) = compare_runs(base[:1], new[:1], threshold=0.1, error_ratio=50)

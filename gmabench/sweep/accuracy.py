@@ -5,7 +5,8 @@ The gradients are those of one random output gradient (drawn in float32, cast to
 dtype, and given to the reference as the same values in float64), taken for every input the
 mixer's backward differentiates (`Mixer.grad_inputs`). A gradient the mixer does not return
 counts as zero. Each error is relative to the reference's norm, or absolute where the reference
-is exactly zero (GMA's q, k and mixture gradients at K = 1, where the one slot always gets weight one).
+is exactly zero (GMA's q, k and mixture gradients at K = 1, where the one slot always gets
+weight one).
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ def _ok_section(df: pd.DataFrame) -> str:
              r.tflops_per_s, r.tb_per_s, r.rel_error, r.grad_rel_error] + [getattr(r, c) for c in fracs]
             for r in ok.itertuples()]
     headers = ["series", "backend", "B", "N", "H", "D", "Dv", "K", "median ms", "p20–p80 ms",
-               "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error", "grad rel_error"] + [fracs[c] for c in fracs]
+               "peak MiB", "tokens/s", "TFLOP/s", "TB/s", "rel_error", "grad rel_error"]
+    headers += [fracs[c] for c in fracs]
     legend = ("<p>noisy: IQR/median above the suite's threshold; host-bound: the host took at least "
               f"{HOST_BOUND_SHARE:.0%} of the measured time to issue the call: either the GPU "
               "waited for the host, and the cell measures launch overhead more than the kernels "

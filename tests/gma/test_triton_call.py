@@ -54,6 +54,21 @@ def test_a_signature_is_prepared_once_and_its_parts_follow_the_plan():
     assert train.bwd["BLOCK"] == train.plan.BLOCK_BWD and train.state["ATOMIC"] is False
 
 
+def test_a_call_with_split_dx_products_plans_its_key_side_in_the_query_sides_block(monkeypatch):
+    # as on a GPU (the interpreter forces one block size), with the tuned table's training row
+    from gmabench.gma.triton import plan as plan_mod
+    monkeypatch.setattr(plan_mod, "INTERPRET", False)
+    monkeypatch.setattr(plan_mod, "_PLANS", {})
+    call_mod.clear()
+    ts = _inputs(N=4096, D=64, DV=64, K=64, dtype=torch.bfloat16)
+    fp16, _ = _prepare(ts, grad=True, prec=PRECISIONS["fp16"])
+    split, _ = _prepare(ts, grad=True, prec=PRECISIONS["split"])
+    assert (fp16.plan.BLOCK_BWD, fp16.plan.BLOCK_BWD_K) == (16, 32)     # plan.py's table
+    assert (split.plan.BLOCK_BWD, split.plan.BLOCK_BWD_K) == (16, 16)
+    assert split.bwd_k["BLOCK"] == 16 and fp16.bwd_k["BLOCK"] == 32
+    call_mod.clear()
+
+
 def test_alignment_contiguity_and_the_plan_are_part_of_the_signature():
     call_mod.clear()
     ts = _inputs()

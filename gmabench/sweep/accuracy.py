@@ -40,15 +40,17 @@ class Accuracy:
         return max(self.grad_rel_errors.values()) if self.grad_rel_errors else None
 
 
-def _gradient_errors(mixer: Mixer, inputs: Inputs, causal: bool,
-                     generator: torch.Generator) -> dict[str, float]:
+def _training_errors(mixer: Mixer, inputs: Inputs, causal: bool, generator: torch.Generator,
+                     tokens: int) -> Accuracy:
+    """The output's error and each gradient's, from one forward and backward of the mixer and
+    one of its reference: the output is the training forward's, the one a fwd_bwd cell times."""
     names = [name for name in mixer.grad_inputs if name in inputs]
     leaves = {k: t.detach().requires_grad_(k in names) for k, t in inputs.items()}
     out = mixer.forward(leaves, causal)
     grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float32)
     grad_out = grad_out.to(device=out.device, dtype=out.dtype)
     got = torch.autograd.grad(out, [leaves[n] for n in names], grad_out, allow_unused=True)
-    del out
+    out = out.detach()
     exact = {k: t.detach().double().requires_grad_(k in names) for k, t in inputs.items()}
     ref = mixer.reference(exact, causal)
     if not ref.requires_grad:
@@ -59,22 +61,21 @@ def _gradient_errors(mixer: Mixer, inputs: Inputs, causal: bool,
     for name, g, w in zip(names, got, want):
         zero = torch.zeros_like(exact[name])
         errors[name] = relative_error(zero if g is None else g, zero if w is None else w)
-    return errors
+    return Accuracy(relative_error(out, ref.detach()), tokens, errors)
 
 
 def measure_accuracy(mixer: Mixer, shape: Shape, dtype: torch.dtype, device: torch.device,
                      tokens: int, seed: int, gradients: bool) -> Accuracy:
     """The cell's errors on B=1 and the first `tokens` tokens (fewer when N is shorter), inputs
-    drawn from `seed`; with `gradients`, those of the backward too."""
+    drawn from `seed`; with `gradients`, those of the backward too, and the output's error is then
+    the training forward's (a mixer may compute its output otherwise when a backward follows)."""
     n = min(shape.N, tokens)
     small = Shape(B=1, N=n, H=shape.H, D=shape.D, K=shape.K, Dv=shape.Dv, causal=shape.causal)
     gen = torch.Generator().manual_seed(seed + 1)
     inputs = mixer.make_inputs(small, dtype, device, gen)
+    if gradients:
+        return _training_errors(mixer, inputs, shape.causal, gen, n)
     with torch.no_grad():
         out = mixer.forward(inputs, shape.causal)
         ref = mixer.reference(inputs, shape.causal)
-    accuracy = Accuracy(relative_error(out, ref), n)
-    del out, ref
-    if gradients:
-        accuracy.grad_rel_errors = _gradient_errors(mixer, inputs, shape.causal, gen)
-    return accuracy
+    return Accuracy(relative_error(out, ref), n)

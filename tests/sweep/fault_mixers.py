@@ -126,3 +126,18 @@ class DetachedReference(WrongValueGradient):
 
     def reference(self, inputs, causal):
         return 2 * inputs["v"].detach().double()
+
+
+class TrainsOtherwise(Mixer):
+    """Computes its output another way when a backward will follow (as GMA's kernels do: their
+    training forward takes other products than their inference forward): 1% off then."""
+    name = "test-trains-otherwise"
+    grad_inputs = ("v",)
+    impl = "test"
+
+    def forward(self, inputs, causal):
+        v = inputs["v"]
+        return v * (2.02 if torch.is_grad_enabled() and v.requires_grad else 2.0)
+
+    def reference(self, inputs, causal):
+        return inputs["v"].double() * 2

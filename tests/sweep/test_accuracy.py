@@ -7,7 +7,7 @@ from gmabench.mixers.base import Shape
 from gmabench.mixers.registry import load_mixer
 from gmabench.sweep.accuracy import measure_accuracy, relative_error
 from tests.mixers.helpers import cpu_mixer_names
-from tests.sweep.fault_mixers import DetachedReference, WrongValueGradient
+from tests.sweep.fault_mixers import DetachedReference, TrainsOtherwise, WrongValueGradient
 
 CPU = torch.device("cpu")
 
@@ -77,3 +77,15 @@ def test_gradients_that_are_exactly_zero_read_as_absolute_errors():
     for name in ("q", "k", "mu", "log_sigma", "mix_logits"):
         assert acc.grad_rel_errors[name] < 1e-12, acc.grad_rel_errors
     assert 0 < acc.grad_rel_errors["v"] < 1e-5
+
+
+def test_a_training_cells_output_error_is_the_training_forwards():
+    # the forward a fwd_bwd cell times is the one with gradients on; its error is what counts
+    shape = _shape(False)
+    inference = measure_accuracy(TrainsOtherwise(), shape, torch.float32, CPU, tokens=16, seed=0,
+                                 gradients=False)
+    training = measure_accuracy(TrainsOtherwise(), shape, torch.float32, CPU, tokens=16, seed=0,
+                                gradients=True)
+    assert inference.rel_error == 0.0
+    assert training.rel_error == pytest.approx(0.01, rel=1e-5)
+    assert training.grad_rel_errors["v"] == pytest.approx(0.01, rel=1e-5)

@@ -45,6 +45,7 @@ def run(
     dtypes: Annotated[Optional[str], typer.Option(help="Comma-separated dtypes (float32, bfloat16, float16).")] = None,
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated modes (fwd, fwd_bwd).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cuda or cpu.")] = None,
+    timer: Annotated[Optional[str], typer.Option(help="How GPU cells are timed: events (each call issued from Python, host work included) or graph (each call captured once in a CUDA graph and replayed: the GPU's time alone). Default: the suite's, else events.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory. Default: results/<date>-<device>-<suite>/.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run in --out, skipping cells already recorded.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: one per visible GPU, one on CPU).")] = None,
@@ -65,6 +66,7 @@ def run(
         "dtypes": split_list("--dtypes", dtypes),
         "modes": split_list("--modes", modes),
         "device": device,
+        "timer": timer,
     }
     if workers is not None and workers <= 0:
         fail(f"--workers: must be positive, got {workers}")
@@ -83,6 +85,8 @@ def run(
         n_workers = workers or torch.cuda.device_count()
     else:
         n_workers = workers or 1
+    if resolved.timing.timer == "graph" and device_kind != "cuda":
+        fail("--timer graph: CUDA graphs need a CUDA device; this run is on the CPU")
     cells = plan_sweep(resolved)
     run_dir = out or Path("results") / f"{date.today().isoformat()}-{_device_slug(device_kind)}-{resolved.name}"
 
@@ -94,11 +98,25 @@ def run(
         existing = load_records(run_dir) if run_dir.exists() else []
     except CorruptResultsError as exc:
         fail(f"--out: {exc}; nothing was run or changed")
+    if existing and resume:
+        before = _run_timer(run_dir)
+        if before != resolved.timing.timer:
+            fail(f"--timer: {run_dir} was timed with {before!r}, not {resolved.timing.timer!r}; one run "
+                 "keeps one timer (nothing was run or changed)")
     if existing and not resume:
         fail(f"--out: {run_dir} already holds {len(existing)} records; pass --resume to continue that run "
              "or choose another --out (nothing was overwritten)")
     _run_and_report(resolved, cells, run_dir, device_kind, n_workers, resume, ceilings, report,
                     time_budget * 60 if time_budget else None)
+
+
+def _run_timer(run_dir: Path) -> str:
+    """The timer a run was made with (its suite.json; runs from before timers were named: events)."""
+    try:
+        suite = json.loads((run_dir / "suite.json").read_text())
+    except (OSError, ValueError):
+        return "events"
+    return (suite.get("timing") or {}).get("timer", "events")
 
 
 def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers: int, resume: bool,

@@ -5,6 +5,13 @@ buffer several times the cache), as triton.testing.do_bench does; on CPU a monot
 is used. Raw samples are kept: summaries (median, p20/p80, IQR/median) are derived from them.
 On CUDA the host time to issue each call is kept too (`extra["host_ms"]`, median): when it is close
 to the measured time, the GPU waited for the host and the cell measures launch overhead.
+
+With graph=True (CUDA only) the callable is captured once in a CUDA graph, after its warm-up on a
+side stream (as torch.cuda.graph's documentation asks), and each repetition replays the graph
+between the events: the GPU's own time for the call's kernels, as a training step captured in a
+graph runs them, without the Python and launch work of an eager call. `host_ms` is then the
+replay's host time. A callable that cannot be captured (one that synchronises, or reads a value
+back to the host) raises, and its cell records the error.
 """
 
 from __future__ import annotations
@@ -71,16 +78,22 @@ class _L2Flusher:
 
 def time_callable(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25.0,
                   rep_ms: float = 100.0, min_reps: int = 5, max_reps: int = 1000,
-                  max_ms: float = 2000.0, noise_threshold: float = 0.10) -> Timings:
+                  max_ms: float = 2000.0, noise_threshold: float = 0.10,
+                  graph: bool = False) -> Timings:
     """Time fn: one first call (compilation, autotuning), warm-up for warmup_ms, then repeat.
 
     Repetition stops once at least min_reps samples and rep_ms of samples exist and
     IQR/median <= noise_threshold, or at max_reps samples, or when max_ms of samples is spent.
+    graph: replay fn captured in a CUDA graph instead of calling it (CUDA only; module docstring).
     """
-    cuda = device.type == "cuda"
-    if cuda:
-        return _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, noise_threshold)
-    return _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, noise_threshold)
+    stop = (rep_ms, min_reps, max_reps, max_ms, noise_threshold)
+    if graph:
+        if device.type != "cuda":
+            raise ValueError(f"graph timing needs a CUDA device, got {device.type!r}")
+        return _time_cuda_graph(fn, device, warmup_ms, *stop)
+    if device.type == "cuda":
+        return _time_cuda(fn, device, warmup_ms, *stop)
+    return _time_cpu(fn, warmup_ms, *stop)
 
 
 def warm_up(fn: Callable[[], object], warmup_ms: float, sync: Callable[[], None] = lambda: None) -> int:
@@ -123,9 +136,13 @@ def _time_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> T
             return Timings(samples, "wall_clock", calls, threshold, why)
 
 
-def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
+def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold,
+               calls: int | None = None, timer: str = "cuda_events") -> Timings:
+    """Repetitions of fn between CUDA events, each after an L2 flush; `calls`: the warm-up's
+    count when the caller warmed fn up already."""
     flush = _L2Flusher(device)
-    calls = warm_up(fn, warmup_ms, lambda: torch.cuda.synchronize(device))
+    if calls is None:
+        calls = warm_up(fn, warmup_ms, lambda: torch.cuda.synchronize(device))
     samples: list[float] = []
     host: list[float] = []   # host time to issue each call (it returns once its work is queued)
     batch = 5  # record a few repetitions per synchronisation to keep the GPU busy
@@ -145,5 +162,24 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, thresh
         why = _stop(samples, rep_ms, min_reps, max_reps, max_ms, threshold)
         if why:
             del flush
-            return Timings(samples, "cuda_events", calls, threshold, why,
+            return Timings(samples, timer, calls, threshold, why,
                            extra={"host_ms": statistics.median(host)})
+
+
+def _time_cuda_graph(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
+    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):   # lazy initialisation and autotuning happen outside the capture
+        calls = warm_up(fn, warmup_ms, sync)
+    torch.cuda.current_stream(device).wait_stream(side)
+    sync()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()   # noqa: F841 - the graph's outputs live in its pool while it is replayed
+    sync()
+    calls += warm_up(graph.replay, warmup_ms, sync)   # the first replay uploads the graph
+    timings = _time_cuda(graph.replay, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms,
+                         threshold, calls=calls, timer="cuda_graph")
+    del out, graph
+    return timings

@@ -76,6 +76,12 @@ def _shape(r: Any, k_applies: bool = True) -> str:
     return f"B={r.B} N={r.N} H={r.H} D={r.D} Dv={r.Dv} K={k}"
 
 
+TIMERS = {"cuda_events": "CUDA events around each call issued from Python (host work included)",
+          "cuda_graph": "CUDA events around a replay of the call captured in a CUDA graph "
+                        "(the GPU's time alone)",
+          "wall_clock": "wall clock (CPU)"}
+
+
 def _header(df: pd.DataFrame, env: dict, suite: dict) -> tuple[str, str]:
     first = df.iloc[0] if len(df) else None
     name = suite.get("name") or (first["suite"] if first is not None else "") or "unnamed suite"
@@ -89,6 +95,8 @@ def _header(df: pd.DataFrame, env: dict, suite: dict) -> tuple[str, str]:
         "Commit": _pick(env, ("git_commit", "commit")) or (first["git_commit"] if first is not None
                                                          else None),
         "Cells": f"{int((df['status'] == 'ok').sum())} ok of {len(df)}" if len(df) else "0",
+        "Timer": ", ".join(TIMERS.get(t, t) for t in sorted({t for t in df.get("timer", []) if t}))
+        or None,
     }
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(_fmt(v))}</dd>"
                  for k, v in facts.items())

@@ -45,7 +45,7 @@ class Record:
     iqr_over_median: float | None = None
     noisy: bool | None = None
     samples_ms: list[float] = field(default_factory=list)
-    timer: str = ""           # "cuda_events" or "wall_clock"
+    timer: str = ""           # "cuda_events", "cuda_graph" (suite timer "graph") or "wall_clock"
     host_ms: float | None = None  # CUDA: median host time to issue one call; near median_ms, the
     #                               GPU waited for the host (launch overhead, not kernel time)
     # --- memory (bytes) ---

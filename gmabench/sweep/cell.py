@@ -131,7 +131,8 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
             rec["fwd_peak_bytes"] = total.peak_bytes
         t = cell.timing
         timings = time_callable(call, device, warmup_ms=t.warmup_ms, rep_ms=t.rep_ms, min_reps=t.min_reps,
-                                max_reps=t.max_reps, max_ms=t.max_ms, noise_threshold=t.noise_threshold)
+                                max_reps=t.max_reps, max_ms=t.max_ms, noise_threshold=t.noise_threshold,
+                                graph=t.timer == "graph")
         rec.update(median_ms=timings.median_ms, p20_ms=timings.p20_ms, p80_ms=timings.p80_ms,
                    iqr_over_median=timings.iqr_over_median, noisy=timings.noisy,
                    samples_ms=timings.samples_ms, timer=timings.timer,

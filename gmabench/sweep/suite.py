@@ -39,8 +39,12 @@ TOP_KEYS = {"name", "description", "device", "timing", "sweep", "baseline"}
 TIMING_KEYS = {
     "warmup_ms": float, "rep_ms": float, "min_reps": int, "max_reps": int,
     "max_ms": float, "noise_threshold": float, "timeout_s": float,
-    "accuracy_tokens": int,
+    "accuracy_tokens": int, "timer": str,
 }
+# How a GPU cell is timed (measure/timing.py): "events", each call issued from Python between
+# CUDA events (what an eager caller pays, host work included); "graph", the call captured once in
+# a CUDA graph and replayed between events (the GPU's time alone, as a captured training step runs).
+TIMERS = ("events", "graph")
 
 
 class SuiteError(ValueError):
@@ -57,6 +61,7 @@ class Timing:
     noise_threshold: float = 0.10  # IQR / median above this flags the cell as noisy
     timeout_s: float = 300.0       # a cell running longer is killed and recorded as "timeout"
     accuracy_tokens: int = 1024    # rel_error is measured on the first this-many tokens
+    timer: str = "events"          # one of TIMERS
 
 
 @dataclass
@@ -162,6 +167,11 @@ def _parse_timing(table: Any) -> Timing:
         if key not in TIMING_KEYS:
             raise SuiteError(f"timing: unknown key {key!r} (known: {', '.join(TIMING_KEYS)})")
         kind = TIMING_KEYS[key]
+        if kind is str:
+            if value not in TIMERS:
+                raise SuiteError(f"timing.{key}: unknown value {value!r} (known: {', '.join(TIMERS)})")
+            values[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise SuiteError(f"timing.{key}: expected a {kind.__name__}, got {value!r}")
         if value <= 0:
@@ -178,6 +188,7 @@ def parse_suite(data: dict[str, Any], name: str = "suite", overrides: dict[str, 
             raise SuiteError(f"unknown key {key!r} (known: {', '.join(sorted([*TOP_KEYS, *GRID_KEYS, *SWEEP_ONLY_KEYS]))})")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     device = overrides.pop("device", None) or data.get("device", "auto")
+    timer = overrides.pop("timer", None)
     if device not in DEVICES:
         raise SuiteError(f"device: unknown value {device!r} (known: {', '.join(DEVICES)})")
     defaults = {k: v for k, v in data.items() if k in GRID_KEYS or k in SWEEP_ONLY_KEYS}
@@ -190,6 +201,12 @@ def parse_suite(data: dict[str, Any], name: str = "suite", overrides: dict[str, 
             raise SuiteError(f"sweep[{i}]: expected a table, got {table!r}")
         merged = {**defaults, **table, **overrides}
         sweeps.append(_parse_sweep(f"sweep[{i}]" if "sweep" in data else "suite", merged))
+    timing = data.get("timing", {})
+    if timer is not None and isinstance(timing, dict):
+        timing = {**timing, "timer": timer}
+    timing = _parse_timing(timing)
+    if timing.timer == "graph" and device == "cpu":
+        raise SuiteError("timing.timer: 'graph' (CUDA graphs) needs device 'cuda' or 'auto', not 'cpu'")
     baseline = data.get("baseline")
     if baseline is not None:
         from gmabench.mixers.registry import mixer_names
@@ -200,7 +217,7 @@ def parse_suite(data: dict[str, Any], name: str = "suite", overrides: dict[str, 
         name=str(data.get("name", name)),
         description=str(data.get("description", "")),
         device=device,
-        timing=_parse_timing(data.get("timing", {})),
+        timing=timing,
         sweeps=sweeps,
     )
 

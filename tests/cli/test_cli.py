@@ -61,6 +61,9 @@ def test_smoke_suite_writes_records_environment_and_report(tmp_path):
     (["--dtypes", "float8"], "unknown value 'float8'"),
     (["--seq-lens", "abc"], "'abc' is not an integer"),
     (["--device", "tpu"], "device: unknown value 'tpu'"),
+    (["--timer", "wallclock"], "timing.timer: unknown value 'wallclock'"),
+    (["--timer", "graph", "--device", "cpu"], "'graph' (CUDA graphs) needs device 'cuda' or 'auto'"),
+    (["--timer", "graph"], "CUDA graphs need a CUDA device; this run is on the CPU"),
 ])
 def test_bad_options_exit_2_before_writing(tmp_path, args, needle):
     out = tmp_path / "run"
@@ -90,6 +93,22 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 2 and "--resume" in result.output
     assert (out / "results.jsonl").read_text() == '{"mixer": "gma"}\n'
+
+
+def test_resume_keeps_the_timer_a_run_was_made_with(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--mixers", "gma",
+                                 "--seq-lens", "16", "--modes", "fwd", "--no-report"])
+    assert result.exit_code == 0, result.output
+    before = (out / "results.jsonl").read_text()
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["timing"]["timer"] == "events"
+    suite["timing"]["timer"] = "graph"   # as a GPU run timed with graphs would have saved it
+    (out / "suite.json").write_text(json.dumps(suite))
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert "was timed with 'graph', not 'events'" in " ".join(result.output.split())
+    assert (out / "results.jsonl").read_text() == before
 
 
 def test_report_of_a_folder_without_a_run_exits_2(tmp_path):

@@ -1,5 +1,6 @@
 """Timing statistics: quantiles from raw samples, noise flags, stopping rules."""
 
+import contextlib
 import time
 
 import pytest
@@ -57,20 +58,27 @@ def test_warm_up_waits_for_each_call_like_an_asynchronous_device():
 class _FakeDevice:
     """A modelled GPU for the CUDA timing loop: calls queue device time and return at once, events
     read the device clock, and the device idles (its clock catches up with the host's) while
-    nothing is queued."""
+    nothing is queued. While a graph is being captured, queued work is recorded in it instead;
+    a replay queues what was recorded, at no host cost."""
 
     def __init__(self):
         self.clock = 0.0            # ms of device time at the end of the queue
+        self.capture = None         # the graph being captured
+        self.replays = 0
 
     def now(self) -> float:
         self.clock = max(self.clock, time.perf_counter() * 1e3)
         return self.clock
 
     def queue(self, ms: float) -> None:
+        if self.capture is not None:
+            self.capture.work.append(ms)
+            return
         self.clock = self.now() + ms
 
 
-def test_cuda_timing_keeps_the_host_time_to_issue_each_call(monkeypatch):
+@pytest.fixture
+def fake_cuda(monkeypatch):
     from gmabench.measure import timing
     dev = _FakeDevice()
 
@@ -84,11 +92,45 @@ def test_cuda_timing_keeps_the_host_time_to_issue_each_call(monkeypatch):
         def elapsed_time(self, end):
             return end.t - self.t
 
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def __init__(self):
+            self.work = []
+
+        def replay(self):
+            dev.replays += 1
+            for ms in self.work:
+                dev.queue(ms)
+
+    @contextlib.contextmanager
+    def capture(graph):
+        dev.capture = graph
+        try:
+            yield
+        finally:
+            dev.capture = None
+
     monkeypatch.setattr(timing, "_L2Flusher", lambda device: lambda: None)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     # synchronize: the host waits until the device has done everything queued
     monkeypatch.setattr(torch.cuda, "synchronize",
                         lambda device=None: time.sleep(max(0.0, dev.clock / 1e3 - time.perf_counter())))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    return dev
+
+
+def test_cuda_timing_keeps_the_host_time_to_issue_each_call(fake_cuda):
+    dev = fake_cuda
     cuda = torch.device("cuda")
     # GPU-bound: 3 ms of device work, issued at once.
     t = time_callable(lambda: dev.queue(3.0), cuda, warmup_ms=1, rep_ms=20, min_reps=5, max_ms=200)
@@ -101,3 +143,57 @@ def test_cuda_timing_keeps_the_host_time_to_issue_each_call(monkeypatch):
     t = time_callable(slow_to_issue, cuda, warmup_ms=1, rep_ms=20, min_reps=5, max_ms=200)
     assert t.extra["host_ms"] >= 2.0 and t.median_ms >= 2.0
     assert t.extra["host_ms"] >= 0.8 * t.median_ms
+    assert dev.replays == 0
+
+
+def test_graph_timing_replays_the_captured_call_and_sees_the_gpu_alone(fake_cuda):
+    # The host-bound call of the test above: 2 ms to issue 0.1 + 0.05 ms of device work. Captured
+    # once and replayed, each sample is the device's 0.15 ms; the host's 2 ms are paid only by
+    # the eager warm-up calls and the capture.
+    dev = fake_cuda
+    calls = []
+
+    def slow_to_issue():
+        calls.append(1)
+        time.sleep(0.002)
+        dev.queue(0.1)
+        dev.queue(0.05)
+
+    t = time_callable(slow_to_issue, torch.device("cuda"), warmup_ms=1, rep_ms=5, min_reps=5,
+                      max_ms=200, graph=True)
+    assert t.timer == "cuda_graph"
+    assert t.median_ms == pytest.approx(0.15, abs=0.05) and t.extra["host_ms"] < 0.5
+    # every sample was a replay, after the eager warm-up, one capture and the replays' warm-up
+    assert len(calls) + dev.replays == t.warmup_calls + len(t.samples_ms) + 1
+    assert dev.replays >= len(t.samples_ms) + 1 and len(t.samples_ms) >= 5
+
+
+def test_graph_timing_needs_cuda():
+    with pytest.raises(ValueError, match="graph timing needs a CUDA device, got 'cpu'"):
+        time_callable(lambda: None, torch.device("cpu"), graph=True)
+
+
+@pytest.mark.gpu
+def test_graph_timing_on_the_gpu_runs_the_captured_kernels_once_per_replay():
+    # 40 tiny launches: eagerly their host work dominates; replayed, the GPU's time alone.
+    x = torch.zeros(1, device="cuda")
+
+    def many_launches():
+        for _ in range(40):
+            x.add_(1)
+
+    eager = time_callable(many_launches, torch.device("cuda"), warmup_ms=2, rep_ms=20, min_reps=10)
+    x.zero_()
+    graph = time_callable(many_launches, torch.device("cuda"), warmup_ms=2, rep_ms=20, min_reps=10,
+                          graph=True)
+    torch.cuda.synchronize()
+    assert graph.timer == "cuda_graph" and graph.median_ms < eager.median_ms
+    # eager warm-up calls + replays (warm-up and samples) each added 40; the capture added none
+    assert x.item() == 40 * (graph.warmup_calls + len(graph.samples_ms))
+
+
+@pytest.mark.gpu
+def test_a_call_that_reads_back_to_the_host_cannot_be_graph_timed():
+    x = torch.ones(8, device="cuda")
+    with pytest.raises(RuntimeError):
+        time_callable(lambda: x.sum().item(), torch.device("cuda"), warmup_ms=1, rep_ms=5, graph=True)

@@ -53,6 +53,21 @@ def test_a_slower_host_bound_cell_says_how_its_host_time_grew():
     assert "host" not in b.why
 
 
+def test_times_from_different_timers_are_not_compared():
+    # Eager calls (host work included) against graph replays (the GPU alone): a 3x "speed-up"
+    # or slow-down there is the timer, not the code; memory and failures are still judged.
+    base = [dict(_rec(m, 64, BASE, peak=1000), timer="cuda_events") for m in "abc"]
+    new = [dict(_rec("a", 64, [x / 3 for x in BASE]), timer="cuda_graph"),
+           dict(_rec("b", 64, [x * 3 for x in BASE], peak=2000), timer="cuda_graph"),
+           dict(_rec("c", 64, [x * 3 for x in BASE]), timer="cuda_events")]
+    a, b, c = compare_runs(base, new, threshold=0.1)
+    assert (a.verdict, a.time_ratio, a.p_value) == ("same", None, None)
+    assert a.why == ("times not compared: timed by cuda_events in the base run and by cuda_graph "
+                     "in this one")
+    assert b.verdict == "regressed" and b.why.startswith("2.00x more peak memory; times not compared")
+    assert c.verdict == "regressed" and c.why.startswith("3.00x slower")
+
+
 def _accurate(mixer, rel_error, **grads):
     rec = _rec(mixer, 64, BASE)
     rec.update(rel_error=rel_error, grad_rel_errors=grads,

@@ -149,6 +149,16 @@ def test_cells_whose_host_time_dominates_are_marked_host_bound(tmp_path, make_re
     assert "(1 of its sizes host-bound)" in text
 
 
+def test_the_header_says_how_the_cells_were_timed(tmp_path, make_record):
+    graph = [make_record("gma", 256, median_ms=0.1, timer="cuda_graph")]
+    text = write_report(tmp_path / "g", graph, {}, {"name": "t"}).read_text()
+    assert "<dt>Timer</dt><dd>CUDA events around a replay of the call captured in a CUDA graph" in text
+    eager = [make_record("gma", 256, median_ms=0.1, timer="cuda_events")]
+    text = write_report(tmp_path / "e", eager, {}, {"name": "t"}).read_text()
+    assert "<dt>Timer</dt><dd>CUDA events around each call issued from Python" in text
+    assert "CUDA graph" not in text
+
+
 def test_the_cells_table_shows_output_and_gradient_errors(tmp_path, make_record):
     recs = [make_record("m", n, mode="fwd_bwd", median_ms=0.01 * n, rel_error=0.00123,
                         grad_rel_error=0.0456, grad_rel_errors={"q": 0.0456, "v": 0.001})

@@ -1,5 +1,7 @@
 """One cell measured in-process: core and layer scopes, failures classified as data."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -92,3 +94,19 @@ def test_a_failures_record_keeps_the_frames_where_it_failed(monkeypatch):
     assert tail[-1] == "ValueError: deliberate failure at the bottom"
     assert 'raise ValueError("deliberate failure at the bottom")' in tail[-2]
     assert len(rec["traceback"]) <= 4000
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixer", ["gma", "sdpa-cudnn", "gma-chunked"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_cells_timed_by_cuda_graph_replays(mixer, mode):
+    # Forward and training calls (autograd.grad inside the capture) replay from a CUDA graph:
+    # the fused kernels, a cuDNN call and a PyTorch GMA of many small ops.
+    graph = dataclasses.replace(FAST, timer="graph", rep_ms=5, min_reps=5, max_ms=100)
+    cell = _cell(mixer=mixer, mode=mode, device="cuda", dtype="bfloat16", N=1024, H=4, D=64, Dv=64, K=16,
+                 timing=graph)
+    rec = run_cell(cell, torch.device("cuda"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["timer"] == "cuda_graph" and len(rec["samples_ms"]) >= 5
+    # a replay costs the host one graph launch, far less than the calls it holds
+    assert 0 < rec["median_ms"] and rec["host_ms"] < 0.1

@@ -12,12 +12,13 @@ BASE = {"mixers": ["gma", "softmax-naive"], "seq_lens": [32, 64], "components": 
 
 
 @pytest.mark.parametrize("name", ["smoke", "seqlen", "components", "heads", "dtype", "paper", "kernels", "layer",
-                                  "oom-isolation", "gpu-quick"])
+                                  "oom-isolation", "gpu-quick", "small-n"])
 def test_named_suites_load_and_plan(name):
-    suite = load_suite(name, {"device": "cpu"})
+    suite = load_suite(name, {"device": "cpu", "timer": "events"})   # graph timers need CUDA
     cells = plan_sweep(suite)
     assert cells and len({c.key() for c in cells}) == len(cells)
     assert suite.name == name
+    assert load_suite(name).timing.timer == ("graph" if name == "small-n" else "events")
 
 
 def test_all_named_suites_are_listed():
@@ -64,12 +65,26 @@ def test_caps_and_unsupported_become_skips_with_reasons():
     ({"colour": "red"}, "colour", "colour"),
     ({"timing": {"rep_ms": -1}}, "timing.rep_ms", "-1"),
     ({"timing": {"reps": 3}}, "timing", "reps"),
+    ({"timing": {"timer": "cupti"}}, "timing.timer", "'cupti'"),
+    ({"timing": {"timer": "graph"}, "device": "cpu"}, "timing.timer", "'cpu'"),
     ({"max_seq_len": {"gma": 0}}, "max_seq_len.gma", "0"),
 ])
 def test_bad_values_name_field_and_value(change, field, value):
     with pytest.raises(SuiteError) as err:
         parse_suite({**BASE, **change})
     assert field in str(err.value) and value in str(err.value)
+
+
+def test_timer_comes_from_the_suite_and_the_command_line_overrides_it():
+    assert parse_suite(BASE).timing.timer == "events"
+    gpu = {**BASE, "device": "auto", "timing": {"timer": "graph", "rep_ms": 50}}
+    suite = parse_suite(gpu)
+    assert (suite.timing.timer, suite.timing.rep_ms) == ("graph", 50)
+    assert parse_suite(gpu, overrides={"device": "cuda"}).timing.timer == "graph"
+    suite = parse_suite(gpu, overrides={"timer": "events"})
+    assert (suite.timing.timer, suite.timing.rep_ms) == ("events", 50)
+    with pytest.raises(SuiteError, match="needs device 'cuda' or 'auto', not 'cpu'"):
+        parse_suite(BASE, overrides={"timer": "graph", "device": "cpu"})
 
 
 def test_unknown_mixer_lists_known_names():

@@ -83,7 +83,12 @@ def saved_tensor_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor]
         key = _storage_id(t)
         if key not in excluded:
             seen.setdefault(key, t.untyped_storage().nbytes())
-        return t
+        # Detached: an op that saves its own output (SDPA's flash and cuDNN backends, flash-attn,
+        # mamba_ssm) would otherwise hold that output with its grad_fn, a reference cycle through
+        # C++ that Python's collector cannot see: the graph, its memory and the leaves'
+        # AccumulateGrad nodes outlived the cell's call (and broke its CUDA-graph capture, whose
+        # backward found them on the default stream). Same storage, so the count is unchanged.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()

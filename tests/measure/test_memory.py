@@ -3,6 +3,9 @@ GMA's O(NK) activation memory against softmax's O(N^2)."""
 
 import numpy as np
 import pytest
+import gc
+import weakref
+
 import torch
 
 from gmabench.measure.memory import measure_peak, saved_tensor_bytes
@@ -48,6 +51,37 @@ def _saved(mixer: str, N: int, K: int, causal: bool = False) -> int:
 
 def _loglog_slope(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+class _SavesItsOutput(torch.autograd.Function):
+    """exp, saving its output for backward as SDPA's fused backends and flash-attn do; a weak
+    reference to an object on its ctx tells whether the graph was freed."""
+    alive: list = []
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        ctx.marker = type("Marker", (), {})()
+        _SavesItsOutput.alive.append(weakref.ref(ctx.marker))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * y
+
+
+def test_counting_saved_bytes_frees_the_graph_with_its_output():
+    x = torch.randn(256, requires_grad=True)
+    out, saved = saved_tensor_bytes(lambda: _SavesItsOutput.apply(x), exclude=[x])
+    assert saved == 256 * 4
+    del out   # never differentiated (a backward would free what it saved and hide a cycle)
+    gc.collect()
+    assert _SavesItsOutput.alive[-1]() is None   # was kept alive by a reference cycle
+    out, _ = saved_tensor_bytes(lambda: _SavesItsOutput.apply(x), exclude=[x])
+    (grad,) = torch.autograd.grad(out, x, torch.ones(256))   # the graph still works
+    assert torch.equal(grad, out)
 
 
 @pytest.mark.parametrize("mixer, causal", [("gma-reference", False), ("gma-chunked", True)])

@@ -4,8 +4,8 @@ A cell regresses when its median time grows by more than `threshold` AND the raw
 the change is real (one-sided Mann-Whitney U test, scipy; times are compared only between cells
 timed alike: eager calls and CUDA-graph replays measure different things), or when its peak
 memory grows by more than `threshold`, or when its output or gradient error against the float64
-reference grows past `error_ratio` times the base's (errors under `error_floor` count as that floor: they are
-rounding noise), or when it ran ok before and does not now. Every regressed cell counts: one is
+reference grows past `error_ratio` times the base's (errors under `error_floor` count as that
+floor: they are rounding noise), or when it ran ok before and does not now. Every regressed cell counts: one is
 enough to fail the gate. A slower cell that was host-bound in both runs says so in `why`, with
 how much its host time grew: a slower call path or host can explain it (gma's and cuDNN's
 fwd_bwd calls at N=2048 took the host 1.2-1.7x longer in one H200 run than in another:
@@ -96,8 +96,8 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
         mr = _ratio(rn.get("peak_bytes"), rb.get("peak_bytes"))
         p = None
         timers = (rb.get("timer") or "", rn.get("timer") or "")
-        untimed = all(timers) and timers[0] != timers[1]   # e.g. eager calls against graph replays
-        if untimed:
+        timed_apart = all(timers) and timers[0] != timers[1]   # eager calls against graph replays
+        if timed_apart:
             tr = None
         elif rb.get("samples_ms") and rn.get("samples_ms"):
             p = float(mannwhitneyu(rn["samples_ms"], rb["samples_ms"], alternative="greater").pvalue)
@@ -116,7 +116,7 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
             verdict, why = "improved", f"{1 / tr:.2f}x faster"
         elif rb["status"] != "ok" and rn["status"] == "ok":
             verdict, why = "improved", f"was {rb['status']}, now ok"
-        if untimed and rb["status"] == rn["status"] == "ok":
+        if timed_apart and rb["status"] == rn["status"] == "ok":
             why = "; ".join(filter(None, [why, f"times not compared: timed by {timers[0]} in the base "
                                                f"run and by {timers[1]} in this one"]))
         changes.append(CellChange(key, _label(rn), rb.get("median_ms"), rn.get("median_ms"), tr, p,

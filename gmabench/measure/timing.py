@@ -11,7 +11,8 @@ side stream (as torch.cuda.graph's documentation asks), and each repetition repl
 between the events: the GPU's own time for the call's kernels, as a training step captured in a
 graph runs them, without the Python and launch work of an eager call. `host_ms` is then the
 replay's host time. A callable that cannot be captured (one that synchronises, or reads a value
-back to the host) raises, and its cell records the error.
+back to the host) raises GraphCaptureError naming what failed inside the capture, and its cell
+records the error.
 """
 
 from __future__ import annotations
@@ -166,6 +167,28 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, thresh
                            extra={"host_ms": statistics.median(host)})
 
 
+class GraphCaptureError(RuntimeError):
+    """The timed call could not be captured in a CUDA graph."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _capture(fn, graph):
+    """fn captured into graph; returns its output. A failure inside the capture makes the
+    capture's end fail too ("operation failed due to a previous error during capture"): the
+    message gives the first failure, then that."""
+    try:
+        with torch.cuda.graph(graph):
+            return fn()
+    except Exception as exc:
+        chain = [exc] if exc.__context__ is None else [exc.__context__, exc]
+        raise GraphCaptureError("the call cannot be captured in a CUDA graph (timer 'graph'): "
+                                + "; then ".join(map(_first_line, chain))) from exc
+
+
 def _time_cuda_graph(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:
     sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     side = torch.cuda.Stream(device)
@@ -175,8 +198,7 @@ def _time_cuda_graph(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, 
     torch.cuda.current_stream(device).wait_stream(side)
     sync()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()   # noqa: F841 - the graph's outputs live in its pool while it is replayed
+    out = _capture(fn, graph)   # the graph's outputs live in its pool while it is replayed
     sync()
     calls += warm_up(graph.replay, warmup_ms, sync)   # the first replay uploads the graph
     timings = _time_cuda(graph.replay, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms,

@@ -113,6 +113,8 @@ def fake_cuda(monkeypatch):
         dev.capture = graph
         try:
             yield
+        except Exception:   # as CUDA does: a failure inside the capture fails its end too
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
         finally:
             dev.capture = None
 
@@ -168,6 +170,27 @@ def test_graph_timing_replays_the_captured_call_and_sees_the_gpu_alone(fake_cuda
     assert dev.replays >= len(t.samples_ms) + 1 and len(t.samples_ms) >= 5
 
 
+def test_a_call_that_fails_inside_the_capture_says_what_failed_first(fake_cuda):
+    from gmabench.measure.timing import GraphCaptureError
+    from gmabench.sweep.cell import classify_failure
+    dev = fake_cuda
+
+    def syncs_when_captured():
+        dev.queue(0.1)
+        if dev.capture is not None:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with pytest.raises(GraphCaptureError) as err:
+        time_callable(syncs_when_captured, torch.device("cuda"), warmup_ms=1, rep_ms=5, graph=True)
+    assert str(err.value) == (
+        "the call cannot be captured in a CUDA graph (timer 'graph'): RuntimeError: CUDA error: "
+        "operation not permitted when stream is capturing; then RuntimeError: CUDA error: "
+        "operation failed due to a previous error during capture")
+    # a CUDA error inside: the worker is replaced before the next cell
+    assert classify_failure(err.value) == "cuda_error"
+    assert dev.replays == 0
+
+
 def test_graph_timing_needs_cuda():
     with pytest.raises(ValueError, match="graph timing needs a CUDA device, got 'cpu'"):
         time_callable(lambda: None, torch.device("cpu"), graph=True)
@@ -194,6 +217,7 @@ def test_graph_timing_on_the_gpu_runs_the_captured_kernels_once_per_replay():
 
 @pytest.mark.gpu
 def test_a_call_that_reads_back_to_the_host_cannot_be_graph_timed():
+    from gmabench.measure.timing import GraphCaptureError
     x = torch.ones(8, device="cuda")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(GraphCaptureError, match="cannot be captured in a CUDA graph"):
         time_callable(lambda: x.sum().item(), torch.device("cuda"), warmup_ms=1, rep_ms=5, graph=True)

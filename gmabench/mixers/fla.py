@@ -79,14 +79,19 @@ class FLALinearAttention(LinearAttention):
         """Measured on an H200 with fla 0.6.0 (results/2026-11-29-h200-competitor-tests): with
         float16 inputs the backward's dq and dk are wrong (relative errors 2.5 and 0.30 against
         float64 at N=300, B=2, H=4, D=64; PyTorch's twin 3e-4) while the output and dv are right,
-        so a timing of it would time a wrong computation. Later fla versions are not refused: the
-        GPU twin test checks them."""
+        so a timing of it would time a wrong computation. The cause is fla's normalisation, in
+        PyTorch in the inputs' dtype: its backward squares the denominator, which overflows
+        float16 once it exceeds 255.9 (with elu+1 features at D=64, after a few tokens), so the
+        denominator's term of dq and dk is lost (`scripts/fla_norm_sim.py` reproduces the errors
+        on the CPU: docs/competitors.md). Later fla versions are not refused: the GPU twin test
+        checks them."""
         version = _fla_version()
         if (mode == "fwd_bwd" and device.type == "cuda" and dtype == torch.float16
                 and (version is None or version <= (0, 6, 0))):
             shown = ".".join(map(str, version)) if version else "unknown"
             return [f"fla's chunk_linear_attn backward returns wrong dq and dk with float16 inputs "
-                    f"and elu+1 features (measured with fla 0.6.0; installed: {shown})"]
+                    f"and elu+1 features: its normaliser squares the denominator in float16, which "
+                    f"overflows above 255.9 (measured with fla 0.6.0; installed: {shown})"]
         return []
 
     def forward(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:

@@ -86,7 +86,8 @@ def run(
     else:
         n_workers = workers or 1
     if resolved.timing.timer == "graph" and device_kind != "cuda":
-        fail("--timer graph: CUDA graphs need a CUDA device; this run is on the CPU")
+        fail("--timer graph: CUDA graphs need a CUDA device; this run is on the CPU (--timer events times "
+             "it there)")
     cells = plan_sweep(resolved)
     run_dir = out or Path("results") / f"{date.today().isoformat()}-{_device_slug(device_kind)}-{resolved.name}"
 

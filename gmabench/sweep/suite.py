@@ -206,7 +206,8 @@ def parse_suite(data: dict[str, Any], name: str = "suite", overrides: dict[str, 
         timing = {**timing, "timer": timer}
     timing = _parse_timing(timing)
     if timing.timer == "graph" and device == "cpu":
-        raise SuiteError("timing.timer: 'graph' (CUDA graphs) needs device 'cuda' or 'auto', not 'cpu'")
+        raise SuiteError("timing.timer: 'graph' (CUDA graphs) needs device 'cuda' or 'auto', not 'cpu' "
+                         "(--timer events times a CPU run)")
     baseline = data.get("baseline")
     if baseline is not None:
         from gmabench.mixers.registry import mixer_names

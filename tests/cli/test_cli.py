@@ -63,7 +63,7 @@ def test_smoke_suite_writes_records_environment_and_report(tmp_path):
     (["--device", "tpu"], "device: unknown value 'tpu'"),
     (["--timer", "wallclock"], "timing.timer: unknown value 'wallclock'"),
     (["--timer", "graph", "--device", "cpu"], "'graph' (CUDA graphs) needs device 'cuda' or 'auto'"),
-    (["--timer", "graph"], "CUDA graphs need a CUDA device; this run is on the CPU"),
+    (["--timer", "graph"], "CUDA graphs need a CUDA device; this run is on the CPU (--timer events"),
 ])
 def test_bad_options_exit_2_before_writing(tmp_path, args, needle):
     out = tmp_path / "run"

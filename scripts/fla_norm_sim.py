@@ -60,8 +60,7 @@ def exact_grads(q, k, v, do):
 
 def modelled_grads(q, k, v, do, dtype):
     """The same gradients as the path above computes them in `dtype` (module docstring)."""
-    feats = [(F.elu(x.float()) + 1).to(dtype) for x in (q, k)]
-    fq, fk = feats
+    fq, fk = ((F.elu(x.float()) + 1).to(dtype) for x in (q, k))
     o_un = _attn_un(fq.double(), fk.double(), v.double()).to(dtype)
     k_cum = fk.float().cumsum(1).to(dtype)               # float32 accumulation, dtype output
     denom = (fq * k_cum).sum(-1, keepdim=True) + 1e-10   # elementwise in dtype, sum accumulated

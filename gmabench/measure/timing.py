@@ -171,7 +171,8 @@ class GraphCaptureError(RuntimeError):
     """The timed call could not be captured in a CUDA graph."""
 
 
-def _first_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -186,7 +187,7 @@ def _capture(fn, graph):
     except Exception as exc:
         chain = [exc] if exc.__context__ is None else [exc.__context__, exc]
         raise GraphCaptureError("the call cannot be captured in a CUDA graph (timer 'graph'): "
-                                + "; then ".join(map(_first_line, chain))) from exc
+                                + "; then ".join(map(error_line, chain))) from exc
 
 
 def _time_cuda_graph(fn, device, warmup_ms, rep_ms, min_reps, max_reps, max_ms, threshold) -> Timings:

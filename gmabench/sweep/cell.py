@@ -19,7 +19,7 @@ import torch
 from gmabench.measure.clocks import read_clocks
 from gmabench.measure.cost import call_flops, call_min_bytes
 from gmabench.measure.memory import measure_peak, memory_totals, saved_tensor_bytes
-from gmabench.measure.timing import time_callable
+from gmabench.measure.timing import error_line, time_callable
 from gmabench.mixers.base import Mixer, Shape
 from gmabench.sweep.accuracy import measure_accuracy
 from gmabench.sweep.plan import Cell
@@ -145,8 +145,7 @@ def run_cell(cell: Cell, device: torch.device, gpu_index: int = 0) -> dict[str, 
         rec["backend"] = backend()
     except Exception as exc:  # a failing cell is data
         rec["status"] = classify_failure(exc)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        rec["reason"] = f"{type(exc).__name__}: {first}"[:500]
+        rec["reason"] = error_line(exc)[:500]
         # the innermost frames say where it failed: keep the end (a positive limit keeps the
         # outermost frames, which cut mamba_ssm's launch failure off at gmabench's own call)
         rec["traceback"] = traceback.format_exc()[-4000:]

@@ -44,6 +44,11 @@
 #                              profiler), then Nsight Compute on one call of each variant: speed
 #                              of light, occupancy, launch statistics, warp stall reasons
 #                              (logs/profile/ncu.txt)
+#         | srcprofile[:N[:KERNELS]]  Nsight Compute's sampled warp stalls per SASS instruction
+#                              and per source line of the causal training call's kernels at N
+#                              (131072; KERNELS: comma-separated name prefixes, default
+#                              _causal_bwd_q,_causal_bwd_k), summed by scripts/ncu_source.py
+#                              (logs/srcprofile/*.txt)
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 7 minutes; EXPR selects with pytest -k; with
 #                              GPU_PYTEST_PROCS=P, one process per test, P at a time (their
@@ -147,6 +152,35 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             else
                 echo "ncu: not found or no time left"
             fi ;;
+        srcprofile|srcprofile:*)
+            local rest="${what#srcprofile}" n=131072 kernels="_causal_bwd_q,_causal_bwd_k" ncu_bin kern d
+            rest="${rest#:}"; [[ -n "$rest" ]] && n="${rest%%:*}"
+            [[ "$rest" == *:* ]] && kernels="${rest#*:}"
+            ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+            d="$logs/srcprofile"; mkdir -p "$d"
+            [[ -n "$ncu_bin" ]] || { echo "ncu: not found"; return; }
+            "$ncu_bin" --version | tail -n 1
+            for kern in ${kernels//,/ }; do
+                (( $(left) > 60 )) || { echo "no time left for $kern"; break; }
+                timeout "$(( $(left) - 30 ))" "$ncu_bin" --clock-control none --profile-from-start off \
+                    -k "regex:^$kern" --launch-count 1 --import-source yes -f -o "$d/$kern" \
+                    --section SourceCounters --section WarpStateStats --section SchedulerStats \
+                    --section LaunchStats --section Occupancy --section SpeedOfLight \
+                    python3 scripts/ncu_source.py call --n "$n" >"$d/$kern.log" 2>&1
+                echo "ncu $kern exit $?"; tail -n 3 "$d/$kern.log"
+                "$ncu_bin" -i "$d/$kern.ncu-rep" --page details >"$d/$kern-details.txt" 2>&1
+                for view in sass cuda; do
+                    "$ncu_bin" -i "$d/$kern.ncu-rep" --page source --csv --print-source "$view" \
+                        >"$d/$kern-$view.csv" 2>"$d/$kern-$view.err" || head -n 5 "$d/$kern-$view.err"
+                    python3 scripts/ncu_source.py summarize "$d/$kern-$view.csv" --top 45 \
+                        >"$d/$kern-$view.txt" 2>&1
+                    head -n 60 "$d/$kern-$view.txt"
+                    gzip -9 "$d/$kern-$view.csv"
+                done
+                grep -E "Duration|Registers Per|Achieved Occ|Theoretical Occ|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued" \
+                    "$d/$kern-details.txt" | head -20
+                rm -f "$d/$kern.ncu-rep"
+            done ;;
         pytest|pytest:*)    # at most 7 minutes; "pytest:EXPR" selects tests with -k EXPR
             local select=(); [[ "$what" == pytest:* ]] && select=(-k "${what#pytest:}")
             local popts=(-p no:cacheprovider -o addopts="" -o junit_family=xunit1 -rfEs)

@@ -140,3 +140,31 @@ def test_a_memoised_launch_skips_the_key_and_a_clear_forgets_it(monkeypatch):
     launch_mod.launch(kernel, (2,), (x, 16), {"C": 3}, 4, 1, memo=memo, site="s")
     assert kernel.standard == 2 and len(keys) == 4
     launch_mod.clear()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("ring", [0, 64])
+def test_every_constexpr_of_a_calls_kernels_is_named(causal, ring):
+    # launch.py's fast path passes a kernel's constexprs by position from the call's constants,
+    # with no defaults: a constant left to its default works on Triton's own path (and under the
+    # interpreter) and fails only on a GPU's second launch (the ring's RING did, once)
+    import inspect
+
+    from gmabench.gma.triton import bidir, causal as cm, common
+    call_mod.clear()
+    TUNING.update(ring=ring)
+    try:
+        call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
+                           prec=PRECISIONS["fp16"])
+    finally:
+        TUNING.update(ring=None)
+    kernels = ([(cm._causal_out_kernel, call.fwd), (cm._causal_bwd_q_kernel, call.bwd),
+                (cm._causal_bwd_k_kernel, call.bwd_k)] if causal else
+               [(bidir._bidir_out_kernel, call.fwd), (bidir._bidir_bwd_q_kernel, call.bwd),
+                (bidir._bidir_bwd_k_kernel, call.bwd_k)])
+    for kernel, consts in kernels + [(bidir._state_kernel, call.state),
+                                     (common._param_grad_kernel, call.param)]:
+        params = inspect.signature(kernel.fn).parameters.values()
+        constexprs = [p.name for p in params if str(p.annotation).endswith("constexpr")]
+        assert sorted(consts) == sorted(constexprs), kernel.fn.__name__
+    assert call.bwd.get("RING", 0) == (ring // call.plan.BLOCK_BWD if causal else 0)

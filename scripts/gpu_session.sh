@@ -45,7 +45,7 @@
 #                              of light, occupancy, launch statistics, warp stall reasons
 #                              (logs/profile/ncu.txt)
 #         | srcprofile[:N[:KERNELS]]  Nsight Compute's sampled warp stalls per SASS instruction
-#                              and per source line of the causal training call's kernels at N
+#                              of the causal training call's kernels at N
 #                              (131072; KERNELS: comma-separated name prefixes, default
 #                              _causal_bwd_q,_causal_bwd_k), summed by scripts/ncu_source.py
 #                              (logs/srcprofile/*.txt)
@@ -169,14 +169,11 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                     python3 scripts/ncu_source.py call --n "$n" >"$d/$kern.log" 2>&1
                 echo "ncu $kern exit $?"; tail -n 3 "$d/$kern.log"
                 "$ncu_bin" -i "$d/$kern.ncu-rep" --page details >"$d/$kern-details.txt" 2>&1
-                for view in sass cuda; do
-                    "$ncu_bin" -i "$d/$kern.ncu-rep" --page source --csv --print-source "$view" \
-                        >"$d/$kern-$view.csv" 2>"$d/$kern-$view.err" || head -n 5 "$d/$kern-$view.err"
-                    python3 scripts/ncu_source.py summarize "$d/$kern-$view.csv" --top 45 \
-                        >"$d/$kern-$view.txt" 2>&1
-                    head -n 60 "$d/$kern-$view.txt"
-                    gzip -9 "$d/$kern-$view.csv"
-                done
+                "$ncu_bin" -i "$d/$kern.ncu-rep" --page source --csv --print-source sass \
+                    >"$d/$kern-sass.csv" 2>"$d/$kern-sass.err" || head -n 5 "$d/$kern-sass.err"
+                python3 scripts/ncu_source.py summarize "$d/$kern-sass.csv" >"$d/$kern-sass.txt" 2>&1
+                head -n 45 "$d/$kern-sass.txt"
+                gzip -9 "$d/$kern-sass.csv"
                 grep -E "Duration|Registers Per|Achieved Occ|Theoretical Occ|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued" \
                     "$d/$kern-details.txt" | head -20
                 rm -f "$d/$kern.ncu-rep"

@@ -5,19 +5,17 @@ Two commands, used by gpu_session.sh's job `srcprofile`:
     python3 scripts/ncu_source.py call [--n 131072] [--bidir] [--mode fwd_bwd]
         one warm-up call of gma_triton (compiles), then one call between cudaProfilerStart and
         cudaProfilerStop: what `ncu --profile-from-start off` profiles
-    python3 scripts/ncu_source.py summarize PAGE.csv [--top 40]
-        a source page exported by `ncu -i REP --page source --csv --print-source sass` (or cuda):
-        the sampled warp stalls summed per opcode (SASS) or per source line, and the
-        instructions or lines that hold the most of them
-
-The summary reads whatever stall-sampling columns the page has (their names differ between
-Nsight Compute versions), so it prints the columns it used.
+    python3 scripts/ncu_source.py summarize PAGE.csv[.gz] ... [--top 25]
+        a source page exported by `ncu -i REP --page source --csv --print-source sass`: the
+        sampled warp stalls by reason, per opcode and per instruction, and the share of them
+        that waits on a spilled register coming back (summarize's docstring)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import os
 import re
 import sys
@@ -57,84 +55,85 @@ def call(n: int, causal: bool, mode: str) -> None:
     torch.cuda.cudart().cudaProfilerStop()
 
 
-def _num(s: str) -> float | None:
-    s = s.strip().replace(",", "")
+def _num(s: str) -> float:
     try:
-        return float(s)
+        return float(s.strip().replace(",", ""))
     except ValueError:
-        return None
+        return 0.0
 
 
-def _tables(path: str):
-    """The CSV tables of a page: a row equal to the first header starts a new one."""
-    with open(path, newline="") as f:
+def read_page(path: str) -> tuple[str, list[dict]]:
+    """(kernel name, one dict per SASS instruction) of a source page exported with
+    `ncu -i REP --page source --csv --print-source sass` (plain or gzipped): a "Kernel Name" line,
+    then a header row and one row per instruction."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
         rows = [r for r in csv.reader(f) if r]
-    header, body, out = None, [], []
+    kernel = next((r[1] for r in rows if r[0] == "Kernel Name" and len(r) > 1), "?")
+    at = next(i for i, r in enumerate(rows) if "Source" in r and "Address" in r)
+    header = rows[at]
+    return kernel, [dict(zip(header, r)) for r in rows[at + 1:] if len(r) == len(header)]
+
+
+OPCODE = re.compile(r"^\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+LOADS = ("LDL", "LDG", "LDS", "LDSM", "ATOM")   # whose results a long or short scoreboard waits on
+NO_DEST = ("ST", "RED", "BAR", "BRA", "WARPGROUP", "FENCE", "EXIT", "NOP")   # their first R is read
+
+
+def _dest_and_sources(text: str) -> tuple[str, set[str]]:
+    ops = text.split(None, 1)[1] if " " in text.strip() else ""
+    ops = ops.split(" ", 1)[1] if text.strip().startswith("@") and " " in ops else ops
+    regs = re.findall(r"\bR(\d+)\b", ops)
+    return (regs[0] if regs else ""), set(regs[1:])
+
+
+def summarize(path: str, top: int = 25) -> str:
+    """The sampled stall reasons of one kernel: in all, per opcode, the instructions holding the
+    most samples, and how many samples wait on a register that a local-memory load (a spill)
+    brings back: an instruction stalled on the long scoreboard whose source register was last
+    written by an LDL."""
+    kernel, rows = read_page(path)
+    samples = "Warp Stall Sampling (All Samples)"
+    reasons = [c for c in rows[0] if c.startswith("stall_") and "(" not in c]
+    total = sum(_num(r[samples]) for r in rows) or 1.0
+    out = [f"== {kernel}: {len(rows)} SASS instructions, {total:.0f} samples, "
+           f"{sum(_num(r['Instructions Executed']) for r in rows):.4g} warp instructions executed"]
+    by_reason = {c[6:]: sum(_num(r[c]) for r in rows) / total for c in reasons}
+    out.append("stall reasons: " + "  ".join(
+        f"{k} {v:.1%}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1]) if v >= 0.005))
+    ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for r in rows:
-        if header is None:
-            if any("Source" in c or "Address" in c for c in r):
-                header = r
-            continue
-        if r == header:
-            out.append((header, body))
-            body = []
-            continue
-        body.append(r)
-    if header is not None:
-        out.append((header, body))
-    return out
-
-
-OPCODE = re.compile(r"^\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?")
-
-
-def summarize(path: str, top: int) -> None:
-    for header, body in _tables(path):
-        src = next(i for i, c in enumerate(header) if c.strip() in ("Source", "# Source")
-                   or c.strip().endswith("Source"))
-        stall_cols = [i for i, c in enumerate(header) if "Sampl" in c or "stall" in c.lower()]
-        inst_col = next((i for i, c in enumerate(header) if c.startswith("Instructions Executed")
-                         or c == "Warp Instructions Executed"), None)
-        if not stall_cols:
-            print(f"{path}: no stall-sampling column in {header}")
-            continue
-        main = next((i for i in stall_cols if "All" in header[i]), stall_cols[0])
-        print(f"== {os.path.basename(path)}: {len(body)} rows; columns used: "
-              f"{[header[i] for i in stall_cols]}" + (f", {header[inst_col]}" if inst_col else ""))
-        total = sum(_num(r[main]) or 0.0 for r in body if len(r) > main)
-        if not total:
-            print("no samples")
-            continue
-        sass = any(OPCODE.match(r[src]) for r in body[:50] if len(r) > src)
-        groups: dict[str, list[float]] = defaultdict(lambda: [0.0] * (len(stall_cols) + 2))
-        for r in body:
-            if len(r) <= max(stall_cols + [src]):
-                continue
-            if sass:
-                m = OPCODE.match(r[src])
-                key = m.group(1) + (m.group(2) or "") if m else "?"
-                key = re.sub(r"\.(\d+|[A-Z]\d*)$", "", key) if key.startswith(("LDS", "STS")) else key
-            else:
-                key = r[src].strip()[:90]
-            g = groups[key]
-            for j, i in enumerate(stall_cols):
-                g[j] += _num(r[i]) or 0.0
-            g[-2] += 1
-            g[-1] += (_num(r[inst_col]) or 0.0) if inst_col is not None else 0.0
-        label = "opcode" if sass else "source line"
-        print(f"-- samples per {label} ({header[main]}: {total:.0f} in all)")
-        ranked = sorted(groups.items(), key=lambda kv: -kv[1][stall_cols.index(main)])
-        for key, g in ranked[:top]:
-            share = g[stall_cols.index(main)] / total
-            extra = "  ".join(f"{header[i].split('(')[-1].rstrip(')')[:18]}={g[j]:.0f}"
-                              for j, i in enumerate(stall_cols) if i != main)
-            print(f"{share:7.2%}  {g[stall_cols.index(main)]:9.0f}  n={g[-2]:<5.0f} "
-                  f"inst={g[-1]:<11.0f} {key}  {extra}")
-        if sass:
-            print(f"-- the {top} instructions with the most samples")
-            rows = sorted((r for r in body if len(r) > main), key=lambda r: -(_num(r[main]) or 0))
-            for r in rows[:top]:
-                print(f"{(_num(r[main]) or 0) / total:7.2%}  {r[src].strip()[:100]}")
+        m = OPCODE.match(r["Source"])
+        g = ops[m.group(1) if m else "?"]
+        g[0] += _num(r[samples])
+        g[1] += _num(r["Instructions Executed"])
+        g[2] += 1
+    executed = sum(g[1] for g in ops.values()) or 1.0
+    out.append(f"-- per opcode: share of samples, of instructions executed, count in the code")
+    for op, g in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
+        out.append(f"{op:12s} {g[0] / total:6.1%} {g[1] / executed:6.1%} {g[2]:5.0f}")
+    waits: dict[str, float] = defaultdict(float)
+    last_load: dict[str, str] = {}
+    for r in rows:     # program order; a loop's back edge is ignored (the text is straight)
+        dest, srcs = _dest_and_sources(r["Source"])
+        stalled = _num(r.get("stall_long_sb", "0"))
+        if stalled:
+            kinds = {last_load[x] for x in srcs if x in last_load}
+            waits["LDL" if "LDL" in kinds else (sorted(kinds)[0] if kinds else "no writer seen")] \
+                += stalled
+        m = OPCODE.match(r["Source"])
+        op = m.group(1) if m else ""
+        if dest and not op.startswith(NO_DEST):
+            last_load[dest] = op if op.startswith(LOADS) else "not a load"
+    out.append("long-scoreboard samples by the load that last wrote a source register: " +
+               "  ".join(f"{k} {v / total:.1%}" for k, v in
+                         sorted(waits.items(), key=lambda kv: -kv[1])))
+    out.append(f"-- the {top} instructions with the most samples (share, top reasons)")
+    for r in sorted(rows, key=lambda r: -_num(r[samples]))[:top]:
+        why = sorted(((_num(r[c]), c[6:]) for c in reasons), reverse=True)[:2]
+        out.append(f"{_num(r[samples]) / total:6.2%}  {r['Source'].strip()[:64]:64s} " +
+                   " ".join(f"{k} {v:.0f}" for v, k in why if v))
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -146,13 +145,13 @@ def main() -> None:
     c.add_argument("--mode", choices=("fwd", "fwd_bwd"), default="fwd_bwd")
     s = sub.add_parser("summarize")
     s.add_argument("pages", nargs="+")
-    s.add_argument("--top", type=int, default=40)
+    s.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
     if a.cmd == "call":
         call(a.n, not a.bidir, a.mode)
     else:
         for p in a.pages:
-            summarize(p, a.top)
+            print(summarize(p, a.top))
 
 
 if __name__ == "__main__":

@@ -287,56 +287,6 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
-def _check_ring_against_registers(shape, dtype, pairs, seed):
-    """The causal backward with parameter sums through the ring (plan key ring) against the
-    register sums, each pair (segments, ring) against (segments, 0): the same products summed in
-    another order, so o, dq, dk, dv must come out identical and the parameter gradients within
-    float32 rounding of each other; then the SPEC criterion with the first pair's ring."""
-    B, N, H, D, Dv, K = shape
-    ins = _inputs(B, N, H, D, Dv, K, dtype, seed=seed)
-    do = (0.5 * torch.randn(B, N, H, Dv, generator=torch.Generator().manual_seed(seed + 1))).to(
-        device=ins[0].device, dtype=dtype)
-    runs = {}
-    for segments, ring in [(p[0], r) for p in pairs for r in (0, p[1])]:
-        TUNING.update(segments=segments, ring=ring)
-        try:
-            assert make_plan(B, N, H, K, D, Dv, True, ins[0].device).RING == ring
-            runs[segments, ring] = _run(lambda *a: gma_triton(*a, causal=True), ins, do)
-        finally:
-            TUNING.update(segments=None, ring=None)
-    for segments, ring in pairs:
-        for name, x, y in zip(NAMES, runs[segments, ring], runs[segments, 0]):
-            if name in ("mu", "log_sigma", "mix_logits"):
-                assert _rel(x, y.double()) < 1e-5, (ring, name)
-            else:   # nothing else reads the sums
-                assert torch.equal(x, y), (ring, name)
-    TUNING.update(ring=pairs[0][1])
-    try:
-        errs, base = _errors(*shape, dtype, True, seed=seed + 2)
-    finally:
-        TUNING.update(ring=None)
-    _assert_spec(errs, base, dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_ring_parameter_sums_match_the_register_sums(dtype):
-    # Segments of 5 and 6 blocks with flushes every 2 blocks (a short last group each), one
-    # segment of 6 blocks flushed every 5, a masked tail; fresh random inputs.
-    _check_ring_against_registers((2, 91, 2, 32, 16, 12), dtype, [(2, 32), (1, 80)], seed=41)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
-                         ids=["fp32", "bf16", "fp16"])
-def test_gpu_ring_parameter_sums_match_the_register_sums(dtype):
-    # The GPU's own blocks (16 and 32 tokens for bf16 training): three segments of 704 tokens
-    # flushed every 256 (the last flush of each 192 tokens), and one segment flushed every 1024
-    # (the last of 37 tokens, a masked tail)
-    _check_ring_against_registers((2, 2085, 4, 64, 64, 64), dtype, [(3, 256), (1, 1024)],
-                                  seed=51)
-
-
 @pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2)])
 def test_precision_modes_on_float32_inputs(precision, tol):
     # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands.

@@ -143,21 +143,16 @@ def test_a_memoised_launch_skips_the_key_and_a_clear_forgets_it(monkeypatch):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("ring", [0, 64])
-def test_every_constexpr_of_a_calls_kernels_is_named(causal, ring):
+def test_every_constexpr_of_a_calls_kernels_is_named(causal):
     # launch.py's fast path passes a kernel's constexprs by position from the call's constants,
     # with no defaults: a constant left to its default works on Triton's own path (and under the
-    # interpreter) and fails only on a GPU's second launch (the ring's RING did, once)
+    # interpreter) and fails only on a GPU (a plan key `ring`, since removed, once did)
     import inspect
 
     from gmabench.gma.triton import bidir, causal as cm, common
     call_mod.clear()
-    TUNING.update(ring=ring)
-    try:
-        call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
-                           prec=PRECISIONS["fp16"])
-    finally:
-        TUNING.update(ring=None)
+    call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
+                       prec=PRECISIONS["fp16"])
     kernels = ([(cm._causal_out_kernel, call.fwd), (cm._causal_bwd_q_kernel, call.bwd),
                 (cm._causal_bwd_k_kernel, call.bwd_k)] if causal else
                [(bidir._bidir_out_kernel, call.fwd), (bidir._bidir_bwd_q_kernel, call.bwd),
@@ -167,4 +162,3 @@ def test_every_constexpr_of_a_calls_kernels_is_named(causal, ring):
         params = inspect.signature(kernel.fn).parameters.values()
         constexprs = [p.name for p in params if str(p.annotation).endswith("constexpr")]
         assert sorted(consts) == sorted(constexprs), kernel.fn.__name__
-    assert call.bwd.get("RING", 0) == (ring // call.plan.BLOCK_BWD if causal else 0)

@@ -125,15 +125,12 @@ def _backward(call: Call, saved, do):
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
         aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
         gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
-        rq, rk = call.ring_strides   # floats per program of each side's ring (0: no ring)
-        ring = (torch.empty(B * H * pl.P * max(rq, rk), device=q.device, dtype=torch.float32)
-                if rq else pg)
-        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, ring, N, H,
-                                             K, inv_tau, eps, bps, rq), consts, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_q")
-        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, ring, N, H,
-                                             K, inv_tau, pl.bps_bwd_k, rk), call.bwd_k,
-                pl.warps_bwd, pl.stages, memo=memo, site="bwd_k")
+        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, N, H, K,
+                                             inv_tau, eps, bps), consts, pl.warps_bwd, pl.stages,
+                memo=memo, site="bwd_q")
+        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, N, H, K,
+                                             inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
+                pl.stages, memo=memo, site="bwd_k")
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]

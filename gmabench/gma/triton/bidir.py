@@ -246,7 +246,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         rP = tl.sum(r * P, 1)
         rd = 1.0 / d                   # one division per row, products per element
         dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
-        dx, pa, pb, pc, _ = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
@@ -312,7 +312,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff2, ls_ptr + woff2, mix_ptr + woff2, h, K, inv_tau, KP, D,
                 PREC, WIDE, DXP)
-        dx, pa, pb, pc, _ = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])

@@ -85,16 +85,6 @@ class Call:
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
         self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K)   # the key side's own block
-        # the causal backward's rings (plan key ring): RING blocks of each side per flush (0: the
-        # sums in registers), and room per program for as many blocks as a segment has, if fewer.
-        # Every constexpr is named, defaults too: launch.py's fast path passes them by position.
-        self.ring_strides = (0, 0)
-        if causal:
-            for c, block in ((self.bwd, pl.BLOCK_BWD), (self.bwd_k, pl.BLOCK_BWD_K)):
-                c["RING"] = pl.RING // block
-            if pl.RING:
-                self.ring_strides = tuple(min(c["RING"], bps) * c["BLOCK"] * pl.KP for c, bps in
-                                          ((self.bwd, pl.bps_bwd), (self.bwd_k, pl.bps_bwd_k)))
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
 

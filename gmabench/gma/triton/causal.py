@@ -18,8 +18,7 @@ import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _fp16_scaled, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _raw_gate, _raw_state_ok,
-                     _resp, _resp_p, _resp_p16, _ring_flush, _ring_ptrs, _row_ptrs, _segment,
-                     _split, _to_out)
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out)
 
 
 @triton.jit
@@ -122,78 +121,15 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
 
 
 @triton.jit
-def _bwd_q_block(blk, qbase, kbase, vbase, dobase, dqbase, dq_ptr, auxbase, N, H, eps,
-                 S, s, G, g, pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl,
-                 D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                 WIDE: tl.constexpr, DXP: tl.constexpr, SUMS: tl.constexpr):
-    """One block of the query side's walk (see _causal_bwd_q_kernel); returns the carried
-    values and the block's dl."""
-    ii = tl.arange(0, BLOCK)
-    tri = ii[:, None] >= ii[None, :]
-    rows = blk * BLOCK + ii
-    rm = rows < N
-    xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-    xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-    v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-    do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-    rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    rqh, rql = _split(rq, PREC)
-    rkt = tl.trans(rk)
-    rkth, rktl = _split(rkt, PREC)
-    A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
-            False, INTERP)
-    A = tl.where(tri, A, 0.0)
-    doh, dol = _split(do, PREC)
-    vt = tl.trans(v)
-    vth, vtl = _split(vt, PREC)
-    W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
-            X_EXACT, INTERP)
-    St = tl.trans(S)
-    Sth = _hi(St, PREC)
-    U = _mm(doh, dol, Sth, _lo(St, Sth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
-            X_EXACT, False, INTERP)
-    d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
-    don = tl.sum(A * W, 1) + tl.sum(rq * U, 1)
-    rd = 1.0 / d                   # one division per row, products per element
-    ddv = -don * (rd * rd)
-    dA = tl.where(tri, W * rd[:, None] + ddv[:, None], 0.0)
-    dAh = _hi(dA, PREC)
-    rkh = _hi(rk, PREC)
-    dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
-             U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
-    dx, pa, pb, pc, dl = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, SUMS)
-    tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr), mask=rm[:, None])
-    tl.store(auxbase + rows, d, mask=rm)
-    tl.store(auxbase + N + rows, ddv, mask=rm)
-    dn = do.to(tl.float32) * rd[:, None]
-    rqt = tl.trans(rq)
-    rqth = _hi(rqt, PREC)
-    dnh = _hi(dn, PREC)
-    G = _mm(rqth, _lo(rqt, rqth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False, INTERP)
-    g += tl.sum(rq * ddv[:, None], 0)
-    vh = _hi(v, PREC)
-    S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
-    s += tl.sum(rk, 0)
-    return S, s, G, g, pa, pb, pc, dl
-
-
-@triton.jit
 def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr,
-                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, ring_ptr, N, H, K, inv_tau, eps, bps,
-                         ring_stride,
+                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr, RING: tl.constexpr = 0):
+                         DXP: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
     d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
-    dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T.
-    RING > 0: the parameter sums are made every RING blocks from the blocks' dl, kept meanwhile
-    in the program's ring (ring_stride floats at ring_ptr, room for min(RING, bps) blocks;
-    common._ring_flush), not in registers through the walk."""
+    dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -217,108 +153,78 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     dobase = do_ptr + off * DV
     dqbase = dq_ptr + off * D
     auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
-    if RING == 0:
-        for blk in range(blk0, blk1):
-            if WIDE:
-                woff = blk * _opaque_zero(N)
-                c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                    mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE,
-                    DXP)
-            S, s, G, g, pa, pb, pc, dl = _bwd_q_block(
-                blk, qbase, kbase, vbase, dobase, dqbase, dq_ptr, auxbase, N, H, eps, S, s, G, g,
-                pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl, D, DV, KP, BLOCK, PREC,
-                X_EXACT, INTERP, WIDE, DXP, True)
-        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
-    else:
-        ring = ring_ptr + (bh.to(tl.int64) * P + pid) * ring_stride
-        for g0 in range(blk0, blk1, RING):
-            g1 = tl.minimum(g0 + RING, blk1)
-            for blk in range(g0, g1):
-                S, s, G, g, pa, pb, pc, dl = _bwd_q_block(
-                    blk, qbase, kbase, vbase, dobase, dqbase, dq_ptr, auxbase, N, H, eps, S, s,
-                    G, g, pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl, D, DV, KP, BLOCK,
-                    PREC, X_EXACT, INTERP, WIDE, DXP, False)
-                tl.store(_ring_ptrs(ring, blk - g0, BLOCK, KP), dl)
-            _ring_flush(ring, qbase, H * D, g0, 1, g1 - g0, N, pg_ptr, h, BLOCK, KP, D, PREC,
-                        X_EXACT, INTERP)
+    ii = tl.arange(0, BLOCK)
+    tri = ii[:, None] >= ii[None, :]
+    for blk in range(blk0, blk1):
+        if WIDE:
+            woff = blk * _opaque_zero(N)
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rqh, rql = _split(rq, PREC)
+        rkt = tl.trans(rk)
+        rkth, rktl = _split(rkt, PREC)
+        A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                False, INTERP)
+        A = tl.where(tri, A, 0.0)
+        doh, dol = _split(do, PREC)
+        vt = tl.trans(v)
+        vth, vtl = _split(vt, PREC)
+        W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
+                X_EXACT, INTERP)
+        St = tl.trans(S)
+        Sth = _hi(St, PREC)
+        U = _mm(doh, dol, Sth, _lo(St, Sth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                X_EXACT, False, INTERP)
+        d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
+        don = tl.sum(A * W, 1) + tl.sum(rq * U, 1)
+        rd = 1.0 / d                   # one division per row, products per element
+        ddv = -don * (rd * rd)
+        dA = tl.where(tri, W * rd[:, None] + ddv[:, None], 0.0)
+        dAh = _hi(dA, PREC)
+        rkh = _hi(rk, PREC)
+        dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
+                 U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
+        dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP)
+        tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
+                 mask=rm[:, None])
+        tl.store(auxbase + rows, d, mask=rm)
+        tl.store(auxbase + N + rows, ddv, mask=rm)
+        dn = do.to(tl.float32) * rd[:, None]
+        rqt = tl.trans(rq)
+        rqth = _hi(rqt, PREC)
+        dnh = _hi(dn, PREC)
+        G = _mm(rqth, _lo(rqt, rqth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False,
+                INTERP)
+        g += tl.sum(rq * ddv[:, None], 0)
+        vh = _hi(v, PREC)
+        S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(rk, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
     tl.store(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.store(gbase + KP * DV + kk, g)
-
-
-@triton.jit
-def _bwd_k_block(blk, qbase, kbase, vbase, dobase, dkbase, dvbase, dk_ptr, dv_ptr, auxbase, N, H,
-                 G, g, pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl,
-                 D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                 WIDE: tl.constexpr, DXP: tl.constexpr, SUMS: tl.constexpr):
-    """One block of the key side's reverse walk (see _causal_bwd_k_kernel); returns the carried
-    values and the block's dl."""
-    ii = tl.arange(0, BLOCK)
-    triT = ii[:, None] <= ii[None, :]
-    rows = blk * BLOCK + ii
-    rm = rows < N
-    xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-    xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-    v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-    do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-    d = tl.load(auxbase + rows, mask=rm, other=1.0)
-    ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
-    rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]
-    rkh, rkl = _split(rk, PREC)
-    rqt = tl.trans(rq)
-    rqth, rqtl = _split(rqt, PREC)
-    At = _mm(rkh, rkl, rqth, rqtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
-             False, INTERP)
-    At = tl.where(triT, At, 0.0)
-    vh, vl = _split(v, PREC)
-    dot_ = tl.trans(do)
-    doth = _hi(dot_, PREC)
-    Wt = _mm(vh, vl, doth, _lo(dot_, doth, PREC), tl.zeros((BLOCK, BLOCK), dtype=tl.float32),
-             PREC, X_EXACT, X_EXACT, INTERP)
-    rd = 1.0 / d                   # one division per row, products per element
-    dAt = tl.where(triT, Wt * rd[None, :] + ddv[None, :], 0.0)
-    dn = do.to(tl.float32) * rd[:, None]
-    dnh, dnl = _split(dn, PREC)
-    rqh, rql = _split(rq, PREC)
-    Gt = tl.trans(G)
-    Gth = _hi(Gt, PREC)
-    dR = _mm(vh, vl, Gth, _lo(Gt, Gth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
-             X_EXACT, False, INTERP) + g[None, :]
-    dAth = _hi(dAt, PREC)
-    dR = _mm(dAth, _lo(dAt, dAth, PREC), rqh, rql, dR, PREC, False, False, INTERP)
-    # dv is rounded to the input dtype: its products take DXP (_input_grads); R_k and A lie
-    # in [0, 1]
-    rkdh, rkdl = _split(rk, DXP, True)
-    Gdh, Gdl = _split(G, DXP)
-    dv = _mm(rkdh, rkdl, Gdh, Gdl, tl.zeros((BLOCK, DV), dtype=tl.float32), DXP, False, False,
-             INTERP)
-    Adh, Adl = _split(At, DXP, True)
-    dndh, dndl = _split(dn, DXP)
-    dv = _mm(Adh, Adl, dndh, dndl, dv, DXP, False, False, INTERP)
-    tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr), mask=rm[:, None])
-    dx, pa, pb, pc, dl = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, SUMS)
-    tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr), mask=rm[:, None])
-    G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
-    g += tl.sum(rq * ddv[:, None], 0)
-    return G, g, pa, pb, pc, dl
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit
 def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, aux_ptr, gtot_ptr,
-                         dk_ptr, dv_ptr, pg_ptr, ring_ptr, N, H, K, inv_tau, bps, ring_stride,
+                         dk_ptr, dv_ptr, pg_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr, RING: tl.constexpr = 0):
+                         DXP: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
-    dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd.
-    RING > 0: the parameter sums through a ring, as in _causal_bwd_q_kernel."""
+    dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -341,29 +247,62 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     dkbase = dk_ptr + off * D
     dvbase = dv_ptr + off * DV
     auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
-    nb = blk1 - blk0
-    if RING == 0:
-        for it in range(0, nb):
-            blk = blk1 - 1 - it
-            if WIDE:
-                woff = blk * _opaque_zero(N)
-                c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                    mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE,
-                    DXP)
-            G, g, pa, pb, pc, dl = _bwd_k_block(
-                blk, qbase, kbase, vbase, dobase, dkbase, dvbase, dk_ptr, dv_ptr, auxbase, N, H,
-                G, g, pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl, D, DV, KP, BLOCK, PREC,
-                X_EXACT, INTERP, WIDE, DXP, True)
-        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
-    else:
-        ring = ring_ptr + (bh.to(tl.int64) * P + pid) * ring_stride
-        for i0 in range(0, nb, RING):
-            i1 = tl.minimum(i0 + RING, nb)
-            for it in range(i0, i1):
-                G, g, pa, pb, pc, dl = _bwd_k_block(
-                    blk1 - 1 - it, qbase, kbase, vbase, dobase, dkbase, dvbase, dk_ptr, dv_ptr,
-                    auxbase, N, H, G, g, pa, pb, pc, c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl, D,
-                    DV, KP, BLOCK, PREC, X_EXACT, INTERP, WIDE, DXP, False)
-                tl.store(_ring_ptrs(ring, it - i0, BLOCK, KP), dl)
-            _ring_flush(ring, kbase, H * D, blk1 - 1 - i0, -1, i1 - i0, N, pg_ptr, h, BLOCK, KP,
-                        D, PREC, X_EXACT, INTERP)
+    ii = tl.arange(0, BLOCK)
+    triT = ii[:, None] <= ii[None, :]
+    for it in range(0, blk1 - blk0):
+        blk = blk1 - 1 - it
+        if WIDE:
+            woff = blk * _opaque_zero(N)
+            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
+                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+        rows = blk * BLOCK + ii
+        rm = rows < N
+        xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+        d = tl.load(auxbase + rows, mask=rm, other=1.0)
+        ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]
+        rkh, rkl = _split(rk, PREC)
+        rqt = tl.trans(rq)
+        rqth, rqtl = _split(rqt, PREC)
+        At = _mm(rkh, rkl, rqth, rqtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
+                 False, INTERP)
+        At = tl.where(triT, At, 0.0)
+        vh, vl = _split(v, PREC)
+        dot_ = tl.trans(do)
+        doth = _hi(dot_, PREC)
+        Wt = _mm(vh, vl, doth, _lo(dot_, doth, PREC), tl.zeros((BLOCK, BLOCK), dtype=tl.float32),
+                 PREC, X_EXACT, X_EXACT, INTERP)
+        rd = 1.0 / d                   # one division per row, products per element
+        dAt = tl.where(triT, Wt * rd[None, :] + ddv[None, :], 0.0)
+        dn = do.to(tl.float32) * rd[:, None]
+        dnh, dnl = _split(dn, PREC)
+        rqh, rql = _split(rq, PREC)
+        Gt = tl.trans(G)
+        Gth = _hi(Gt, PREC)
+        dR = _mm(vh, vl, Gth, _lo(Gt, Gth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
+                 X_EXACT, False, INTERP) + g[None, :]
+        dAth = _hi(dAt, PREC)
+        dR = _mm(dAth, _lo(dAt, dAth, PREC), rqh, rql, dR, PREC, False, False, INTERP)
+        # dv is rounded to the input dtype: its products take DXP (_input_grads); R_k and A lie
+        # in [0, 1]
+        rkdh, rkdl = _split(rk, DXP, True)
+        Gdh, Gdl = _split(G, DXP)
+        dv = _mm(rkdh, rkdl, Gdh, Gdl, tl.zeros((BLOCK, DV), dtype=tl.float32), DXP, False, False,
+                 INTERP)
+        Adh, Adl = _split(At, DXP, True)
+        dndh, dndl = _split(dn, DXP)
+        dv = _mm(Adh, Adl, dndh, dndl, dv, DXP, False, False, INTERP)
+        tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
+                 mask=rm[:, None])
+        dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP)
+        tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
+                 mask=rm[:, None])
+        G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
+        g += tl.sum(rq * ddv[:, None], 0)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

@@ -324,38 +324,18 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 
 
 @triton.jit
-def _param_terms(dlh, dll, dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                 INTERP: tl.constexpr):
-    """pa += dl^T x, pb += dl^T x^2 (products in PREC from dl's operand pair dlh, dll),
-    pc += sum dl."""
-    xf = x.to(tl.float32)
-    dlth = tl.trans(dlh)
-    dltl = tl.trans(dll)
-    xh = _hi(x, PREC)
-    xl = _lo(xf, xh, PREC)
-    x2 = xf * xf
-    x2h = _hi(x2, PREC)
-    x2l = _lo(x2, x2h, PREC)
-    pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
-    pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
-    pc += tl.sum(dl, 0)
-    return pa, pb, pc
-
-
-@triton.jit
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: tl.constexpr,
                  PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                 WIDE: tl.constexpr, DXP: tl.constexpr, SUMS: tl.constexpr = True):
+                 WIDE: tl.constexpr, DXP: tl.constexpr):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
-    Returns dx (BLOCK, D) float32, the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
-    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed), and dl itself.
-    WIDE: (ah, al), (bh, bl) are the logit weights A2 = a log2(e), B2 = -b log2(e)/2, (D, KP),
-    used transposed. DXP: the precision of the products that feed dx alone (dl a, dl b; not
-    WIDE): dx is rounded to the input dtype, so for bf16 inputs scaled-fp16 products (11 bits)
-    suffice there, while the parameter sums, which add up over every token, keep PREC.
-    SUMS False: the sums are left alone (a ring of dl makes them later: _ring_flush).
+    Returns dx (BLOCK, D) float32 and the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
+    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed). WIDE: (ah, al), (bh,
+    bl) are the logit weights A2 = a log2(e), B2 = -b log2(e)/2, (D, KP), used transposed.
+    DXP: the precision of the products that feed dx alone (dl a, dl b; not WIDE): dx is rounded
+    to the input dtype, so for bf16 inputs scaled-fp16 products (11 bits) suffice there, while
+    the parameter sums, which add up over every token, keep PREC.
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
@@ -376,40 +356,17 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
         t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         dx = t_a - xf * t_b
-    if SUMS:
-        pa, pb, pc = _param_terms(dlh, dll, dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
-    return dx, pa, pb, pc, dl
-
-
-@triton.jit
-def _ring_ptrs(ring, j, BLOCK: tl.constexpr, KP: tl.constexpr):
-    """Slot j of a program's ring of dl tiles (BLOCK x KP float32 each)."""
-    ii = tl.arange(0, BLOCK)
-    kk = tl.arange(0, KP)
-    return ring + (j * BLOCK + ii).to(tl.int64)[:, None] * KP + kk[None, :]
-
-
-@triton.jit
-def _ring_flush(ring, xbase, row_stride, blk_first, step, nb, N, pg_ptr, h,
-                BLOCK: tl.constexpr, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
-                X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """The parameter sums of the nb blocks whose dl the ring holds (slot j: block
-    blk_first + j * step, x read again from xbase), added into the head's (a, b, c) gradients.
-    The same products as _input_grads's register sums, made after the walk's blocks instead of
-    inside them, so that the walk does not hold the sums (KP x D float32 twice) in registers."""
-    tl.debug_barrier()     # the walk's threads stored the slots this loop's threads read
-    ii = tl.arange(0, BLOCK)
-    pa = tl.zeros((KP, D), dtype=tl.float32)
-    pb = tl.zeros((KP, D), dtype=tl.float32)
-    pc = tl.zeros((KP,), dtype=tl.float32)
-    for j in range(0, nb):
-        rows = (blk_first + j * step) * BLOCK + ii
-        x = tl.load(_row_ptrs(xbase, rows, row_stride, D), mask=(rows < N)[:, None], other=0.0)
-        dl = tl.load(_ring_ptrs(ring, j, BLOCK, KP))
-        dlh, dll = _split(dl, PREC)
-        pa, pb, pc = _param_terms(dlh, dll, dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
-    tl.debug_barrier()     # ...and the next group's blocks overwrite them
+    dlth = tl.trans(dlh)
+    dltl = tl.trans(dll)
+    xh = _hi(x, PREC)
+    xl = _lo(xf, xh, PREC)
+    x2 = xf * xf
+    x2h = _hi(x2, PREC)
+    x2l = _lo(x2, x2h, PREC)
+    pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
+    pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
+    pc += tl.sum(dl, 0)
+    return dx, pa, pb, pc
 
 
 @triton.jit

@@ -45,10 +45,10 @@
 #                              of light, occupancy, launch statistics, warp stall reasons
 #                              (logs/profile/ncu.txt)
 #         | srcprofile[:N[:KERNELS]]  Nsight Compute's sampled warp stalls per SASS instruction
-#                              of the causal training call's kernels at N
-#                              (131072; KERNELS: comma-separated name prefixes, default
-#                              _causal_bwd_q,_causal_bwd_k), summed by scripts/ncu_source.py
-#                              (logs/srcprofile/*.txt)
+#                              of a training call's kernels at N (131072; KERNELS:
+#                              comma-separated name prefixes, default _causal_bwd_q,_causal_bwd_k;
+#                              the bidirectional call's when every prefix names "bidir"),
+#                              summed by scripts/ncu_source.py (logs/srcprofile/*.txt)
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 7 minutes; EXPR selects with pytest -k; with
 #                              GPU_PYTEST_PROCS=P, one process per test, P at a time (their
@@ -156,6 +156,8 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             local rest="${what#srcprofile}" n=131072 kernels="_causal_bwd_q,_causal_bwd_k" ncu_bin kern d
             rest="${rest#:}"; [[ -n "$rest" ]] && n="${rest%%:*}"
             [[ "$rest" == *:* ]] && kernels="${rest#*:}"
+            local variant=()
+            [[ -z "$(tr , '\n' <<<"$kernels" | grep -v bidir)" ]] && variant=(--bidir)
             ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
             d="$logs/srcprofile"; mkdir -p "$d"
             [[ -n "$ncu_bin" ]] || { echo "ncu: not found"; return; }
@@ -166,7 +168,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                     -k "regex:^$kern" --launch-count 1 --import-source yes -f -o "$d/$kern" \
                     --section SourceCounters --section WarpStateStats --section SchedulerStats \
                     --section LaunchStats --section Occupancy --section SpeedOfLight \
-                    python3 scripts/ncu_source.py call --n "$n" >"$d/$kern.log" 2>&1
+                    python3 scripts/ncu_source.py call --n "$n" "${variant[@]}" >"$d/$kern.log" 2>&1
                 echo "ncu $kern exit $?"; tail -n 3 "$d/$kern.log"
                 "$ncu_bin" -i "$d/$kern.ncu-rep" --page details >"$d/$kern-details.txt" 2>&1
                 "$ncu_bin" -i "$d/$kern.ncu-rep" --page source --csv --print-source sass \

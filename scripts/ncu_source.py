@@ -1,4 +1,4 @@
-"""Where a fused GMA kernel's warps wait, per instruction and per source line (Nsight Compute).
+"""Where a fused GMA kernel's warps wait, per SASS instruction (Nsight Compute's stall sampling).
 
 Two commands, used by gpu_session.sh's job `srcprofile`:
 
@@ -109,7 +109,7 @@ def summarize(path: str, top: int = 25) -> str:
         g[1] += _num(r["Instructions Executed"])
         g[2] += 1
     executed = sum(g[1] for g in ops.values()) or 1.0
-    out.append(f"-- per opcode: share of samples, of instructions executed, count in the code")
+    out.append("-- per opcode: share of samples, of instructions executed, count in the code")
     for op, g in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
         out.append(f"{op:12s} {g[0] / total:6.1%} {g[1] / executed:6.1%} {g[2]:5.0f}")
     waits: dict[str, float] = defaultdict(float)

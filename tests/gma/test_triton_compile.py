@@ -12,7 +12,6 @@ them.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -98,10 +97,8 @@ def _record_launches(monkeypatch, causal: bool, dtype: torch.dtype, D: int, DV: 
         bound = dict(zip(names, args), **kwargs)
         # The GPU build: no interpreter workarounds.
         bound = {k: (False if k == "INTERP" else v) for k, v in bound.items()}
-        defaults = inspect.signature(self.fn).parameters   # constexprs left at their defaults
         launches.append({"module": self.fn.__module__, "name": self.fn.__name__, "options": options,
-                         "args": [_describe(bound[n] if n in bound else defaults[n].default)
-                                  for n in names]})
+                         "args": [_describe(bound[n]) for n in names]})
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", recording_run)

@@ -33,7 +33,8 @@ class GMAMixer(Mixer):
         self.impl = impl     # "auto" becomes the implementation that ran after the first forward
         self.name = "gma" if impl == "auto" else f"gma-{impl}"
         self.cuda_only = impl == "triton"
-        # The fused kernels' product precision ("split", "fast", "ieee"); None: their default.
+        # The fused kernels' product precision ("split", "fast", "fp16", "tf32x3", "ieee"); None:
+        # their default.
         if precision is not None and impl != "triton":
             raise ValueError(f"precision applies to impl='triton' only, not {impl!r}")
         self.precision = precision

@@ -53,6 +53,10 @@ MIXERS: tuple[MixerEntry, ...] = (
     MixerEntry("gma-triton-split", "gma", _GMA, {"impl": "triton", "precision": "split"},
                "GMA, fused Triton kernels with split-bf16 products everywhere (the default before "
                "the scaled-fp16 output pass)", requires=("triton",), cuda_only=True),
+    MixerEntry("gma-triton-ieee", "gma", _GMA, {"impl": "triton", "precision": "ieee"},
+               "GMA, fused Triton kernels with exact float32 products and no tensor cores (the "
+               "float32 default before tf32x3; the exact twin)", requires=("triton",),
+               cuda_only=True),
     MixerEntry("gma-triton-fp16", "gma", _GMA, {"impl": "triton", "precision": "fp16"},
                "GMA, fused Triton kernels with scaled-fp16 products in the output pass for float16 "
                "inputs too (the default for bfloat16; the state the backward reads and the "

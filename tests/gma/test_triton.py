@@ -287,9 +287,12 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
-@pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2)])
+@pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2), ("tf32x3", 1e-5),
+                                           ("ieee", 1e-5)])
 def test_precision_modes_on_float32_inputs(precision, tol):
-    # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands.
+    # "split" emulates ~16-bit operands with bf16 pairs, "fast" uses single bf16 operands;
+    # "tf32x3" (three tf32 products, the float32 default) and "ieee" (exact float32 products) are
+    # both float32 under the interpreter: the GPU test below tells them apart.
     errs, _ = _errors(1, 40, 2, 16, 16, 6, torch.float32, True, seed=5, precision=precision)
     for name in NAMES:
         assert errs[name] < tol, (name, errs[name])
@@ -362,6 +365,32 @@ def test_gpu_real_sizes(dtype, causal):
     ins = _inputs(2, 2048 + 37, 4, 64, 64, 64, dtype, seed=17)
     err, base_o = _forward_errors(ins, causal)
     assert err <= 2 * base_o + _floor(dtype, "o"), (err, base_o)
+
+
+def test_float32_inputs_take_tf32x3_products_by_default():
+    from gmabench.gma.triton.autograd import precision_name
+    assert precision_name(torch.float32, None) == "tf32x3"
+    assert precision_name(torch.float32, "ieee") == "ieee"
+    assert precision_name(torch.bfloat16, None) == "fp16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision_name(torch.float32, "tf32")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_gpu_tf32x3_matches_its_exact_float32_twin(causal):
+    # float32 inputs: three tf32 tensor-core products per matmul (the default) against exact
+    # float32 products ("ieee", no tensor cores), on fresh random inputs at a real size, training:
+    # the output and all six gradients agree to about float32's own rounding, and both meet the
+    # SPEC criterion (test_gpu_real_sizes checks the default alone)
+    ins = _inputs(2, 2048 + 37, 4, 64, 64, 64, torch.float32, seed=71)
+    do = 0.5 * torch.randn(2, 2048 + 37, 4, 64, generator=torch.Generator().manual_seed(72))
+    do = do.to(ins[0].device)
+    fast = _run(lambda *a: gma_triton(*a, causal=causal, precision="tf32x3"), ins, do)
+    exact = _run(lambda *a: gma_triton(*a, causal=causal, precision="ieee"), ins, do)
+    for name, x, y in zip(NAMES, fast, exact):
+        assert 0 < _rel(x, y.double()) < 2e-5, (name, _rel(x, y.double()))
 
 
 def _errors_noting_fallback(monkeypatch, record_property, shape, dtype, causal, seed):

@@ -38,6 +38,7 @@ PAIRS = [
     ("gma-triton", "gma-reference", 1.0),
     ("gma-triton-split", "gma-reference", 1.0),
     ("gma-triton-fp16", "gma-reference", 1.0),
+    ("gma-triton-ieee", "gma-reference", 1.0),
     # Single 16-bit products in the logits: about 2x gma_reference's error by a float64 simulation
     # (docs/kernels.md), so this pair gets a wider bound than the SPEC's for the default kernels.
     ("gma-triton-fast", "gma-reference", 3.0),

@@ -13,7 +13,8 @@ from gmabench.mixers.registry import (MIXERS, UnknownMixerError, availability, g
                                       list_mixers, load_mixer, mixer_names)
 
 NAMES = mixer_names()
-EXPECTED = {"gma", "gma-reference", "gma-chunked", "gma-triton", "gma-triton-fast", "gma-triton-split", "gma-triton-fp16", "gma-fla", "softmax-naive",
+EXPECTED = {"gma", "gma-reference", "gma-chunked", "gma-triton", "gma-triton-fast", "gma-triton-split", "gma-triton-fp16",
+            "gma-triton-ieee", "gma-fla", "softmax-naive",
             "sdpa", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "linear-attention",
             "performer", "mamba2", "mamba2-ssd", "mamba2-ssd-chunk64", "fla-linear-attention",
             "fla-simple-gla", "flash-attn"}

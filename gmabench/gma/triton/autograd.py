@@ -150,15 +150,17 @@ def _backward(call: Call, saved, do):
 
 def precision_name(dtype: torch.dtype, precision: str | None) -> str:
     """The product precision of a call's forward kernels (common.py), unless `precision` or
-    $GMA_TRITON_PRECISION names one: float32 inputs "ieee"; bfloat16 inputs "fp16"; float16
-    inputs "split" (their output rounds 8x finer than bfloat16's, so fp16 products would dominate
-    the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow takes fp16
-    products only where the backward does not read the result, the output pass; the key pass's
-    state (an fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5) and the
-    backward kernels run "split". Errors: docs/kernels.md."""
+    $GMA_TRITON_PRECISION names one: float32 inputs "tf32x3" (three tf32 tensor-core products
+    per matmul, about 22 bits per operand; "ieee", exact float32 products without tensor cores,
+    took 3-4x gma_reference's time at N=4096: docs/kernels.md, Version 2.15); bfloat16 inputs
+    "fp16"; float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16
+    products would dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a
+    backward to follow takes fp16 products only where the backward does not read the result, the
+    output pass; the key pass's state (an fp16 state would cost the parameter gradients 2.5e-4
+    instead of 1e-5) and the backward kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
-            precision = "ieee"
+            precision = "tf32x3"
         else:
             auto = "fp16" if dtype == torch.bfloat16 else "split"
             precision = os.environ.get("GMA_TRITON_PRECISION", auto)
@@ -172,7 +174,7 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     """Fused GMA (see SPEC-gma.md): q, k (B,N,H,D), v (B,N,H,Dv), mu, log_sigma (H,K,D),
     mix_logits (H,K) -> (B,N,H,Dv) in v's dtype. Differentiable in all six tensors.
 
-    precision: None (see precision_name), "fp16", "split", "fast" or "ieee"; see common.py.
+    precision: None (see precision_name), "fp16", "split", "fast", "tf32x3" or "ieee"; see common.py.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")

@@ -16,6 +16,7 @@ import torch
 from .common import INTERPRET, PRECISIONS
 from .plan import Plan, make_plan, padded_components
 
+FLOAT32_PRECISIONS = (PRECISIONS["ieee"], PRECISIONS["tf32x3"])   # float32 operands throughout
 _DIMS: dict[tuple, tuple] = {}     # signature -> (B, N, H, D, DV, K), once its shapes passed check
 _CALLS: dict[tuple, "Call"] = {}
 
@@ -55,7 +56,8 @@ def fallback_key(q, v, mu, causal, grad, prec) -> tuple:
 def consts(dtype, D, DV, pl: Plan, prec, block=None) -> dict:
     """The compile-time constants every kernel of a call shares (`block`: the backward's)."""
     return dict(D=D, DV=DV, KP=pl.KP, BLOCK=block or pl.BLOCK, PREC=prec,
-                X_EXACT=(dtype == torch.bfloat16 and prec != PRECISIONS["ieee"]), INTERP=INTERPRET)
+                X_EXACT=(dtype == torch.bfloat16 and prec not in FLOAT32_PRECISIONS),
+                INTERP=INTERPRET)
 
 
 class Call:

@@ -11,7 +11,11 @@ Precision (constexpr PREC):
               hi*hi + hi*lo + lo*hi (operands exact in bfloat16, such as bf16 inputs, skip their
               lo part). About 16 bits of operand precision at 2-3x the tensor-core work; this is
               what keeps bf16/fp16 results within the SPEC criterion (see docs/kernels.md).
-  2  "ieee":  float32 operands, input_precision="ieee" (used for float32 inputs).
+  2  "ieee":  float32 operands, input_precision="ieee": exact float32 products without tensor
+              cores (the exact twin of "tf32x3"; float32 inputs took it by default before).
+  4  "tf32x3": float32 operands, input_precision="tf32x3": each operand split into tf32 hi + lo
+              and three tensor-core products (hi*hi + hi*lo + lo*hi), about 22 bits per operand;
+              the default for float32 inputs (docs/kernels.md, Version 2.15).
   3  "fp16":  forward kernels only: one float16 tensor-core product per matmul, each operand first
               scaled by a power of two (exact) so that it lies in [-1, 1]: no overflow whatever the
               inputs' range, and 11 significant bits, 8 times finer than bfloat16. The scale rides
@@ -36,7 +40,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # logit of a padded component: exp2 underflows to exactly 0, no inf arithmetic
 NEG_BIG = tl.constexpr(-1.0e30)
 
-PRECISIONS = {"fast": 0, "split": 1, "ieee": 2, "fp16": 3}
+PRECISIONS = {"fast": 0, "split": 1, "ieee": 2, "fp16": 3, "tf32x3": 4}
 _INTERP = tl.constexpr(INTERPRET)
 
 
@@ -62,7 +66,7 @@ def _rne_bf16(x):
 
 @triton.jit
 def _hi(x, PREC: tl.constexpr):
-    if PREC == 2:
+    if PREC == 2 or PREC == 4:
         y = x.to(tl.float32)
     elif _INTERP and x.dtype != tl.bfloat16:
         y = _rne_bf16(x)
@@ -164,7 +168,8 @@ def _pow2_scale_pair(x, y):
 
 @triton.jit
 def _split(x, PREC: tl.constexpr, UNIT: tl.constexpr = False):
-    """x as the operand pair that _mm takes: (hi, lo) in split precision, (hi, hi) in fast/ieee,
+    """x as the operand pair that _mm takes: (hi, lo) in split precision, (hi, hi) in
+    fast/ieee/tf32x3,
     (x / scale in float16, scale) in fp16 precision; UNIT: x is known to lie in [0, 1] (scale 1)."""
     if PREC == 3:
         if UNIT:
@@ -185,6 +190,8 @@ def _mm(ah, al, bh, bl, acc, PREC: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT:
     """acc + a @ b from operand pairs made by _split (see the module docstring for PREC)."""
     if PREC == 2:
         acc = tl.dot(ah, bh, acc, input_precision="ieee")
+    elif PREC == 4:
+        acc = tl.dot(ah, bh, acc, input_precision="tf32x3")
     elif PREC == 3:
         acc = acc + (al * bl) * _dot16(ah, bh, tl.zeros(acc.shape, dtype=tl.float32), INTERP)
     else:

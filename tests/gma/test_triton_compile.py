@@ -12,6 +12,8 @@ them.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -29,6 +31,12 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from gmabench.gma.triton import plan as plan_mod  # noqa: E402
 from gmabench.gma.triton import gma_triton  # noqa: E402
+from gmabench.gma.triton.common import PRECISIONS  # noqa: E402
+
+
+def _kernel(launch):
+    return getattr(importlib.import_module(launch["module"]), launch["name"])
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,6 +152,24 @@ def test_launches_compile_for_sm90(monkeypatch, causal, D, DV, K):
     assert len(names) >= 4, names  # prep, forward passes, backward passes, parameter gradients
     # the key pass twice: fp16 products (inference) and split (training)
     assert sum(x["name"] == "_state_kernel" for x in launches) == 2, launches
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", COMPILE], input=json.dumps(launches), text=True,
+                          capture_output=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.stdout.count("compiled") == len(launches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_float32_launches_compile_with_tf32x3_products(monkeypatch, causal):
+    # float32 inputs: every dot in precision tf32x3 (three tf32 tensor-core products), inference
+    # and training, within sm_90's shared memory
+    launches = _record_launches(monkeypatch, causal, torch.float32, 64, 64, 64)
+    precs = {arg["value"] for x in launches
+             for p, arg in zip(inspect.signature(_kernel(x).fn).parameters, x["args"])
+             if p in ("PREC", "DXP")}
+    assert precs == {PRECISIONS["tf32x3"]}, precs
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "-c", COMPILE], input=json.dumps(launches), text=True,

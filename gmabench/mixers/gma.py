@@ -92,7 +92,9 @@ class GMAMixer(Mixer):
         # which launch path runs them (launch.py's cached launches or Triton's own).
         from gmabench.gma.triton import launch, plan
         from gmabench.gma.triton.autograd import fallback_note, precision_name
-        precision = precision_name(inputs["q"].dtype, self.precision)
+        precision = precision_name(inputs["q"].dtype, self.precision,
+                                   (inputs["mu"].shape[1], inputs["q"].shape[-1],
+                                    inputs["v"].shape[-1]))
         if precision == "fp16":   # the output pass only, when a backward follows
             precision = "fp16 (training: state and backward split, dq/dk/dv products fp16)"
         launches = "cached" if launch.ENABLED else "triton"

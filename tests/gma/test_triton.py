@@ -367,9 +367,16 @@ def test_gpu_real_sizes(dtype, causal):
     assert err <= 2 * base_o + _floor(dtype, "o"), (err, base_o)
 
 
-def test_float32_inputs_take_tf32x3_products_by_default():
+def test_float32_inputs_take_tf32x3_products_at_the_tuned_shapes():
+    # beyond K (padded) = 64 or D, Dv = 64 tf32x3's split operands overflow an H200 block's
+    # shared memory (up to 458 KB; ieee's fit), so float32 keeps exact products there
     from gmabench.gma.triton.autograd import precision_name
     assert precision_name(torch.float32, None) == "tf32x3"
+    assert precision_name(torch.float32, None, (64, 64, 64)) == "tf32x3"
+    assert precision_name(torch.float32, None, (1, 16, 32)) == "tf32x3"
+    for wide in ((65, 64, 64), (256, 32, 32), (64, 128, 64), (64, 64, 128)):
+        assert precision_name(torch.float32, None, wide) == "ieee", wide
+    assert precision_name(torch.float32, "tf32x3", (256, 32, 32)) == "tf32x3"   # asked for
     assert precision_name(torch.float32, "ieee") == "ieee"
     assert precision_name(torch.bfloat16, None) == "fp16"
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -161,11 +161,12 @@ def test_launches_compile_for_sm90(monkeypatch, causal, D, DV, K):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("D,DV,K", [(64, 64, 64), (16, 32, 1)], ids=["D64-K64", "D16-Dv32-K1"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_float32_launches_compile_with_tf32x3_products(monkeypatch, causal):
-    # float32 inputs: every dot in precision tf32x3 (three tf32 tensor-core products), inference
-    # and training, within sm_90's shared memory
-    launches = _record_launches(monkeypatch, causal, torch.float32, 64, 64, 64)
+def test_float32_launches_compile_with_tf32x3_products(monkeypatch, causal, D, DV, K):
+    # float32 inputs at the shapes that take tf32x3 (the largest and the smallest): every dot in
+    # three tf32 tensor-core products, inference and training, within sm_90's shared memory
+    launches = _record_launches(monkeypatch, causal, torch.float32, D, DV, K)
     precs = {arg["value"] for x in launches
              for p, arg in zip(inspect.signature(_kernel(x).fn).parameters, x["args"])
              if p in ("PREC", "DXP")}

@@ -26,6 +26,7 @@ from .call import Call, fallback_key, prepare
 from .common import PRECISIONS, _param_grad_kernel
 from .launch import KernelTooLarge
 from .launch import launch as _launch
+from .plan import padded_components
 
 # Shapes whose kernels did not fit this process's GPU: key (call.fallback_key) -> the KernelTooLarge
 # message. Their calls run through gma_chunked (PyTorch) from then on.
@@ -148,19 +149,24 @@ def _backward(call: Call, saved, do):
     return dq, dk, dv, dmu, dls, dmix
 
 
-def precision_name(dtype: torch.dtype, precision: str | None) -> str:
+def precision_name(dtype: torch.dtype, precision: str | None,
+                   shape: tuple[int, int, int] | None = None) -> str:
     """The product precision of a call's forward kernels (common.py), unless `precision` or
-    $GMA_TRITON_PRECISION names one: float32 inputs "tf32x3" (three tf32 tensor-core products
-    per matmul, about 22 bits per operand; "ieee", exact float32 products without tensor cores,
-    took 3-4x gma_reference's time at N=4096: docs/kernels.md, Version 2.15); bfloat16 inputs
-    "fp16"; float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16
-    products would dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a
-    backward to follow takes fp16 products only where the backward does not read the result, the
-    output pass; the key pass's state (an fp16 state would cost the parameter gradients 2.5e-4
-    instead of 1e-5) and the backward kernels run "split". Errors: docs/kernels.md."""
+    $GMA_TRITON_PRECISION names one. float32 inputs: "tf32x3" (three tf32 tensor-core products
+    per matmul, about 22 bits per operand) at the tuned shapes, (K, D, Dv) = `shape` with K padded
+    to at most 64 and D, Dv at most 64; "ieee" (exact float32 products without tensor cores)
+    beyond them, where tf32x3's split operands need more shared memory than an H200 block has
+    (up to 458 KB at K=256; compile-time, docs/kernels.md Version 2.15) while ieee's fit; at
+    N=4096 ieee took 3-4x gma_reference's time. bfloat16 inputs "fp16"; float16 inputs "split"
+    (their output rounds 8x finer than bfloat16's, so fp16 products would dominate the error:
+    1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow takes fp16 products
+    only where the backward does not read the result, the output pass; the key pass's state (an
+    fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5) and the backward
+    kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
-            precision = "tf32x3"
+            wide = shape is not None and (padded_components(shape[0]) > 64 or max(shape[1:]) > 64)
+            precision = "ieee" if wide else "tf32x3"
         else:
             auto = "fp16" if dtype == torch.bfloat16 else "split"
             precision = os.environ.get("GMA_TRITON_PRECISION", auto)
@@ -182,7 +188,8 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     # Will a backward follow? Inference and training calls differ in launch plan (plan.py) and
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    prec = PRECISIONS[precision_name(q.dtype, precision)]
+    shape = (mu.shape[1], q.shape[-1], v.shape[-1]) if mu.dim() == 3 else None   # else: check()
+    prec = PRECISIONS[precision_name(q.dtype, precision, shape)]
     call, ready = prepare(tensors, bool(causal), float(temperature), float(eps), prec, grad)
     if call.fallback_key in TOO_LARGE:
         return _pytorch(*tensors, call.causal, float(temperature), call.eps)

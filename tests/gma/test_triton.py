@@ -506,7 +506,11 @@ def test_gma_mixer_records_precision_plan_source_and_launch_path(monkeypatch):
     assert GMAMixer("triton").backend(q16, False) == \
         ("triton fp16 (training: state and backward split, dq/dk/dv products fp16), plans: "
          f"{source}, launches: triton")
-    assert GMAMixer("triton").backend(q32, True) == f"triton ieee, plans: {source}, launches: triton"
+    assert GMAMixer("triton").backend(q32, True) == \
+        f"triton tf32x3, plans: {source}, launches: triton"
+    wide32 = dict(zip(("q", "k", "v", "mu", "log_sigma", "mix_logits"),
+                      _inputs(1, 4, 1, 16, 16, 100, torch.float32, seed=1)))   # K pads to 128
+    assert GMAMixer("triton").backend(wide32, True).startswith("triton ieee,")
     monkeypatch.setattr(launch_mod, "ENABLED", True)
     assert GMAMixer("triton").backend(q32, True).endswith("launches: cached")
     assert GMAMixer("triton", precision="fast").backend(q16, True).startswith("triton fast,")

@@ -151,18 +151,18 @@ def _backward(call: Call, saved, do):
 
 def precision_name(dtype: torch.dtype, precision: str | None,
                    shape: tuple[int, int, int] | None = None) -> str:
-    """The product precision of a call's forward kernels (common.py), unless `precision` or
-    $GMA_TRITON_PRECISION names one. float32 inputs: "tf32x3" (three tf32 tensor-core products
-    per matmul, about 22 bits per operand) at the tuned shapes, (K, D, Dv) = `shape` with K padded
-    to at most 64 and D, Dv at most 64; "ieee" (exact float32 products without tensor cores)
-    beyond them, where tf32x3's split operands need more shared memory than an H200 block has
-    (up to 458 KB at K=256; compile-time, docs/kernels.md Version 2.15) while ieee's fit; at
-    N=4096 ieee took 3-4x gma_reference's time. bfloat16 inputs "fp16"; float16 inputs "split"
-    (their output rounds 8x finer than bfloat16's, so fp16 products would dominate the error:
-    1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow takes fp16 products
-    only where the backward does not read the result, the output pass; the key pass's state (an
-    fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5) and the backward
-    kernels run "split". Errors: docs/kernels.md."""
+    """The product precision of a call's forward kernels (common.py), unless `precision` (or,
+    for 16-bit inputs, $GMA_TRITON_PRECISION) names one. float32 inputs: "tf32x3" (three tf32
+    tensor-core products per matmul, about 22 bits per operand) at the tuned shapes, (K, D, Dv)
+    = `shape` with K padded to at most 64 and D, Dv at most 64; "ieee" (exact float32 products
+    without tensor cores) beyond them, where tf32x3's split operands need more shared memory
+    than an H200 block has (up to 458 KB at K=256; compile-time, docs/kernels.md Version 2.15)
+    while ieee's fit; at N=4096 ieee took 3-4x gma_reference's time. bfloat16 inputs "fp16";
+    float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16 products would
+    dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow
+    takes fp16 products only where the backward does not read the result, the output pass; the
+    key pass's state (an fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5)
+    and the backward kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
             wide = shape is not None and (padded_components(shape[0]) > 64 or max(shape[1:]) > 64)
@@ -180,7 +180,8 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     """Fused GMA (see SPEC-gma.md): q, k (B,N,H,D), v (B,N,H,Dv), mu, log_sigma (H,K,D),
     mix_logits (H,K) -> (B,N,H,Dv) in v's dtype. Differentiable in all six tensors.
 
-    precision: None (see precision_name), "fp16", "split", "fast", "tf32x3" or "ieee"; see common.py.
+    precision: None (see precision_name), "fp16", "split", "fast", "tf32x3" or "ieee"; see
+    common.py.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")

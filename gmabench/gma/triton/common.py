@@ -168,9 +168,9 @@ def _pow2_scale_pair(x, y):
 
 @triton.jit
 def _split(x, PREC: tl.constexpr, UNIT: tl.constexpr = False):
-    """x as the operand pair that _mm takes: (hi, lo) in split precision, (hi, hi) in
-    fast/ieee/tf32x3,
-    (x / scale in float16, scale) in fp16 precision; UNIT: x is known to lie in [0, 1] (scale 1)."""
+    """x as the operand pair that _mm takes: (hi, lo) in split precision, (hi, hi) in fast, ieee
+    and tf32x3, (x / scale in float16, scale) in fp16 precision; UNIT: x is known to lie in
+    [0, 1] (scale 1)."""
     if PREC == 3:
         if UNIT:
             hi = x.to(tl.float16)

@@ -26,7 +26,7 @@ from .call import Call, fallback_key, prepare
 from .common import PRECISIONS, _param_grad_kernel
 from .launch import KernelTooLarge
 from .launch import launch as _launch
-from .plan import padded_components
+from .plan import beyond_table
 
 # Shapes whose kernels did not fit this process's GPU: key (call.fallback_key) -> the KernelTooLarge
 # message. Their calls run through gma_chunked (PyTorch) from then on.
@@ -153,20 +153,19 @@ def precision_name(dtype: torch.dtype, precision: str | None,
                    shape: tuple[int, int, int] | None = None) -> str:
     """The product precision of a call's forward kernels (common.py), unless `precision` (or,
     for 16-bit inputs, $GMA_TRITON_PRECISION) names one. float32 inputs: "tf32x3" (three tf32
-    tensor-core products per matmul, about 22 bits per operand) at the tuned shapes, (K, D, Dv)
-    = `shape` with K padded to at most 64 and D, Dv at most 64; "ieee" (exact float32 products
-    without tensor cores) beyond them, where tf32x3's split operands need more shared memory
-    than an H200 block has (up to 458 KB at K=256; compile-time, docs/kernels.md Version 2.15)
-    while ieee's fit; at N=4096 ieee took 3-4x gma_reference's time. bfloat16 inputs "fp16";
-    float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16 products would
-    dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a backward to follow
-    takes fp16 products only where the backward does not read the result, the output pass; the
-    key pass's state (an fp16 state would cost the parameter gradients 2.5e-4 instead of 1e-5)
-    and the backward kernels run "split". Errors: docs/kernels.md."""
+    tensor-core products per matmul, about 22 bits per operand) at the tuned shapes, `shape` =
+    (K, D, Dv) within plan.beyond_table's bounds; "ieee" (exact float32 products without tensor
+    cores) beyond them, where tf32x3's split operands need more shared memory than an H200 block
+    has (up to 458 KB at K=256; compile-time, docs/kernels.md Version 2.15) while ieee's fit at
+    the wide shapes compiled both ways; at N=4096 ieee took 3-4x gma_reference's time. bfloat16
+    inputs "fp16"; float16 inputs "split" (their output rounds 8x finer than bfloat16's, so fp16
+    products would dominate the error: 1.9x gma_reference's instead of 1.0x). "fp16" with a
+    backward to follow takes fp16 products only where the backward does not read the result, the
+    output pass; the key pass's state (an fp16 state would cost the parameter gradients 2.5e-4
+    instead of 1e-5) and the backward kernels run "split". Errors: docs/kernels.md."""
     if precision is None:
         if dtype == torch.float32:
-            wide = shape is not None and (padded_components(shape[0]) > 64 or max(shape[1:]) > 64)
-            precision = "ieee" if wide else "tf32x3"
+            precision = "ieee" if shape is not None and beyond_table(*shape) else "tf32x3"
         else:
             auto = "fp16" if dtype == torch.bfloat16 else "split"
             precision = os.environ.get("GMA_TRITON_PRECISION", auto)

@@ -181,6 +181,13 @@ def padded_components(K: int) -> int:
     return max(16, triton.next_power_of_2(K))
 
 
+def beyond_table(K: int, D: int, DV: int) -> bool:
+    """A shape wider than the ones the table was tuned and compiled for (K padded above 64, or
+    D or Dv above 64): those take the wider rule below, and float32 keeps exact products there
+    (autograd.precision_name)."""
+    return padded_components(K) > 64 or max(D, DV) > 64
+
+
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
               device: torch.device, grad: bool = True, split_dx: bool = False) -> Plan:
     """split_dx: the backward's dq, dk, dv products are split too (float16 inputs, or
@@ -195,7 +202,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     wide = max(D, DV)
     variant = ("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")
     row = dict(PLAN_TABLE[variant])
-    if KP > 64 or wide > 64:
+    if beyond_table(K, D, DV):
         # Outside what the table was measured for: smaller blocks keep the (BLOCK, KP) and
         # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md), and
         # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).

@@ -139,14 +139,19 @@ def test_backward_blocks_split_the_forward_segments(gpu_rules):
     assert (p.BLOCK, p.BLOCK_BWD) == (32, 32)
 
 
-def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
+def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     for variant in ("causal/fwd_bwd", "bidir/fwd_bwd"):
         gpu_rules.PLAN_TABLE[variant].update(block_bwd=16, warps_fwd=4, warps_bwd=4)
     causal = gpu_rules.make_plan(1, 10000, 1, 256, 128, 128, True, CPU, grad=True)
     bidir = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, False, CPU, grad=True)
     narrow = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
     assert (causal.BLOCK, causal.BLOCK_BWD, causal.warps_fwd, causal.warps_bwd) == (16, 16, 8, 8)
-    assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 8, 4)
+    # one program per SM (shared memory): 8 warps, and 16-token causal backward blocks
+    # (docs/kernels.md, Version 2.16)
+    assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 8, 8)
+    causal128 = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=True)
+    assert (causal128.BLOCK, causal128.BLOCK_BWD, causal128.BLOCK_BWD_K, causal128.bps_bwd,
+            causal128.warps_bwd) == (32, 16, 16, 2 * causal128.bps, 8)
     # 256 components: 16-token backward blocks, for shared memory
     k256 = gpu_rules.make_plan(1, 10000, 1, 256, 32, 32, False, CPU, grad=True)
     assert (k256.BLOCK, k256.BLOCK_BWD, k256.bps_bwd) == (32, 16, 2 * k256.bps)
@@ -156,9 +161,13 @@ def test_wide_training_keeps_the_warps_it_was_measured_with(gpu_rules):
     assert gpu_rules.make_plan(1, 10000, 1, 128, 128, 64, True, CPU, grad=True).WIDE
     assert not gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).WIDE
     assert (narrow.BLOCK_BWD, narrow.warps_fwd, narrow.warps_bwd) == (16, 4, 4)
-    # inference plans are untouched by the training rule
-    gpu_rules.PLAN_TABLE["causal/fwd"].update(warps_fwd=4)
-    assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=False).warps_fwd == 4
+    # inference: the table's warps up to 128 components, 8 at 256
+    for variant in ("causal/fwd", "bidir/fwd"):
+        gpu_rules.PLAN_TABLE[variant].update(warps_fwd=4)
+    for causal_ in (True, False):
+        assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, causal_, CPU, grad=False).warps_fwd == 4
+        assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, causal_, CPU, grad=False).warps_fwd == 8
+        assert gpu_rules.make_plan(1, 10000, 1, 200, 32, 32, causal_, CPU, grad=False).warps_fwd == 8
 
 
 def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):

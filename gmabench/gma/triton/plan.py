@@ -77,10 +77,18 @@ _TUNED = {
                        "stages_key": 3},                                           # 18.08 -> 8.69
 }
 PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARIANTS}
-# Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64): the warps of version 2.1
-# and one block size for both passes; the 4-warp, 16-token backward was measured at K = D = 64 only.
-_WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 4},
-                  "causal/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8}}
+# Training at shapes wider than the tuned ones (K > 64 or D, Dv > 64). Their backward kernels need
+# 148-205 KB of shared memory (the weights' operand pairs), so one program runs per SM: 8 warps
+# there, and the causal backward in 16-token blocks. At K=128, D=Dv=64, N=16384 on the H200
+# (results/2026-11-29-h200-wide-plans, device time): bidirectional 5.086 -> 1.357 ms with 8
+# backward warps instead of 4 (16-token blocks on top: 1.560), causal 3.621 -> 2.874 ms with
+# 16-token backward blocks; at compile time the same changes cut the spill at D=Dv=128, K=64 too
+# (bidirectional 7288 -> 876 B per thread, causal 4012 -> 1408 B; docs/kernels.md Version 2.16).
+_WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8},
+                  "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 8, "warps_bwd": 8}}
+# Inference at 256 components (padded): 8 forward warps (K=256, D=Dv=64, N=16384: causal 2.928 ->
+# 0.967 ms, bidirectional 0.536 -> 0.466); at 128 the table's 4 stay (8 took 1.4-1.8x longer).
+_WIDE_INFERENCE_KP256 = {"warps_fwd": 8}
 # ... and every wide shape the 2 stages and the one backward block they were measured with (a third
 # buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
 _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
@@ -205,9 +213,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     if beyond_table(K, D, DV):
         # Outside what the table was measured for: smaller blocks keep the (BLOCK, KP) and
         # (BLOCK, D) register tiles from spilling (ptxas -v on sm_90a, docs/kernels.md), and
-        # training keeps the warps of version 2.1 (the paper run's K=128 cells ran so).
+        # training takes 8 warps per program (above).
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
         row.update(_WIDE_TRAINING.get(variant, {}), **_WIDE_AS_MEASURED)
+        if not grad and KP >= 256:
+            row.update(_WIDE_INFERENCE_KP256)
         if grad and KP >= 256:
             # 256 components: the backward's shared memory is the binding limit, and 16-token
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against

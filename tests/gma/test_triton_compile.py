@@ -146,7 +146,7 @@ WIDE = pytest.mark.skipif(not os.environ.get("GMABENCH_WIDE_COMPILE"),
         "282624 B at D=128, K=256, over sm_90's 227 KB (docs/kernels.md); on a GPU the launch "
         "raises KernelTooLarge and the call runs in PyTorch"))]),
 ], ids=["D64-K64", "D16-Dv32-K1", "D32-K256", "D64-K128", "D64-K256", "D128-K128",
-                             "D128-K256"])
+        "D128-K256"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launches_compile_for_sm90(monkeypatch, causal, D, DV, K):
     launches = _record_launches(monkeypatch, causal, torch.bfloat16, D, DV, K)

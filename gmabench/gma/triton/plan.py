@@ -86,9 +86,6 @@ PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARI
 # (bidirectional 7288 -> 876 B per thread, causal 4012 -> 1408 B; docs/kernels.md Version 2.16).
 _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8},
                   "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 8, "warps_bwd": 8}}
-# Inference at 256 components (padded): 8 forward warps (K=256, D=Dv=64, N=16384: causal 2.928 ->
-# 0.967 ms, bidirectional 0.536 -> 0.466); at 128 the table's 4 stay (8 took 1.4-1.8x longer).
-_WIDE_INFERENCE_KP256 = {"warps_fwd": 8}
 # ... and every wide shape the 2 stages and the one backward block they were measured with (a third
 # buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
 _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
@@ -217,7 +214,10 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         row["block"] = 16 if (KP >= 256 and wide >= 128) else 32
         row.update(_WIDE_TRAINING.get(variant, {}), **_WIDE_AS_MEASURED)
         if not grad and KP >= 256:
-            row.update(_WIDE_INFERENCE_KP256)
+            # inference at 256 components: 8 warps (K=256, D=Dv=64, N=16384 on the H200: causal
+            # 2.928 -> 0.967 ms, bidirectional 0.536 -> 0.466); at 128 the table's 4 stay (8
+            # took 1.4-1.8x longer; results/2026-11-29-h200-wide-plans)
+            row["warps_fwd"] = 8
         if grad and KP >= 256:
             # 256 components: the backward's shared memory is the binding limit, and 16-token
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against

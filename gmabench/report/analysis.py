@@ -125,9 +125,9 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
     Uses ok rows with x > 0 and y > 0, and needs 3 distinct x (else slope is NaN). The `_large`
     columns refit over the upper half of the x values (at least 3), because launch overhead
     flattens small sizes and the asymptotic slope is what tells O(N) from O(N^2). For a time
-    (y ending in "_ms"), `n_host_bound_large` counts the sizes of that fit with a host-bound cell:
-    a large-x slope over host-bound sizes may still be launch overhead (or a call that waited
-    for the GPU: HOST_BOUND_SHARE), and the report marks it.
+    (y ending in "_ms"), `n_host_bound` and `n_host_bound_large` count the sizes of each fit with
+    a host-bound cell: a slope over host-bound sizes may still be launch overhead (or a call that
+    waited for the GPU: HOST_BOUND_SHARE), and the report marks it.
     """
     work = _as_frame(df).copy()
     if by is None:
@@ -152,11 +152,12 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
         row.update({f"{k}_large": v for k, v in large.items() if k != "x_max"})
         bound = (set(ok.loc[ok["host_bound"], x].astype("float64"))
                  if y.endswith("_ms") and "host_bound" in ok else set())
+        row["n_host_bound"] = len(bound & set(xs))
         row["n_host_bound_large"] = len(bound & set(xs.iloc[max(upper, 0):]))
         row.update(n_cells=int(len(g)), n_ok=int(len(ok)), n_x_cells=int(g[x].nunique()))
         rows.append(row)
     cols = by + ["slope", "stderr", "r2", "n_points", "x_min", "x_max", "slope_large",
-                 "stderr_large", "r2_large", "n_points_large", "x_min_large",
+                 "stderr_large", "r2_large", "n_points_large", "x_min_large", "n_host_bound",
                  "n_host_bound_large", "n_cells", "n_ok", "n_x_cells"]
     return pd.DataFrame(rows, columns=cols)
 

@@ -113,6 +113,8 @@ def _fit_section(df: pd.DataFrame) -> str:
             fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
                              if c != x and getattr(r, c) is not pd.NA)
             slope = "—" if math.isnan(r.slope) else f"{r.slope:.2f} ± {r.stderr:.2f}"
+            if r.n_host_bound and math.isfinite(r.slope):
+                slope += f" ({r.n_host_bound} of its sizes host-bound)"
             span = f"{r.x_min:g}–{r.x_max:g}" if r.n_points else "—"
             large = _fmt(r.slope_large, ".2f")
             if r.n_host_bound_large and math.isfinite(r.slope_large):
@@ -123,7 +125,7 @@ def _fit_section(df: pd.DataFrame) -> str:
                "x range"]
     note = ("<p>Log-log slopes over ok cells (needs 3 sizes): 1 means O(x), 2 means O(x²). "
             "The large-x slope refits the upper half of the sizes, past launch overhead; where "
-            "some of those sizes are host-bound (see the cells' legend) it may still time the "
+            "some of a fit's sizes are host-bound (see the cells' legend) it may still time the "
             "call path, and says how many.</p>")
     return "<h2>Scaling fits</h2>" + note + _table(headers, rows, left=3)
 

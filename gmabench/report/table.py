@@ -27,6 +27,14 @@ def _slopes(fits: pd.DataFrame, series: str, col: str) -> str:
     return f"≈{a}" if a == b else f"{a}–{b}"
 
 
+def _marked(fits: pd.DataFrame, series: str, col: str, host_col: str) -> str:
+    """_slopes, starred when one of its fits takes a host-bound size (host_col > 0)."""
+    text = _slopes(fits, series, col)
+    if text != "—" and (fits.loc[fits["series"] == series, host_col] > 0).any():
+        text += "*"
+    return text
+
+
 def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     return records if isinstance(records, pd.DataFrame) else records_frame(records)
 
@@ -39,9 +47,9 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     mem_n = fit_scaling(df, x="N", y="peak_bytes")
     lat_k = fit_scaling(df, x="K", y="median_ms")
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
-                  caption="ms~N big: fit over the upper half of N (*: over host-bound cells "
-                          "too, which may time the call path); a range means several fixed "
-                          "shapes (B, H, D, K) were fitted separately")
+                  caption="ms~N big: fit over the upper half of N; *: the fit takes "
+                          "host-bound cells too, which may time the call path; a range means "
+                          "several fixed shapes (B, H, D, K) were fitted separately")
     # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
     table.add_column("series", overflow="fold", min_width=24)
     for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "ok/bad/skip"]:
@@ -51,15 +59,14 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
         ok = int((status == "ok").sum())
         if not ok:
             continue
-        k_slope = _slopes(lat_k, series, "slope") if g["k_applies"].any() else "n/a"
+        k_slope = (_marked(lat_k, series, "slope", "n_host_bound") if g["k_applies"].any()
+                   else "n/a")
         failed = int(((status != "ok") & (status != "skipped")).sum())
         counts = f"{ok}/{f'[red]{failed}[/red]' if failed else 0}/{int((status == 'skipped').sum())}"
-        big = _slopes(lat_n, series, "slope_large")
-        if big != "—" and (lat_n.loc[lat_n["series"] == series, "n_host_bound_large"] > 0).any():
-            big += "*"
         table.add_row(
             escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
-            _slopes(lat_n, series, "slope"), big,
+            _marked(lat_n, series, "slope", "n_host_bound"),
+            _marked(lat_n, series, "slope_large", "n_host_bound_large"),
             _slopes(mem_n, series, "slope"), k_slope, counts)
     return table
 

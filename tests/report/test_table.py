@@ -66,10 +66,28 @@ def test_a_large_n_slope_over_host_bound_sizes_is_marked(make_record):
         recs.append(make_record("kernel", N, median_ms=1e-4 * N, host_ms=0.01, peak_bytes=100 * N))
     fits = fit_scaling(records_frame(recs))
     assert dict(zip(fits["mixer"], fits["n_host_bound_large"])) == {"hosted": 1, "kernel": 0}
+    assert dict(zip(fits["mixer"], fits["n_host_bound"])) == {"hosted": 3, "kernel": 0}
     assert set(fit_scaling(records_frame(recs), y="peak_bytes")["n_host_bound_large"]) == {0}
     text = _text(summary_table(recs))
-    assert _row(text, "hosted")[3].endswith("*") and not _row(text, "kernel")[3].endswith("*")
-    assert "*: over host-bound cells too" in text
+    # ms~N over all five sizes (three host-bound) and ms~N big: both starred for "hosted" only
+    assert [c[-1] for c in _row(text, "hosted")[2:4]] == ["*", "*"]
+    assert [c[-1] for c in _row(text, "kernel")[2:4]] == ["0", "0"]
+    assert "*: the fit takes host-bound cells too" in text
+
+
+def test_a_k_slope_over_host_bound_cells_is_marked(make_record):
+    # a mixer flat in K because the host sets its pace at small K (as gma's training cells at
+    # N=16384 in results/2026-11-29-h200-components), then growing: its ms~K takes host-bound
+    # cells and says so; a kernel-bound one does not
+    recs = []
+    for K in (8, 16, 32, 64, 128):
+        ms = max(0.6, 0.01 * K)
+        recs.append(make_record("hosted", 16384, K=K, median_ms=ms, host_ms=0.58 if ms == 0.6 else 0.2))
+        recs.append(make_record("kernel", 16384, K=K, median_ms=0.01 * K, host_ms=0.01))
+    fits = fit_scaling(records_frame(recs), x="K")
+    assert dict(zip(fits["mixer"], fits["n_host_bound"])) == {"hosted": 3, "kernel": 0}   # K <= 32
+    text = _text(summary_table(recs))
+    assert _row(text, "hosted")[5].endswith("*") and _row(text, "kernel")[5] == "1.00"
 
 
 def test_summary_table_leaves_series_without_ok_cells_to_the_failures_table(make_record):

@@ -52,7 +52,9 @@ def wide_training(K: int, D: int, Dv: int) -> bool:
     of two (at least 16) times max(D, Dv) above 8192, where it makes its Gaussian weights again for
     every block to fit the GPU's shared memory (docs/kernels.md). On an H200 that form trained
     1.9-2.4x slower than gma_chunked (D=64 with K=256, D=128 with K=128, N=16384:
-    results/2026-11-29-h200-prepared-calls), so impl="auto" trains such shapes in PyTorch."""
+    results/2026-11-29-h200-prepared-calls), and with the 8-warp plans since 24.2 and 33.9 ms
+    (bidirectional, causal) at D=64, K=256, against gma_chunked's 14.3 and 17.7 in another run
+    (results/2026-11-29-h200-wide-plans), so impl="auto" trains such shapes in PyTorch."""
     return max(16, 1 << (K - 1).bit_length()) * max(D, Dv) > 8192
 
 

@@ -119,6 +119,19 @@ def _loglog(x: pd.Series, y: pd.Series) -> dict[str, float]:
     return out
 
 
+def _lines(df, x: str, by: list[str] | None):
+    """(by, groups): the cells of each line along x, a series at one fixed shape. Along K only
+    mixers that K changes; along N, a K-free mixer's cells at several K are one line."""
+    work = _as_frame(df).copy()
+    if by is None:
+        by = SERIES_COLS + [c for c in SHAPE_COLS if c != x]
+    if x == "K":
+        work = work[work["k_applies"]]
+    elif "K" in by:
+        work["K"] = work["K"].where(work["k_applies"])
+    return by, work.groupby(by, dropna=False, sort=True)
+
+
 def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = None) -> pd.DataFrame:
     """Log-log slope of y against x per group in which only x varies.
 
@@ -129,16 +142,9 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
     a host-bound cell: a slope over host-bound sizes may still be launch overhead (or a call that
     waited for the GPU: HOST_BOUND_SHARE), and the report marks it.
     """
-    work = _as_frame(df).copy()
-    if by is None:
-        by = SERIES_COLS + [c for c in SHAPE_COLS if c != x]
-    if x == "K":
-        work = work[work["k_applies"]]
-    elif "K" in by:
-        # K does not change those mixers, so their cells at different K are one line.
-        work["K"] = work["K"].where(work["k_applies"])
+    by, groups = _lines(df, x, by)
     rows = []
-    for key, g in work.groupby(by, dropna=False, sort=True):
+    for key, g in groups:
         ok = g[g["status"] == "ok"]
         pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
         pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
@@ -160,6 +166,43 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
                  "stderr_large", "r2_large", "n_points_large", "x_min_large", "n_host_bound",
                  "n_host_bound_large", "n_cells", "n_ok", "n_x_cells"]
     return pd.DataFrame(rows, columns=cols)
+
+
+# A local exponent above 1 + STEP_TOLERANCE (or 2 + it) counts as faster than linear (quadratic):
+# between sizes a factor of 2 apart, a 19% error in one cell's time moves it by 0.25.
+STEP_TOLERANCE = 0.25
+
+
+def steepest_steps(df, x: str = "N", y: str = "median_ms") -> pd.DataFrame:
+    """Per line along x (as fit_scaling), the steepest growth between neighbouring sizes: the
+    local exponent log(y_b / y_a) / log(x_b / x_a) over ok cells that are neither host-bound nor
+    noisy, and what it says. A fitted slope averages a cliff away (gma's time flat from K=8 to
+    64, then 8x from 128 to 256, fits as 0.85 over all six sizes); a step shows where it is.
+
+    verdict: "linear or better" (no step above 1 + STEP_TOLERANCE), "super-linear, at most
+    quadratic" (one above, none above 2 + STEP_TOLERANCE), "steeper than quadratic", or "too
+    few sizes" (fewer than two usable ones)."""
+    by, groups = _lines(df, x, None)
+    rows = []
+    for key, g in groups:
+        ok = g[(g["status"] == "ok") & ~g["host_bound"] & ~g["noisy"].fillna(False).astype(bool)]
+        pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
+        pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
+        pts = pts.groupby("x", as_index=False)["y"].median()
+        row = dict(zip(by, key), n_sizes=len(pts), n_x_cells=int(g[x].nunique()),
+                   exponent=math.nan, x_from=math.nan, x_to=math.nan, verdict="too few sizes")
+        if len(pts) >= 2:
+            lx, ly = np.log(pts["x"].to_numpy()), np.log(pts["y"].to_numpy())
+            local = np.diff(ly) / np.diff(lx)
+            i = int(np.argmax(local))
+            e = float(local[i])
+            row.update(exponent=e, x_from=float(pts["x"].iloc[i]), x_to=float(pts["x"].iloc[i + 1]),
+                       verdict="linear or better" if e <= 1 + STEP_TOLERANCE else
+                       "super-linear, at most quadratic" if e <= 2 + STEP_TOLERANCE else
+                       "steeper than quadratic")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=by + ["n_sizes", "n_x_cells", "exponent", "x_from", "x_to",
+                                            "verdict"])
 
 
 def speedup_table(df, baseline: str) -> pd.DataFrame:

@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from gmabench.report.analysis import (HOST_BOUND_SHARE, fit_scaling, records_frame, speedup_table,
-                                      worst_errors)
+from gmabench.report.analysis import (HOST_BOUND_SHARE, STEP_TOLERANCE, fit_scaling,
+                                      records_frame, speedup_table, steepest_steps, worst_errors)
 from gmabench.report.figures import MIB, all_figures
 from gmabench.report.table import group_unrecorded
 
@@ -128,6 +128,30 @@ def _fit_section(df: pd.DataFrame) -> str:
             "some of a fit's sizes are host-bound (see the cells' legend) it may still time the "
             "call path, and says how many.</p>")
     return "<h2>Scaling fits</h2>" + note + _table(headers, rows, left=3)
+
+
+def _steps_section(df: pd.DataFrame) -> str:
+    rows = []
+    for label, x in [("latency vs N", "N"), ("latency vs K", "K")]:
+        steps = steepest_steps(df, x=x)
+        ran = set(df.loc[df["status"] == "ok", "series"])
+        for r in steps[(steps["n_x_cells"] >= 2) & steps["series"].isin(ran)].itertuples():
+            fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
+                             if c != x and getattr(r, c) is not pd.NA)
+            step = "—" if r.n_sizes < 2 else f"{r.x_from:g} → {r.x_to:g}"
+            rows.append([label, r.series, fixed, r.verdict, step, _fmt(r.exponent, ".2f"),
+                         f"{r.n_sizes} of {r.n_x_cells}"])
+    if not rows:
+        return ""
+    headers = ["growth", "series", "fixed", "verdict", "steepest step", "local exponent",
+               "sizes used"]
+    note = ("<p>Does each line grow as its complexity says? Between neighbouring sizes, the "
+            "local exponent log(t<sub>b</sub>/t<sub>a</sub>) / log(x<sub>b</sub>/x<sub>a</sub>) "
+            "of the median time, over ok cells that are neither host-bound nor noisy; the "
+            f"steepest one decides: at most 1 + {STEP_TOLERANCE:g} is linear or better, at most "
+            f"2 + {STEP_TOLERANCE:g} super-linear but at most quadratic. A fitted slope can "
+            "average a cliff away; this shows where it is.</p>")
+    return "<h2>Steepest growth</h2>" + note + _table(headers, rows, left=4)
 
 
 def _failure_section(df: pd.DataFrame) -> str:
@@ -256,7 +280,8 @@ def write_report(run_dir: Path, records: list[dict], env: dict, suite: dict,
         f"{html.escape(json.dumps(v, indent=2, sort_keys=True, default=str))}</pre></details>"
         for k, v in [("Environment", env), ("Suite", suite)])
     body = "".join([header, "<h2>Figures</h2>", "".join(figs) or "<p>No sweep with two sizes.</p>",
-                    _fit_section(df) if len(df) else "", _failure_section(df),
+                    _fit_section(df) if len(df) else "", _steps_section(df) if len(df) else "",
+                    _failure_section(df),
                     _unrecorded_section(unrecorded or []),
                     _speedup_section(df, suite.get("baseline")) if len(df) else "",
                     _accuracy_section(df) if len(df) else "", _ok_section(df), details])

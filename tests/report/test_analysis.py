@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gmabench.report.analysis import (add_throughput, fit_scaling, records_frame, series_label,
-                                      speedup_table)
+                                      speedup_table, steepest_steps)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,6 +81,46 @@ def test_memory_slopes(records):
     fits = fit_scaling(records_frame(records), x="N", y="peak_bytes")
     assert _rows(fits, "linear")["slope"].sub(1.0).abs().max() < 0.01
     assert abs(_rows(fits, "quadratic")["slope"].iloc[0] - 2.0) < 0.01
+
+
+def test_steepest_step_tells_linear_quadratic_and_a_cliff_apart(records, make_record):
+    steps = steepest_steps(records_frame(records))
+    lin = _rows(steps, "linear")
+    assert set(lin["verdict"]) == {"linear or better"}
+    assert lin["exponent"].to_list() == pytest.approx([1.0] * 3)
+    quad = _rows(steps, "quadratic").iloc[0]
+    assert quad["verdict"] == "super-linear, at most quadratic"
+    assert quad["exponent"] == pytest.approx(2.0) and quad["n_sizes"] == 5   # the oom cell is out
+    # flat along K, then 8x for twice the components: a fit over all four sizes says 0.75, the
+    # step from 128 to 256 says 3 (gma's causal forward in results/2026-11-29-h200-components)
+    cliff = [make_record("cliff", 16384, K=K, median_ms=ms)
+             for K, ms in [(16, 0.1), (32, 0.1), (64, 0.1), (128, 0.1), (256, 0.8)]]
+    assert fit_scaling(records_frame(cliff), x="K")["slope"].iloc[0] < 1.0
+    row = steepest_steps(records_frame(cliff), x="K").iloc[0]
+    assert (row["verdict"], row["x_from"], row["x_to"]) == ("steeper than quadratic", 128, 256)
+    assert row["exponent"] == pytest.approx(3.0)
+
+
+def test_steepest_step_leaves_out_host_bound_and_noisy_cells(make_record):
+    # "plain" jumps 8x from 1024 to 2048; in "hosted" the two flat sizes are the host's pace
+    # (host-bound cells), and "noisy" spikes at 2048 in a cell marked noisy: without those
+    # cells both are linear
+    times = {512: 0.05, 1024: 0.05, 2048: 0.4, 4096: 0.8}
+    recs = [make_record("plain", N, median_ms=ms, host_ms=0.01) for N, ms in times.items()]
+    recs += [make_record("hosted", N, median_ms=ms, host_ms=0.049 if N <= 1024 else 0.01)
+             for N, ms in times.items()]
+    recs += [make_record("noisy", N, median_ms=ms, host_ms=0.01, noisy=(N == 2048))
+             for N, ms in {512: 0.1, 1024: 0.2, 2048: 1.6, 4096: 0.8}.items()]
+    steps = steepest_steps(records_frame(recs)).set_index("mixer")
+    assert steps.loc["plain", ["verdict", "x_from", "x_to"]].to_list() == [
+        "steeper than quadratic", 1024, 2048]
+    assert steps.loc["hosted", ["verdict", "n_sizes"]].to_list() == ["linear or better", 2]
+    assert steps.loc["noisy", ["verdict", "n_sizes"]].to_list() == ["linear or better", 3]
+    assert steps.loc["noisy", "exponent"] == pytest.approx(1.0)
+    # one usable size left: no verdict
+    alone = [make_record("alone", N, median_ms=ms, host_ms=0.9 * ms if N < 4096 else 0.01)
+             for N, ms in times.items()]
+    assert steepest_steps(records_frame(alone))["verdict"].to_list() == ["too few sizes"]
 
 
 def test_speedup_table_ratios_at_matching_cells(make_record):

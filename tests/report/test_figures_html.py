@@ -178,3 +178,21 @@ def test_the_cells_table_shows_output_and_gradient_errors(tmp_path, make_record)
 
 def test_no_accuracy_section_without_errors(tmp_path, records):
     assert "<h2>Accuracy</h2>" not in write_report(tmp_path, records, ENV, SUITE).read_text()
+
+
+def test_the_report_names_the_steepest_step_of_each_line(tmp_path, records, make_record):
+    # the synthetic linear and quadratic lines, and one flat along K until a 6x jump at 256
+    cliff = [make_record("cliff", 16384, K=K, median_ms=ms)
+             for K, ms in [(32, 0.1), (64, 0.1), (128, 0.1), (256, 0.6)]]
+    text = write_report(tmp_path, records + cliff, {}, {"name": "s"}).read_text()
+    section = text[text.index("<h2>Steepest growth</h2>"):]
+    section = section[:section.index("<h2>", 5)]
+    rows = [re.sub("<[^>]+>", "|", r).strip("|").split("||")
+            for r in re.findall(r"<tr>(.*?)</tr>", section)]
+    by_line = {tuple(r[:3]): r[3:] for r in rows}
+    assert by_line[("latency vs K", "cliff causal fwd bf16", "B=1 N=16384 H=8 D=64")] == [
+        "steeper than quadratic", "128 → 256", "2.58", "4 of 4"]
+    quad = by_line[("latency vs N", "quadratic causal fwd bf16", "B=1 H=8 D=64")]
+    assert (quad[0], quad[2], quad[3]) == ("super-linear, at most quadratic", "2.00", "5 of 6")
+    lin = by_line[("latency vs N", "linear causal fwd bf16", "B=1 H=8 D=64 K=16")]
+    assert (lin[0], lin[2]) == ("linear or better", "1.00")

@@ -37,7 +37,7 @@ def _unrecorded(suite: dict, records: list[dict]) -> list[dict]:
 
 def render_report(run_dir: Path, baseline: str | None = None, shared_js: bool = False) -> Path:
     from gmabench.report import accuracy_table, failures_table, summary_table, write_report
-    from gmabench.report.table import speedup_summary, unrecorded_table
+    from gmabench.report.table import growth_table, speedup_summary, unrecorded_table
     from gmabench.results.store import CorruptResultsError, load_records
 
     try:
@@ -56,6 +56,9 @@ def render_report(run_dir: Path, baseline: str | None = None, shared_js: bool = 
     unrecorded = _unrecorded(suite, records)
     path = write_report(run_dir, records, env, suite, unrecorded, shared_js=shared_js)
     console.print(summary_table(records))
+    growth = growth_table(records)
+    if growth is not None:
+        console.print(growth)
     console.print(accuracy_table(records))
     if suite.get("baseline") in {r.get("mixer") for r in records}:
         console.print(speedup_summary(records, suite["baseline"]))

@@ -94,6 +94,37 @@ def _sci(v: Any) -> str:
     return "—" if v is None or pd.isna(v) else f"{v:.1e}"
 
 
+def growth_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table | None:
+    """The lines whose steepest step between neighbouring sizes grows faster than linearly
+    (analysis.steepest_steps), or None when there are none: what refutes a linear-time claim,
+    or confirms a quadratic one, in a few rows."""
+    from gmabench.report.analysis import steepest_steps
+
+    df = _frame(records)
+    # the other shape columns only where the run varies them
+    varying = [c for c in ("B", "H", "D", "Dv") if df[c].nunique() > 1]
+    rows = []
+    for x, fixed_col in (("N", "K"), ("K", "N")):
+        steps = steepest_steps(df, x=x)
+        steps = steps[~steps["verdict"].isin(["linear or better", "too few sizes"])]
+        for r in steps.itertuples():
+            at = " ".join(f"{c}={getattr(r, c)}" for c in [fixed_col, *varying]
+                          if getattr(r, c) is not pd.NA)
+            rows.append((str(r.series), x, at, f"{r.x_from:g} → {r.x_to:g}",
+                         f"{r.exponent:.2f}", str(r.verdict)))
+    if not rows:
+        return None
+    table = Table(title="Faster than linear: the steepest step between neighbouring sizes",
+                  caption="over cells neither host-bound nor noisy; the HTML report lists every "
+                          "line")
+    table.add_column("series", overflow="fold", min_width=24)
+    for c in ["along", "at", "step", "exponent", "verdict"]:
+        table.add_column(c, justify="right" if c == "exponent" else "left", no_wrap=c != "verdict")
+    for row in rows:
+        table.add_row(escape(row[0]), *row[1:])
+    return table
+
+
 def failures_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     """Cells that did not run ok, grouped by mixer, status and reason, with the N values hit.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from gmabench.report import accuracy_table, failures_table, summary_table
+from gmabench.report.table import growth_table
 from gmabench.report.analysis import fit_scaling, records_frame
 
 
@@ -132,3 +133,20 @@ def test_speedup_summary_states_times_faster_at_both_ends(make_record):
     text = _text(speedup_summary(recs, "base"))
     row = _row(text, "fast")
     assert row[1:] == ["256–1024", "4x", "16x"]
+
+
+def test_growth_table_lists_the_lines_that_grow_faster_than_linear(records, make_record):
+    # the synthetic quadratic line (N^2, K-free) and a line flat in K until 8x at 256; the
+    # linear, overhead and tiny lines grow linearly or better and stay out
+    cliff = [make_record("cliff", 16384, K=K, median_ms=ms, H=h)
+             for h in (8, 16) for K, ms in [(64, 0.1), (128, 0.1), (256, 0.8)]]
+    text = _text(growth_table(records + cliff))
+    quad = _row(text, "quadratic")   # every step of it is 2.00: which one shows is a tie
+    assert quad[:3] + quad[4:] == ["quadratic causal fwd bf16", "N", "H=8", "2.00",
+                                   "super-linear, at most quadratic"]
+    cliffs = [l for l in text.splitlines() if l.startswith("│ cliff ")]
+    assert [[c.strip() for c in l.strip("│").split("│")][2] for l in cliffs] == [
+        "N=16384 H=8", "N=16384 H=16"]
+    assert all("128 → 256" in l and "3.00" in l and "steeper than quadratic" in l for l in cliffs)
+    assert not any(l.startswith(("│ linear ", "│ overhead ", "│ tiny ")) for l in text.splitlines())
+    assert growth_table([r for r in records if r["mixer"] == "linear"]) is None

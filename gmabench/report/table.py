@@ -1,4 +1,5 @@
-"""Terminal tables (rich): one scaling summary row per series, and the cells that did not run ok."""
+"""Terminal tables (rich): one scaling summary row per series, the lines that grow faster than
+linearly, accuracy, and the cells that did not run ok."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from gmabench.report.analysis import fit_scaling, records_frame
+from gmabench.report.analysis import fit_scaling, records_frame, steepest_steps
 
 _STATUS_STYLE = {"skipped": "yellow", "oom": "red", "timeout": "red", "error": "red",
                  "cuda_error": "red", "crashed": "red"}
@@ -98,8 +99,6 @@ def growth_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table | No
     """The lines whose steepest step between neighbouring sizes grows faster than linearly
     (analysis.steepest_steps), or None when there are none: what refutes a linear-time claim,
     or confirms a quadratic one, in a few rows."""
-    from gmabench.report.analysis import steepest_steps
-
     df = _frame(records)
     # the other shape columns only where the run varies them
     varying = [c for c in ("B", "H", "D", "Dv") if df[c].nunique() > 1]

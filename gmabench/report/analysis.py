@@ -171,6 +171,8 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
 # A local exponent above 1 + STEP_TOLERANCE (or 2 + it) counts as faster than linear (quadratic):
 # between sizes a factor of 2 apart, a 19% error in one cell's time moves it by 0.25.
 STEP_TOLERANCE = 0.25
+# steepest_steps' verdicts that claim nothing faster than linear
+NOT_SUPERLINEAR = ("linear or better", "too few sizes")
 
 
 def steepest_steps(df, x: str = "N", y: str = "median_ms") -> pd.DataFrame:

@@ -103,6 +103,12 @@ def _header(df: pd.DataFrame, env: dict, suite: dict) -> tuple[str, str]:
     return str(name), f"<h1>gmabench report: {html.escape(str(name))}</h1><dl>{dl}</dl>"
 
 
+def _fixed(r: Any, x: str) -> str:
+    """The shape a fitted line holds fixed, e.g. "B=1 H=16 D=64 K=64" along N."""
+    return " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
+                    if c != x and getattr(r, c) is not pd.NA)
+
+
 def _fit_section(df: pd.DataFrame) -> str:
     rows = []
     for label, x, y in [("latency vs N", "N", "median_ms"), ("peak memory vs N", "N", "peak_bytes"),
@@ -110,8 +116,7 @@ def _fit_section(df: pd.DataFrame) -> str:
         fits = fit_scaling(df, x=x, y=y)
         # Series with no measured point are listed among the failed cells, not here.
         for r in fits[(fits["n_x_cells"] >= 2) & (fits["n_points"] > 0)].itertuples():
-            fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
-                             if c != x and getattr(r, c) is not pd.NA)
+            fixed = _fixed(r, x)
             slope = "—" if math.isnan(r.slope) else f"{r.slope:.2f} ± {r.stderr:.2f}"
             if r.n_host_bound and math.isfinite(r.slope):
                 slope += f" ({r.n_host_bound} of its sizes host-bound)"
@@ -136,8 +141,7 @@ def _steps_section(df: pd.DataFrame) -> str:
         steps = steepest_steps(df, x=x)
         ran = set(df.loc[df["status"] == "ok", "series"])
         for r in steps[(steps["n_x_cells"] >= 2) & steps["series"].isin(ran)].itertuples():
-            fixed = " ".join(f"{c}={getattr(r, c)}" for c in ["B", "N", "H", "D", "K"]
-                             if c != x and getattr(r, c) is not pd.NA)
+            fixed = _fixed(r, x)
             step = "—" if r.n_sizes < 2 else f"{r.x_from:g} → {r.x_to:g}"
             rows.append([label, r.series, fixed, r.verdict, step, _fmt(r.exponent, ".2f"),
                          f"{r.n_sizes} of {r.n_x_cells}"])

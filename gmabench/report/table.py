@@ -10,7 +10,8 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from gmabench.report.analysis import fit_scaling, records_frame, steepest_steps
+from gmabench.report.analysis import (NOT_SUPERLINEAR, fit_scaling, records_frame,
+                                      steepest_steps)
 
 _STATUS_STYLE = {"skipped": "yellow", "oom": "red", "timeout": "red", "error": "red",
                  "cuda_error": "red", "crashed": "red"}
@@ -105,7 +106,7 @@ def growth_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table | No
     rows = []
     for x, fixed_col in (("N", "K"), ("K", "N")):
         steps = steepest_steps(df, x=x)
-        steps = steps[~steps["verdict"].isin(["linear or better", "too few sizes"])]
+        steps = steps[~steps["verdict"].isin(NOT_SUPERLINEAR)]
         for r in steps.itertuples():
             at = " ".join(f"{c}={getattr(r, c)}" for c in [fixed_col, *varying]
                           if getattr(r, c) is not pd.NA)

@@ -33,9 +33,10 @@
 #                              and 131072 with the table's plans; @SRC: of the gmabench source
 #                              tree under SRC (an untracked copy, e.g. the last commit's, so that
 #                              two versions of the kernels are timed side by side in one call)
-#         | plansweep[@K]:NS:MODES:PLANS  device time (per kernel too) at the comma-separated NS
-#                              and MODES (fwd, fwd_bwd) under each plan of the JSON list PLANS
+#         | plansweep[@K[xD]]:NS:MODES:PLANS  device time (per kernel too) at the comma-separated
+#                              NS and MODES (fwd, fwd_bwd) under each plan of the JSON list PLANS
 #                              (TUNING knobs; {} is the table's), at K components (default 64)
+#                              and head size D = Dv (default 64; e.g. plansweep@64x128)
 #         | stagesweep         device time (per kernel too) of every variant at N=2048 and 131072
 #                              with the block loops pipelined 2 (the table), 3 and 4 stages deep
 #         | wide               training at D=64, K=256 and D=128, K=128 (N=16384): fused
@@ -121,12 +122,16 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         plansweep:*|plansweep@*)   # e.g. 'plansweep:131072:fwd:[{},{"warps_fwd":8}]', 'plansweep@128:...'
-            local kk=64 rest ns modes
-            if [[ "$what" == plansweep@* ]]; then rest="${what#plansweep@}"; kk="${rest%%:*}"; fi
+            local kk=64 dd=64 rest ns modes
+            if [[ "$what" == plansweep@* ]]; then
+                rest="${what#plansweep@}"; kk="${rest%%:*}"
+                if [[ "$kk" == *x* ]]; then dd="${kk#*x}"; kk="${kk%%x*}"; fi
+            fi
             rest="${what#*:}"
             ns="${rest%%:*}"; rest="${rest#*:}"; modes="${rest%%:*}"; rest="${rest#*:}"
-            python3 scripts/gpu_kernels.py --out "$logs/plansweep-k$kk" --sections plansweep --ns "$ns" \
-                --modes "$modes" --plans "$rest" --k "$kk" \
+            local tagdir="plansweep-k$kk"; [[ "$dd" == 64 ]] || tagdir+="-d$dd"
+            python3 scripts/gpu_kernels.py --out "$logs/$tagdir" --sections plansweep --ns "$ns" \
+                --modes "$modes" --plans "$rest" --k "$kk" --d "$dd" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;
         stagesweep)
             python3 scripts/gpu_kernels.py --out "$logs/$what" --sections "$what" --ns 2048,131072 \

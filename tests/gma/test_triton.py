@@ -287,6 +287,36 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("wide", [0, 1], ids=["table-form", "wide-form"])
+def test_stored_dl_gives_the_register_sums_gradients(causal, wide):
+    # dl_store: the backward kernels store dl and a pass of its own makes the parameter sums,
+    # with the same products, instead of carrying them through the walk. Its exact twin is the
+    # register form: o, dq, dk, dv bit for bit (nothing else changes), the parameter gradients
+    # within float32 summation order; and both meet the SPEC.
+    ins = _inputs(2, 53, 2, 32, 16, 12, torch.bfloat16, seed=41)
+    do = (0.5 * torch.randn(2, 53, 2, 16, generator=torch.Generator().manual_seed(42))).to(
+        device=ins[0].device, dtype=torch.bfloat16)
+    runs = []
+    for dl_store in (0, 1):
+        TUNING.update(dl_store=dl_store, wide=wide, segments=3)
+        try:
+            runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
+        finally:
+            TUNING.update(dl_store=None, wide=None, segments=None)
+    regs, stored = runs
+    for name, x, y in zip(NAMES, stored, regs):
+        if name in ("mu", "log_sigma", "mix_logits"):
+            assert _rel(x, y.double()) < 1e-6, name
+        else:
+            assert torch.equal(x, y), name
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    ref = _run(gma_spec_float64, ins64, do.double(), causal=causal)
+    base = _run(gma_reference, ins, do, causal=causal)
+    _assert_spec({n: _rel(x, r) for n, x, r in zip(NAMES, stored, ref)},
+                 {n: _rel(x, r) for n, x, r in zip(NAMES, base, ref)}, torch.bfloat16)
+
+
 @pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2), ("tf32x3", 1e-5),
                                            ("ieee", 1e-5)])
 def test_precision_modes_on_float32_inputs(precision, tol):
@@ -303,7 +333,8 @@ def test_launch_variants_do_not_change_the_result(causal):
     # one segment vs five and seven (the causal walks start from the sum of up to six earlier or
     # later segments' totals); 16-, 32-, 128-token blocks; a backward, or a key pass, with smaller
     # blocks, and a backward whose key side walks other blocks than its query side; the backward
-    # that makes its weights per block (the wide shapes' form)
+    # that makes its weights per block (the wide shapes' form); one that stores dl for a pass of
+    # its own to sum
     ins = _inputs(1, 100, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.randn(1, 100, 1, 16, generator=torch.Generator().manual_seed(8)).to(ins[0].device)
     outs = []
@@ -311,7 +342,8 @@ def test_launch_variants_do_not_change_the_result(causal):
     for knobs in (dict(segments=1), dict(segments=5), dict(segments=7), dict(block=32, segments=2),
                   dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
                   dict(block=64, block_key=16, segments=3),
-                  dict(block=64, block_bwd=16, block_bwd_k=32, segments=3), dict(wide=1, segments=2)):
+                  dict(block=64, block_bwd=16, block_bwd_k=32, segments=3), dict(wide=1, segments=2),
+                  dict(block=32, block_bwd=16, dl_store=1, segments=3)):
         TUNING.update(knobs)
         try:
             outs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))

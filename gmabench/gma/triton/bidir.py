@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _hi, _input_grads, _lo, _mm,
-                     _fp16_scaled, _opaque_zero, _pow2_scale_pair, _raw_gate,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _hi, _input_grads,
+                     _lo, _mm, _param_init, _fp16_scaled, _opaque_zero, _pow2_scale_pair, _raw_gate,
                      _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split,
                      _to_out)
 
@@ -199,10 +199,10 @@ def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, DXP: 
 
 @triton.jit
 def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
-                        N, H, K, inv_tau, eps, bps,
+                        dl_ptr, N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr, DXP: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -221,9 +221,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         Mth, Mtl, s = _load_state_t(sbase, KP, DV, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
-    pa = tl.zeros((KP, D), dtype=tl.float32)
-    pb = tl.zeros((KP, D), dtype=tl.float32)
-    pc = tl.zeros((KP,), dtype=tl.float32)
+    pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = q_ptr + (b.to(tl.int64) * N * H + h) * D
     dxbase = dq_ptr + (b.to(tl.int64) * N * H + h) * D
@@ -246,8 +244,9 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         rP = tl.sum(r * P, 1)
         rd = 1.0 / d                   # one division per row, products per element
         dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
-        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP)
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
+                                      _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP, DLST)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         dn = do.to(tl.float32) * rd[:, None]
@@ -260,15 +259,16 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.atomic_add(gbase + KP * DV + kk, g)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
+    if not DLST:
+        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit
 def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
-                        N, H, K, inv_tau, bps,
+                        dl_ptr, N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr, DXP: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
@@ -279,9 +279,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
                                                                inv_tau, KP, D, PREC, WIDE,
                                                                DXP)
         Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC, DXP)
-    pa = tl.zeros((KP, D), dtype=tl.float32)
-    pb = tl.zeros((KP, D), dtype=tl.float32)
-    pc = tl.zeros((KP,), dtype=tl.float32)
+    pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     dxbase = dk_ptr + (b.to(tl.int64) * N * H + h) * D
@@ -312,8 +310,10 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
             c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
                 mu_ptr + woff2, ls_ptr + woff2, mix_ptr + woff2, h, K, inv_tau, KP, D,
                 PREC, WIDE, DXP)
-        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP)
+        dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
+                                      _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP, DLST)
         tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
+    if not DLST:
+        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

@@ -85,8 +85,12 @@ class Call:
         # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
         # fp16 ones there too (common._input_grads); the wide form keeps one precision.
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
-        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp)
+        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
+                        DLST=pl.DLST)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K)   # the key side's own block
+        # the parameter sums' own pass where dl is stored: the forward's blocks and segments
+        self.dl_sums = dict(consts(dtype, D, DV, pl, bwd_prec))
+        del self.dl_sums["DV"]
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _fwd_weights, _fp16_scaled, _hi,
-                     _input_grads, _lo, _mm, _opaque_zero, _raw_gate, _raw_state_ok,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _fp16_scaled,
+                     _hi, _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate,
+                     _raw_state_ok,
                      _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out)
 
 
@@ -122,11 +123,11 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
 
 @triton.jit
 def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr,
-                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, N, H, K, inv_tau, eps, bps,
+                         dq_ptr, aux_ptr, gtot_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr):
+                         DXP: tl.constexpr, DLST: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
     d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
     dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
@@ -142,9 +143,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
-    pa = tl.zeros((KP, D), dtype=tl.float32)
-    pb = tl.zeros((KP, D), dtype=tl.float32)
-    pc = tl.zeros((KP,), dtype=tl.float32)
+    pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)
     qbase = q_ptr + off * D
@@ -192,8 +191,9 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
         rkh = _hi(rk, PREC)
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
                  U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
-        dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP)
+        dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
+                                      _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP, DLST)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)
@@ -213,16 +213,17 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
     tl.store(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.store(gbase + KP * DV + kk, g)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
+    if not DLST:
+        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit
 def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, aux_ptr, gtot_ptr,
-                         dk_ptr, dv_ptr, pg_ptr, N, H, K, inv_tau, bps,
+                         dk_ptr, dv_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr):
+                         DXP: tl.constexpr, DLST: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
@@ -235,9 +236,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
                                                                inv_tau, KP, D, PREC, WIDE,
                                                                DXP)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
-    pa = tl.zeros((KP, D), dtype=tl.float32)
-    pb = tl.zeros((KP, D), dtype=tl.float32)
-    pc = tl.zeros((KP,), dtype=tl.float32)
+    pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)
     qbase = q_ptr + off * D
@@ -299,10 +298,12 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         dv = _mm(Adh, Adl, dndh, dndl, dv, DXP, False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
-        dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP)
+        dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc,
+                                      _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
+                                      X_EXACT, INTERP, WIDE, DXP, DLST)
         tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
                  mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
+    if not DLST:
+        _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

@@ -331,38 +331,53 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 
 
 @triton.jit
-def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                 WIDE: tl.constexpr, DXP: tl.constexpr):
+def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.constexpr,
+                 D: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                 INTERP: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr,
+                 DLST: tl.constexpr):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
     Returns dx (BLOCK, D) float32 and the running sums pa += dl^T x, pb += dl^T x^2, pc += sum dl
-    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed). WIDE: (ah, al), (bh,
-    bl) are the logit weights A2 = a log2(e), B2 = -b log2(e)/2, (D, KP), used transposed.
-    DXP: the precision of the products that feed dx alone (dl a, dl b; not WIDE): dx is rounded
-    to the input dtype, so for bf16 inputs scaled-fp16 products (11 bits) suffice there, while
-    the parameter sums, which add up over every token, keep PREC.
+    (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed: _param_products).
+    DLST: the sums are not made here; dl is stored through dl_ptrs (rows rm) for _dl_sums_kernel
+    to make them in a pass of its own, and pa, pb, pc come back unchanged (docs/kernels.md,
+    Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights A2 = a log2(e),
+    B2 = -b log2(e)/2, (D, KP), used transposed. DXP: the precision of the products that feed dx
+    alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
+    scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
+    every token, keep PREC.
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
-    dlh, dll = _split(dl, PREC)
     if WIDE:
+        dlh, dll = _split(dl, PREC)
         t_a = _mm(dlh, dll, tl.trans(ah), tl.trans(al), tl.zeros((BLOCK, D), dtype=tl.float32),
                   PREC, False, False, INTERP)
         t_b = _mm(dlh, dll, tl.trans(bh), tl.trans(bl), tl.zeros((BLOCK, D), dtype=tl.float32),
                   PREC, False, False, INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:
-        if DXP == PREC:
-            dxh, dxl = dlh, dll
-        else:
-            dxh, dxl = _split(dl, DXP)
+        dxh, dxl = _split(dl, DXP)
         t_a = _mm(dxh, dxl, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         dx = t_a - xf * t_b
+    if DLST:
+        tl.store(dl_ptrs, dl, mask=rm[:, None])
+    else:
+        pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
+    return dx, pa, pb, pc
+
+
+@triton.jit
+def _param_products(dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                    INTERP: tl.constexpr):
+    """pa += dl^T x, pb += dl^T x^2, pc += the column sums of dl, for a tile of dl (BLOCK, KP)
+    float32 and its x (BLOCK, D), in precision PREC."""
+    xf = x.to(tl.float32)
+    dlh, dll = _split(dl, PREC)
     dlth = tl.trans(dlh)
     dltl = tl.trans(dll)
     xh = _hi(x, PREC)
@@ -373,7 +388,51 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, BLOCK: tl.constexpr, D: t
     pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
     pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
     pc += tl.sum(dl, 0)
-    return dx, pa, pb, pc
+    return pa, pb, pc
+
+
+@triton.jit
+def _param_init(KP: tl.constexpr, D: tl.constexpr, DLST: tl.constexpr):
+    """A backward program's running parameter sums (pa, pb, pc): nothing to carry when its dl
+    is stored instead (DLST)."""
+    if DLST:
+        pa = 0.0
+        pb = 0.0
+        pc = 0.0
+    else:
+        pa = tl.zeros((KP, D), dtype=tl.float32)
+        pb = tl.zeros((KP, D), dtype=tl.float32)
+        pc = tl.zeros((KP,), dtype=tl.float32)
+    return pa, pb, pc
+
+
+@triton.jit
+def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
+    """Pointers to rows of (b, h)'s dl in a (B*H, N, KP) float32 buffer."""
+    kk = tl.arange(0, KP)
+    return dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64))[:, None] * KP + kk[None, :]
+
+
+@triton.jit
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, N, H, bps, D: tl.constexpr, KP: tl.constexpr,
+                    BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                    INTERP: tl.constexpr):
+    """The parameter sums of one side of a backward that stored its dl (DLST): per segment of
+    (b, h), pa = sum dl^T x, pb = sum dl^T x^2, pc = sum dl over its rows, with the products the
+    backward kernels would have made, then added into the head's sums (_add_param_sums)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    pa, pb, pc = _param_init(KP, D, False)
+    xbase = x_ptr + (b.to(tl.int64) * N * H + h) * D
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    for blk in range(blk0, blk1):
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        rm = rows < N
+        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+        dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
+        pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
+    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit

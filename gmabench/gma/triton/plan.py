@@ -42,12 +42,15 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills); raw16: 1 lets the fp16 forward kernels convert q, k
 # and v to float16 with no tile scale, a segment redone with scales where a check finds that
-# lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales.
+# lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales;
+# dl_store: 1 makes the backward kernels store dl (B*H*N*KP float32, one buffer for both sides)
+# and a pass of its own make the parameter sums from it, instead of carrying them in registers
+# through the walk (common._input_grads; docs/kernels.md, Version 2.17).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
-             "stages_key", "waves", "min_bps", "regs_fwd", "raw16")
+             "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
-         "raw16": 1}
+         "raw16": 1, "dl_store": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -107,6 +110,7 @@ TUNING: dict[str, int | None] = {
     "min_bps": None,
     "regs_fwd": None,
     "raw16": None,
+    "dl_store": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -132,6 +136,7 @@ class Plan:
     BLOCK_BWD_K: int = 0  # the backward key side's block (a divisor of BLOCK)
     bps_bwd_k: int = 0   # its blocks per segment: the same segments in tokens
     RAW16: bool = True   # fp16 forward kernels try q, k, v with no tile scale (plan key raw16)
+    DLST: bool = False   # the backward stores dl; a pass of its own sums it (plan key dl_store)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -147,7 +152,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
                "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
-               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1)}
+               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
+               "dl_store": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -157,7 +163,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
-                              "regs_fwd", "raw16")   # 0: the default, or off
+                              "regs_fwd", "raw16", "dl_store")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -251,7 +257,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
                 bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
-                bool(row["raw16"]))
+                bool(row["raw16"]), bool(row["dl_store"]))
     _PLANS[key] = plan
     return plan
 

@@ -129,7 +129,9 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             fi
             rest="${what#*:}"
             ns="${rest%%:*}"; rest="${rest#*:}"; modes="${rest%%:*}"; rest="${rest#*:}"
-            local tagdir="plansweep-k$kk"; [[ "$dd" == 64 ]] || tagdir+="-d$dd"
+            local tagdir="plansweep-k$kk" i=2; [[ "$dd" == 64 ]] || tagdir+="-d$dd"
+            tagdir+="-${modes//,/-}"
+            while [[ -e "$logs/$tagdir" ]]; do tagdir="${tagdir%-run*}-run$i"; ((i++)); done
             python3 scripts/gpu_kernels.py --out "$logs/$tagdir" --sections plansweep --ns "$ns" \
                 --modes "$modes" --plans "$rest" --k "$kk" --d "$dd" \
                 --budget "$(( s > 420 ? 400 : s - 20 ))" 2>&1 | grep -v "^time " | tail -50 ;;

@@ -6,9 +6,10 @@ Every program computes its head's Gaussian weights itself (no prep launch): two 
 forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
 per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
 N x K is saved; saved for backward are the inputs and the float32 states (tiny). A plan with
-`dl_store` (plan.py) has each backward kernel store its dl (N x KP float32 per (b, h), one buffer
-that the key side reuses once the query side's is summed) for a pass of its own that makes the
-parameter sums (common._dl_sums_kernel): a transient buffer of the backward, not saved.
+`dl_store` (plan.py) has the backward's query side (or both sides) store its dl (N x KP float32
+per (b, h), one buffer) for a pass of its own that makes the parameter sums
+(common._dl_sums_kernel): a transient buffer of the backward, not saved, and with the query side
+alone freed before dk and dv are allocated.
 
 A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
 D = 128 with K = 256 on an H200; docs/kernels.md) runs through
@@ -121,15 +122,12 @@ def _backward(call: Call, saved, do):
     if do.data_ptr() % 16:   # the memoised kernels were compiled for aligned tensors
         do = do.clone()
     dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
     state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
 
-    def dl_sums(x, site):   # the parameter sums of one side whose kernel stored its dl
-        if pl.DLST:
-            _launch(_dl_sums_kernel, grid, (x, dl, pg, N, H, pl.bps), call.dl_sums, pl.warps_bwd,
-                    2, memo=memo, site=site)
+    def dl_sums(x, site):   # the parameter sums of a side whose kernel stored its dl
+        _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, N, H, call.dl_rows), call.dl_sums,
+                4, 3, memo=memo, site=site)
 
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
@@ -138,25 +136,32 @@ def _backward(call: Call, saved, do):
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
-    # dl of one side at a time (the key side's overwrites the query side's once summed)
-    dl = torch.empty(B * H * N * pl.KP, device=q.device, dtype=torch.float32) if pl.DLST else pg
+    dl = torch.empty(B * H * N * pl.KP, device=q.device, dtype=torch.float32) \
+        if pl.DL_STORE else pg   # (a float32 placeholder: no kernel stores through it)
     if call.causal:
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, dl, N, H,
                                              K, inv_tau, eps, bps), consts, pl.warps_bwd,
                 pl.stages, memo=memo, site="bwd_q")
-        dl_sums(q, "dl_q")
-        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, dl, N, H,
-                                             K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_k")
     else:
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, dl, N, H, K, inv_tau,
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
+    if pl.DL_STORE:
         dl_sums(q, "dl_q")
+        if pl.DL_STORE == 1:   # summed: its memory serves dk and dv, the peak stays the same
+            dl = pg
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if call.causal:
+        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, dl, N, H,
+                                             K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
+                pl.stages, memo=memo, site="bwd_k")
+    else:
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_k")
-    dl_sums(k, "dl_k")
+    if pl.DL_STORE >= 2:
+        dl_sums(k, "dl_k")
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)

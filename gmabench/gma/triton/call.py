@@ -12,9 +12,10 @@ forward call against 10-30 us of kernels).
 from __future__ import annotations
 
 import torch
+import triton
 
 from .common import INTERPRET, PRECISIONS
-from .plan import Plan, make_plan, padded_components
+from .plan import Plan, _sm_count, make_plan, padded_components
 
 FLOAT32_PRECISIONS = (PRECISIONS["ieee"], PRECISIONS["tf32x3"])   # float32 operands throughout
 _DIMS: dict[tuple, tuple] = {}     # signature -> (B, N, H, D, DV, K), once its shapes passed check
@@ -65,7 +66,7 @@ class Call:
     compiled kernel its first launch used: valid for every later call of the signature, since
     the kernels' other arguments are fresh allocations (aligned) or fixed by the signature."""
 
-    def __init__(self, dims, pl: Plan, dtype, causal, inv_tau, eps, prec, grad, key):
+    def __init__(self, dims, pl: Plan, dtype, causal, inv_tau, eps, prec, grad, key, sms=4):
         B, N, H, D, DV, K = dims
         self.dims, self.plan, self.causal = dims, pl, causal
         self.inv_tau, self.eps = inv_tau, eps
@@ -85,14 +86,29 @@ class Call:
         # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
         # fp16 ones there too (common._input_grads); the wide form keeps one precision.
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
+        # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both
         self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
-                        DLST=pl.DLST)
-        self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K)   # the key side's own block
-        # the parameter sums' own pass where dl is stored: the forward's blocks and segments
-        self.dl_sums = dict(consts(dtype, D, DV, pl, bwd_prec))
-        del self.dl_sums["DV"]
+                        DLST=pl.DL_STORE >= 1)
+        self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
+                          DLST=pl.DL_STORE >= 2)
+        if pl.DL_STORE:
+            self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, sms)
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
+
+    def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, sms):
+        """Grid and constants of the parameter sums' pass over a stored dl (common.
+        _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
+        sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay at 32 KB and 16 KB whatever
+        KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
+        about four waves of two programs per SM."""
+        DC = max(16, min(D, 4096 // pl.KP))
+        block = max(16, 4096 // pl.KP)
+        rows = max(block, triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 8 * sms)))
+        self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
+        self.dl_rows = rows
+        self.dl_sums = dict(consts(dtype, D, 0, pl, prec, block), DC=DC)
+        del self.dl_sums["DV"]
 
 
 def prepare(tensors, causal, temperature, eps, prec, grad):
@@ -113,7 +129,8 @@ def prepare(tensors, causal, temperature, eps, prec, grad):
         if len(_CALLS) >= 4096:   # a sweep over very many shapes: start over rather than grow
             clear()
         call = Call(dims, pl, q.dtype, bool(causal), 1.0 / float(temperature), float(eps), prec,
-                    grad, fallback_key(q, tensors[2], tensors[3], causal, grad, prec))
+                    grad, fallback_key(q, tensors[2], tensors[3], causal, grad, prec),
+                    _sm_count(q.device))
         _CALLS[key] = call
     return call, tensors
 

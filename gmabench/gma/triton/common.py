@@ -414,25 +414,36 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 
 
 @triton.jit
-def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, N, H, bps, D: tl.constexpr, KP: tl.constexpr,
-                    BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                    INTERP: tl.constexpr):
-    """The parameter sums of one side of a backward that stored its dl (DLST): per segment of
-    (b, h), pa = sum dl^T x, pb = sum dl^T x^2, pc = sum dl over its rows, with the products the
-    backward kernels would have made, then added into the head's sums (_add_param_sums)."""
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, N, H, rows_per_prog, D: tl.constexpr,
+                    DC: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr,
+                    X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+    """The parameter sums of one side of a backward that stored its dl (DLST). Program
+    (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
+    [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
+    pc = sum dl), with the products the backward kernels would have made, added into the head's
+    sums with atomics as _add_param_sums does. Its own grid, not the walk's segments: the sums
+    have no order to keep, and many short programs keep the loads of dl and x in flight."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    pa, pb, pc = _param_init(KP, D, False)
-    xbase = x_ptr + (b.to(tl.int64) * N * H + h) * D
-    blk0, blk1 = _segment(N, bps, BLOCK)
-    for blk in range(blk0, blk1):
-        rows = blk * BLOCK + tl.arange(0, BLOCK)
-        rm = rows < N
-        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+    c = tl.program_id(2)
+    pa, pb, pc = _param_init(KP, DC, False)
+    xbase = x_ptr + (b.to(tl.int64) * N * H + h) * D + c * DC
+    r0 = tl.program_id(0) * rows_per_prog
+    r1 = tl.minimum(r0 + rows_per_prog, N)
+    for start in range(r0, r1, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        rm = rows < r1
+        x = tl.load(_row_ptrs(xbase, rows, H * D, DC), mask=rm[:, None], other=0.0)
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
         pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
+    kk = tl.arange(0, KP)
+    cols = c * DC + tl.arange(0, DC)
+    pbase = pg_ptr + h * (KP * (2 * D + 1))
+    tl.atomic_add(pbase + kk[:, None] * D + cols[None, :], pa)
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
+    if c == 0:
+        tl.atomic_add(pbase + 2 * KP * D + kk, pc)
 
 
 @triton.jit

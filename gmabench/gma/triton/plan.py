@@ -43,9 +43,11 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # run, 128 four, at the price of spills); raw16: 1 lets the fp16 forward kernels convert q, k
 # and v to float16 with no tile scale, a segment redone with scales where a check finds that
 # lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales;
-# dl_store: 1 makes the backward kernels store dl (B*H*N*KP float32, one buffer for both sides)
-# and a pass of its own make the parameter sums from it, instead of carrying them in registers
-# through the walk (common._input_grads; docs/kernels.md, Version 2.17).
+# dl_store: the backward's query side (1) or both sides (2) store dl (B*H*N*KP float32, one
+# buffer) for a pass of their own (common._dl_sums_kernel) to make the parameter sums, instead
+# of carrying them in registers through the walk (docs/kernels.md, Version 2.17). The query
+# side's buffer is freed before the key side's gradients exist, so 1 adds nothing to the
+# backward's peak; 2 adds the buffer to it.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
@@ -136,7 +138,7 @@ class Plan:
     BLOCK_BWD_K: int = 0  # the backward key side's block (a divisor of BLOCK)
     bps_bwd_k: int = 0   # its blocks per segment: the same segments in tokens
     RAW16: bool = True   # fp16 forward kernels try q, k, v with no tile scale (plan key raw16)
-    DLST: bool = False   # the backward stores dl; a pass of its own sums it (plan key dl_store)
+    DL_STORE: int = 0    # backward sides that store dl for a pass to sum (plan key dl_store)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -153,7 +155,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
-               "dl_store": (0, 1)}
+               "dl_store": (0, 1, 2)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -257,7 +259,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
                 bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
-                bool(row["raw16"]), bool(row["dl_store"]))
+                bool(row["raw16"]), int(row["dl_store"]))
     _PLANS[key] = plan
     return plan
 

@@ -127,7 +127,7 @@ def _backward(call: Call, saved, do):
 
     def dl_sums(x, site):   # the parameter sums of a side whose kernel stored its dl
         _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, N, H, call.dl_rows), call.dl_sums,
-                4, 3, memo=memo, site=site)
+                call.dl_warps, 3, memo=memo, site=site)
 
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)

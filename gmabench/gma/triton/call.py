@@ -103,10 +103,12 @@ class Call:
         KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
         about four waves of two programs per SM."""
         DC = max(16, min(D, 4096 // pl.KP))
-        block = max(16, 4096 // pl.KP)
-        rows = max(block, triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 8 * sms)))
+        block = pl.DL_BLOCK or max(16, 4096 // pl.KP)
+        rows = pl.DL_ROWS or triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 8 * sms))
+        rows = max(block, rows)
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
+        self.dl_warps = pl.DL_WARPS or 4
         self.dl_sums = dict(consts(dtype, D, 0, pl, prec, block), DC=DC)
         del self.dl_sums["DV"]
 

@@ -47,12 +47,14 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # buffer) for a pass of their own (common._dl_sums_kernel) to make the parameter sums, instead
 # of carrying them in registers through the walk (docs/kernels.md, Version 2.17). The query
 # side's buffer is freed before the key side's gradients exist, so 1 adds nothing to the
-# backward's peak; 2 adds the buffer to it.
+# backward's peak; 2 adds the buffer to it. dl_rows, dl_block, dl_warps: that pass's rows per
+# program, rows per block and warps (0: call.py's choice).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
-             "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store")
+             "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
+             "dl_block", "dl_warps")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
-         "raw16": 1, "dl_store": 0}
+         "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -113,6 +115,9 @@ TUNING: dict[str, int | None] = {
     "regs_fwd": None,
     "raw16": None,
     "dl_store": None,
+    "dl_rows": None,
+    "dl_block": None,
+    "dl_warps": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -139,6 +144,9 @@ class Plan:
     bps_bwd_k: int = 0   # its blocks per segment: the same segments in tokens
     RAW16: bool = True   # fp16 forward kernels try q, k, v with no tile scale (plan key raw16)
     DL_STORE: int = 0    # backward sides that store dl for a pass to sum (plan key dl_store)
+    DL_ROWS: int = 0     # that pass's rows per program, rows per block and warps (0: call.py's)
+    DL_BLOCK: int = 0
+    DL_WARPS: int = 0
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -155,7 +163,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
-               "dl_store": (0, 1, 2)}
+               "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
+               "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -165,7 +174,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
-                              "regs_fwd", "raw16", "dl_store")   # 0: the default, or off
+                              "regs_fwd", "raw16", "dl_store", "dl_rows", "dl_block",
+                              "dl_warps")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -259,7 +269,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
                 bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
-                bool(row["raw16"]), int(row["dl_store"]))
+                bool(row["raw16"]), int(row["dl_store"]), row["dl_rows"], row["dl_block"],
+                row["dl_warps"])
     _PLANS[key] = plan
     return plan
 

@@ -510,14 +510,22 @@ def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K
                 TUNING.update(knobs)
                 f = make_call("triton", n, causal, mode, D=D, Dv=D, K=K, dtype=dtype)
                 dev_us, per_kernel = _device_us(f, calls)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                res = f()
+                torch.cuda.synchronize()
+                peak_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
+                del res
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
                 pl = plan_mod.make_plan(1, n, 16, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
                 R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,
                                               **knobs,
                                               "device_us": dev_us, "kernels_us": per_kernel,
-                                              "wall_ms": wall, "P": pl.P, "bps": pl.bps})
+                                              "wall_ms": wall, "peak_mib": peak_mib, "P": pl.P,
+                                              "bps": pl.bps})
                 print(f"{tag} {n} K={K} D={D} {dtype} {'causal' if causal else 'bidir'} {mode} {knobs or 'table'}: device "
-                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us (P={pl.P}, bps={pl.bps}) "
+                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us, peak {peak_mib:.0f} MiB (P={pl.P}, bps={pl.bps}) "
                       f"{per_kernel}  [{elapsed():.0f}s]")
                 del f
     TUNING.update({k: None for k in TUNING})

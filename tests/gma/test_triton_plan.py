@@ -146,9 +146,9 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     bidir = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, False, CPU, grad=True)
     narrow = gpu_rules.make_plan(1, 10000, 1, 64, 64, 64, True, CPU, grad=True)
     assert (causal.BLOCK, causal.BLOCK_BWD, causal.warps_fwd, causal.warps_bwd) == (16, 16, 8, 8)
-    # one program per SM (shared memory): 8 warps, and 16-token causal backward blocks
-    # (docs/kernels.md, Version 2.16)
-    assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 8, 8)
+    # one program per SM (shared memory): 8 backward warps, and 16-token causal backward blocks
+    # (docs/kernels.md, Version 2.16); a 4-warp training forward below 256 components (2.17)
+    assert (bidir.BLOCK, bidir.BLOCK_BWD, bidir.warps_fwd, bidir.warps_bwd) == (32, 32, 4, 8)
     causal128 = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=True)
     assert (causal128.BLOCK, causal128.BLOCK_BWD, causal128.BLOCK_BWD_K, causal128.bps_bwd,
             causal128.warps_bwd) == (32, 16, 16, 2 * causal128.bps, 8)
@@ -161,9 +161,21 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     assert gpu_rules.make_plan(1, 10000, 1, 128, 128, 64, True, CPU, grad=True).WIDE
     assert not gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).WIDE
     assert (narrow.BLOCK_BWD, narrow.warps_fwd, narrow.warps_bwd) == (16, 4, 4)
+    # dl stored for a sums pass (Version 2.17): both sides at 256 components or D = 128, the
+    # query side at 128 components, and at the table's shapes the query side from 2^20 tokens
+    assert (causal.DL_STORE, k256.DL_STORE, bidir.DL_STORE, causal128.DL_STORE) == (2, 2, 1, 1)
+    assert gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).DL_STORE == 2
+    assert narrow.DL_STORE == 0
+    assert gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, True, CPU, grad=True).DL_STORE == 1
+    assert gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, True, CPU, grad=False).DL_STORE == 0
+    assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=False).DL_STORE == 0
+    # bidirectional inference at D = 128 walks 64-token blocks, the causal one 32
+    assert gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, False, CPU, grad=False).BLOCK == 64
+    assert gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=False).BLOCK == 32
     # inference: the table's warps up to 128 components, 8 at 256
     for variant in ("causal/fwd", "bidir/fwd"):
         gpu_rules.PLAN_TABLE[variant].update(warps_fwd=4)
+    gpu_rules._PLANS.clear()
     for causal_ in (True, False):
         assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, causal_, CPU, grad=False).warps_fwd == 4
         assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, causal_, CPU, grad=False).warps_fwd == 8

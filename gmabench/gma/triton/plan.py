@@ -91,11 +91,23 @@ PLAN_TABLE: dict[str, dict[str, int]] = {v: {**_BASE, **_TUNED[v]} for v in VARI
 # backward warps instead of 4 (16-token blocks on top: 1.560), causal 3.621 -> 2.874 ms with
 # 16-token backward blocks; at compile time the same changes cut the spill at D=Dv=128, K=64 too
 # (bidirectional 7288 -> 876 B per thread, causal 4012 -> 1408 B; docs/kernels.md Version 2.16).
-_WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 8, "warps_bwd": 8},
-                  "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 8, "warps_bwd": 8}}
+# Their training forward takes 4 warps up to 128 components (D = Dv = 128, K = 64: the key pass
+# 2.89 -> 1.29 ms at N = 131072; results/2026-11-29-h200-d128-plans), 8 at 256 (4 took 2.3 ms
+# more, causal; results/2026-11-29-h200-dl-store-2). The backward stores dl for a pass of its
+# own (dl_store, above): both sides at 256 components or D = 128 (D = 128, K = 64, N = 131072:
+# causal 47.4 -> 28.8 ms, bidirectional 15.0 -> 11.2; K = 256, N = 16384: 33.9 -> 16.2 and
+# 24.3 -> 15.8), the query side alone at K = 128 (2.90 -> 2.70 and 1.37 -> 1.28 ms, where both
+# sides took 2.74 and 1.40; results/2026-11-29-h200-dl-store-2, docs/kernels.md Version 2.17).
+_WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 4, "warps_bwd": 8},
+                  "causal/fwd_bwd": {"block_bwd": 16, "warps_fwd": 4, "warps_bwd": 8}}
 # ... and every wide shape the 2 stages and the one backward block they were measured with (a third
 # buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
 _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
+# Tokens (B * H * N) from which a training call at the table's shapes stores the query side's dl:
+# at B * H = 16, N = 131072 it took causal training 9.12 -> 8.78 ms and bidirectional 4.12 -> 4.02;
+# at N = 2048 and 4096 its sums pass cost more than the backward gained (+4-21%;
+# results/2026-11-29-h200-dl-store-2).
+DL_STORE_TOKENS = 1 << 20
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -241,6 +253,17 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against
             # 203-240 KB at 32 tokens; docs/kernels.md)
             row["block_bwd"] = 16
+            row["warps_fwd"] = 8
+        if grad:
+            row["dl_store"] = 2 if KP >= 256 or wide >= 128 else 1
+        if not grad and not causal and wide >= 128 and KP <= 64:
+            # bidirectional inference at D = 128: 64-token blocks (1.386 -> 0.834 ms at K = 64,
+            # N = 131072; the causal walk was slower so, results/2026-11-29-h200-d128-plans)
+            row["block"] = 64
+    elif grad and B * H * N >= DL_STORE_TOKENS:
+        # the table's shape: the query side's dl stored at large N, where it gains and adds
+        # nothing to the peak (docs/kernels.md Version 2.17)
+        row["dl_store"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill
         # 2000 B per thread at 32 tokens against 308 at 16 (ptxas, sm_90a), and on the H200 the

@@ -101,12 +101,13 @@ class Call:
         _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
         sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay at 32 KB and 16 KB whatever
         KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
-        about one program per SM (at B * H = 16, D = 64, K = 64: 256 rows at N = 2048, where 64
-        took the pass 33 -> 21-23 us per side, and 16384 at 131072, where 2048 -> 8192 took
-        0.43 -> 0.39 ms; results/2026-11-29-h200-dl-sums-grid)."""
+        about two programs per SM, one wave (at B * H = 16, D = 64, K = 64, N = 131072: 8192
+        rows, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56; at N = 2048: 128,
+        between 64 (33 us per side) and 256 (21-23 us); results/2026-11-29-h200-dl-sums-grid,
+        -dl-defaults)."""
         DC = max(16, min(D, 4096 // pl.KP))
         block = pl.DL_BLOCK or max(16, 4096 // pl.KP)
-        rows = pl.DL_ROWS or triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), sms))
+        rows = pl.DL_ROWS or triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
         rows = max(block, rows)
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows

@@ -101,14 +101,14 @@ class Call:
         _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
         sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay at 32 KB and 16 KB whatever
         KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
-        about two programs per SM, one wave (at B * H = 16, D = 64, K = 64, N = 131072: 8192
-        rows, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56; at N = 2048: 128,
-        between 64 (33 us per side) and 256 (21-23 us); results/2026-11-29-h200-dl-sums-grid,
-        -dl-defaults)."""
+        about two programs per SM, one wave, and at least 256 (at B * H = 16, D = 64, K = 64:
+        8192 rows at N = 131072, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56;
+        256 at N = 2048, where 64 took 33 us per side, 256 21-23 and 2048 83-85;
+        results/2026-11-29-h200-dl-sums-grid, -dl-defaults)."""
         DC = max(16, min(D, 4096 // pl.KP))
         block = pl.DL_BLOCK or max(16, 4096 // pl.KP)
         rows = pl.DL_ROWS or triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
-        rows = max(block, rows)
+        rows = max(block, 256, rows)
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4

@@ -46,8 +46,9 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # dl_store: the backward's query side (1) or both sides (2) store dl (B*H*N*KP float32, one
 # buffer) for a pass of their own (common._dl_sums_kernel) to make the parameter sums, instead
 # of carrying them in registers through the walk (docs/kernels.md, Version 2.17). The query
-# side's buffer is freed before the key side's gradients exist, so 1 adds nothing to the
-# backward's peak; 2 adds the buffer to it. dl_rows, dl_block, dl_warps: that pass's rows per
+# side's buffer is freed before dk and dv are allocated, so 1 adds to the backward's peak only
+# what the buffer has beyond dk and dv (nothing at D = Dv = K = 64 in 16-bit: equal sizes;
+# 63 MiB at K = 128, N = 16384, H = 16); 2 adds the whole buffer. dl_rows, dl_block, dl_warps: that pass's rows per
 # program, rows per block and warps (0: call.py's choice).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
@@ -104,9 +105,9 @@ _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 4, "warps_bwd":
 # buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
 _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 # Tokens (B * H * N) from which a training call at the table's shapes stores the query side's dl:
-# at B * H = 16, N = 131072 it took causal training 9.12 -> 8.78 ms and bidirectional 4.12 -> 4.02;
-# at N = 2048 and 4096 its sums pass cost more than the backward gained (+4-21%;
-# results/2026-11-29-h200-dl-store-2).
+# at B * H = 16, N = 131072 it took causal training 9.12 -> 8.78 ms and bidirectional 4.12 -> 4.02
+# (results/2026-11-29-h200-dl-store-2; another call, with a slower sums pass: 9.06 -> 8.82 and
+# 4.08 -> 4.11, -dl-defaults); at N <= 16384 bidirectional training lost 2-5% with it.
 DL_STORE_TOKENS = 1 << 20
 PLAN_SOURCE = "built-in"
 
@@ -261,8 +262,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # N = 131072; the causal walk was slower so, results/2026-11-29-h200-d128-plans)
             row["block"] = 64
     elif grad and B * H * N >= DL_STORE_TOKENS:
-        # the table's shape: the query side's dl stored at large N, where it gains and adds
-        # nothing to the peak (docs/kernels.md Version 2.17)
+        # the table's shapes: the query side's dl stored at large N, where it gains (causal) and
+        # adds nothing to the peak at D = Dv = K = 64 (docs/kernels.md Version 2.17)
         row["dl_store"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill

@@ -54,7 +54,10 @@ def wide_training(K: int, D: int, Dv: int) -> bool:
     1.9-2.4x slower than gma_chunked (D=64 with K=256, D=128 with K=128, N=16384:
     results/2026-11-29-h200-prepared-calls), and with the 8-warp plans since 24.2 and 33.9 ms
     (bidirectional, causal) at D=64, K=256, against gma_chunked's 14.3 and 17.7 in another run
-    (results/2026-11-29-h200-wide-plans), so impl="auto" trains such shapes in PyTorch."""
+    (results/2026-11-29-h200-wide-plans), so impl="auto" trains such shapes in PyTorch. With dl
+    stored for a sums pass (docs/kernels.md, Version 2.17) the fused kernels took 15.8 and 16.2 ms
+    there (device time, results/2026-11-29-h200-dl-defaults): not yet timed side by side with
+    gma_chunked, so the choice stands."""
     return max(16, 1 << (K - 1).bit_length()) * max(D, Dv) > 8192
 
 

@@ -288,22 +288,25 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("wide", [0, 1], ids=["table-form", "wide-form"])
-def test_stored_dl_gives_the_register_sums_gradients(causal, wide):
+@pytest.mark.parametrize("K,wide", [(12, 0), (12, 1), (140, 0)],
+                         ids=["table-form", "wide-form", "K140-column-tiles"])
+def test_stored_dl_gives_the_register_sums_gradients(causal, K, wide):
     # dl_store: the backward's query side (1) or both sides (2) store dl and a pass of its own
     # makes the parameter sums, with the same products, instead of carrying them through the
     # walk. Its exact twin is the register form: o, dq, dk, dv bit for bit (nothing else
     # changes), the parameter gradients within float32 summation order; and both meet the SPEC.
-    ins = _inputs(2, 53, 2, 32, 16, 12, torch.bfloat16, seed=41)
+    # The pass in 16-row programs (4 per (b, h)), and at K=140 (padded to 256) in two tiles of
+    # x's 32 columns.
+    ins = _inputs(2, 53, 2, 32, 16, K, torch.bfloat16, seed=41)
     do = (0.5 * torch.randn(2, 53, 2, 16, generator=torch.Generator().manual_seed(42))).to(
         device=ins[0].device, dtype=torch.bfloat16)
     runs = []
     for dl_store in (0, 1, 2):
-        TUNING.update(dl_store=dl_store, wide=wide, segments=3)
+        TUNING.update(dl_store=dl_store, wide=wide, segments=3, dl_rows=16)
         try:
             runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
         finally:
-            TUNING.update(dl_store=None, wide=None, segments=None)
+            TUNING.update(dl_store=None, wide=None, segments=None, dl_rows=None)
     regs, stored = runs[0], runs[2]
     for other in runs[1:]:
         for name, x, y in zip(NAMES, other, regs):

@@ -107,8 +107,8 @@ class Call:
         results/2026-11-29-h200-dl-sums-grid, -dl-defaults)."""
         DC = max(16, min(D, 4096 // pl.KP))
         block = pl.DL_BLOCK or max(16, 4096 // pl.KP)
-        rows = pl.DL_ROWS or triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
-        rows = max(block, 256, rows)
+        auto = triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
+        rows = max(block, pl.DL_ROWS or max(256, auto))
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4

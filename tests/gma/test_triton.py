@@ -321,6 +321,19 @@ def test_stored_dl_gives_the_register_sums_gradients(causal, K, wide):
                  {n: _rel(x, r) for n, x, r in zip(NAMES, base, ref)}, torch.bfloat16)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_stored_dl_meets_spec_in_float32_and_float16(dtype, causal):
+    # the shapes that store dl by default (here K=140, padded to 256) in the other input dtypes:
+    # float32 takes exact products there, float16 split ones, and the sums pass takes the same
+    TUNING.update(dl_rows=16)
+    try:
+        errs, base = _errors(1, 45, 2, 32, 32, 140, dtype, causal, seed=47)
+    finally:
+        TUNING.update(dl_rows=None)
+    _assert_spec(errs, base, dtype)
+
+
 @pytest.mark.parametrize("precision,tol", [("split", 1e-4), ("fast", 3e-2), ("tf32x3", 1e-5),
                                            ("ieee", 1e-5)])
 def test_precision_modes_on_float32_inputs(precision, tol):

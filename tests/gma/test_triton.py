@@ -295,25 +295,28 @@ def test_stored_dl_gives_the_register_sums_gradients(causal, K, wide):
     # makes the parameter sums, with the same products, instead of carrying them through the
     # walk. Its exact twin is the register form: o, dq, dk, dv bit for bit (nothing else
     # changes), the parameter gradients within float32 summation order; and both meet the SPEC.
-    # The pass in 16-row programs (4 per (b, h)), and at K=140 (padded to 256) in two tiles of
-    # x's 32 columns.
-    ins = _inputs(2, 53, 2, 32, 16, K, torch.bfloat16, seed=41)
-    do = (0.5 * torch.randn(2, 53, 2, 16, generator=torch.Generator().manual_seed(42))).to(
+    # The pass in 16-row programs (3 per (b, h)), and at K=140 (padded to 256) in two tiles of
+    # x's 32 columns; the query side alone (level 1) at the table's form.
+    ins = _inputs(1, 45, 2, 32, 16, K, torch.bfloat16, seed=41)
+    do = (0.5 * torch.randn(1, 45, 2, 16, generator=torch.Generator().manual_seed(42))).to(
         device=ins[0].device, dtype=torch.bfloat16)
     runs = []
-    for dl_store in (0, 1, 2):
+    for dl_store in ((0, 1, 2) if K == 12 and not wide else (0, 2)):
         TUNING.update(dl_store=dl_store, wide=wide, segments=3, dl_rows=16)
         try:
             runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
         finally:
             TUNING.update(dl_store=None, wide=None, segments=None, dl_rows=None)
-    regs, stored = runs[0], runs[2]
+    regs, stored = runs[0], runs[-1]
     for other in runs[1:]:
+        moved = []
         for name, x, y in zip(NAMES, other, regs):
             if name in ("mu", "log_sigma", "mix_logits"):
-                assert 0 < _rel(x, y.double()) < 1e-6, name   # other sums, other rounding
+                moved.append(_rel(x, y.double()))
+                assert moved[-1] < 1e-6, name
             else:
                 assert torch.equal(x, y), name
+        assert max(moved) > 0   # other sums, other rounding: the stored form did run
     ins64 = [t.detach().double().requires_grad_() for t in ins]
     ref = _run(gma_spec_float64, ins64, do.double(), causal=causal)
     base = _run(gma_reference, ins, do, causal=causal)

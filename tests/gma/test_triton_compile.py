@@ -104,7 +104,9 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     assert stages.pop("_param_grad_kernel") == {3}
     assert stages == {"_state_kernel": {3}, f"_{kind}_out_kernel": {rest},
                       f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}}
-    wide = {x["options"]["num_stages"] for x in _record_launches(causal, torch.bfloat16,
-                                                                 64, 64, 256)
-            if x["name"] != "_param_grad_kernel"}
-    assert wide == {2}
+    wide = {}
+    for x in _record_launches(causal, torch.bfloat16, 64, 64, 256):
+        wide.setdefault(x["name"], set()).add(x["options"]["num_stages"])
+    # the sums pass over a stored dl (dl_store, taken at these shapes) has its own 3 stages
+    assert wide.pop("_param_grad_kernel") == {3} and wide.pop("_dl_sums_kernel") == {3}
+    assert set().union(*wide.values()) == {2}

@@ -169,9 +169,8 @@ def make_call(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16")
     return lambda: torch.autograd.grad(fn(*ins_call, causal=causal), ins, do)
 
 
-def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", record=True):
-    f = make_call(impl, N, causal, mode, B, H, D, Dv, K, dtype)
-    f()
+def _peak_bytes(f):
+    """Bytes one call of f allocates at its peak beyond what was allocated before it."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -179,6 +178,13 @@ def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", rec
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
     del res
+    return peak
+
+
+def bench(impl, N, causal, mode, B=1, H=16, D=64, Dv=64, K=64, dtype="bf16", record=True):
+    f = make_call(impl, N, causal, mode, B, H, D, Dv, K, dtype)
+    f()
+    peak = _peak_bytes(f)
     ms = do_bench(f, warmup=25, rep=100, return_mode="median")
     out_bytes = B * N * H * Dv * torch.finfo(DT[dtype]).bits // 8
     row = dict(impl=impl, N=N, causal=causal, mode=mode, B=B, H=H, D=D, Dv=Dv, K=K, dtype=dtype,
@@ -510,13 +516,7 @@ def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K
                 TUNING.update(knobs)
                 f = make_call("triton", n, causal, mode, D=D, Dv=D, K=K, dtype=dtype)
                 dev_us, per_kernel = _device_us(f, calls)
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-                res = f()
-                torch.cuda.synchronize()
-                peak_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
-                del res
+                peak_mib = _peak_bytes(f) / 2**20
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
                 pl = plan_mod.make_plan(1, n, 16, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
                 R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,

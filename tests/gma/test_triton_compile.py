@@ -37,10 +37,6 @@ sm90 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sm90)
 
 
-def _record_launches(causal: bool, dtype: torch.dtype, D: int, DV: int, K: int) -> list[dict]:
-    return sm90.record_launches(causal, dtype, D, DV, K)
-
-
 def _assert_all_compile(launches):
     code, rows, output = sm90.compile_launches(launches)
     assert code == 0, output
@@ -69,7 +65,7 @@ WIDE = pytest.mark.skipif(not os.environ.get("GMABENCH_WIDE_COMPILE"),
         "D128-K256"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_launches_compile_for_sm90(causal, D, DV, K):
-    launches = _record_launches(causal, torch.bfloat16, D, DV, K)
+    launches = sm90.record_launches(causal, torch.bfloat16, D, DV, K)
     names = {x["name"] for x in launches}
     assert len(names) >= 4, names  # prep, forward passes, backward passes, parameter gradients
     # the key pass twice: fp16 products (inference) and split (training)
@@ -83,7 +79,7 @@ def test_launches_compile_for_sm90(causal, D, DV, K):
 def test_float32_launches_compile_with_tf32x3_products(causal, D, DV, K):
     # float32 inputs at the shapes that take tf32x3 (the largest and the smallest): every dot in
     # three tf32 tensor-core products, inference and training, within sm_90's shared memory
-    launches = _record_launches(causal, torch.float32, D, DV, K)
+    launches = sm90.record_launches(causal, torch.float32, D, DV, K)
     precs = {arg["value"] for x in launches
              for p, arg in zip(inspect.signature(_kernel(x).fn).parameters, x["args"])
              if p in ("PREC", "DXP")}
@@ -97,7 +93,7 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     their variant says (bidirectional 3; the causal walk and backward 2: docs/kernels.md,
     Version 2.7); shapes wider than the tuned ones keep 2 everywhere."""
     stages = {}
-    for x in _record_launches(causal, torch.bfloat16, 64, 64, 64):
+    for x in sm90.record_launches(causal, torch.bfloat16, 64, 64, 64):
         stages.setdefault(x["name"], set()).add(x["options"]["num_stages"])
     rest = 2 if causal else 3
     kind = "causal" if causal else "bidir"
@@ -105,7 +101,7 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     assert stages == {"_state_kernel": {3}, f"_{kind}_out_kernel": {rest},
                       f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}}
     wide = {}
-    for x in _record_launches(causal, torch.bfloat16, 64, 64, 256):
+    for x in sm90.record_launches(causal, torch.bfloat16, 64, 64, 256):
         wide.setdefault(x["name"], set()).add(x["options"]["num_stages"])
     # the sums pass over a stored dl (dl_store, taken at these shapes) has its own 3 stages
     assert wide.pop("_param_grad_kernel") == {3} and wide.pop("_dl_sums_kernel") == {3}

@@ -148,7 +148,7 @@ def _backward(call: Call, saved, do):
                 memo=memo, site="bwd_q")
     if pl.DL_STORE:
         dl_sums(q, "dl_q")
-        if pl.DL_STORE == 1:   # summed: its memory serves dk and dv, the peak stays the same
+        if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)

@@ -112,8 +112,8 @@ class Call:
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4
-        self.dl_sums = dict(consts(dtype, D, 0, pl, prec, block), DC=DC)
-        del self.dl_sums["DV"]
+        self.dl_sums = {k: v for k, v in consts(dtype, D, 0, pl, prec, block).items() if k != "DV"}
+        self.dl_sums["DC"] = DC
 
 
 def prepare(tensors, causal, temperature, eps, prec, grad):

@@ -50,30 +50,25 @@ def triton_available(device: torch.device | str) -> tuple[bool, str]:
 def wide_training(K: int, D: int, Dv: int) -> bool:
     """Whether the fused kernels' backward takes its wide form at this shape: K padded to a power
     of two (at least 16) times max(D, Dv) above 8192, where it makes its Gaussian weights again for
-    every block to fit the GPU's shared memory (docs/kernels.md). On an H200 that form trained
-    1.9-2.4x slower than gma_chunked (D=64 with K=256, D=128 with K=128, N=16384:
-    results/2026-11-29-h200-prepared-calls), and with the 8-warp plans since 24.2 and 33.9 ms
-    (bidirectional, causal) at D=64, K=256, against gma_chunked's 14.3 and 17.7 in another run
-    (results/2026-11-29-h200-wide-plans), so impl="auto" trains such shapes in PyTorch. With dl
-    stored for a sums pass (docs/kernels.md, Version 2.17) the fused kernels took 15.8 and 16.2 ms
-    there (device time, results/2026-11-29-h200-dl-defaults): not yet timed side by side with
-    gma_chunked, so the choice stands."""
+    every block to fit the GPU's shared memory (docs/kernels.md, Version 2.4). From Version 2.4 to
+    2.17 impl="auto" trained such shapes in gma_chunked, which was 1.9-2.4x faster then; side by
+    side since the backward stores dl for a sums pass (results/2026-11-30-h200-wide-auto, N=16384,
+    bf16, H=16) the kernels took 0.98x and 1.09x gma_chunked's speed at D=64, K=256 and 0.90x and
+    0.89x at D=128, K=128 (bidirectional, causal), at 4.5-7.4x less peak memory, so "auto" now
+    trains them in the kernels too (docs/kernels.md, Version 2.18)."""
     return max(16, 1 << (K - 1).bit_length()) * max(D, Dv) > 8192
 
 
-def resolve_impl(impl: str, device: torch.device | str, causal: bool = False, *,
-                 training: bool = False, shape: tuple[int, int, int] | None = None) -> str:
+def resolve_impl(impl: str, device: torch.device | str, causal: bool = False) -> str:
     """The concrete implementation `impl` means on `device`: "auto" becomes "triton" on CUDA when
-    the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA; a
-    training call (a backward will follow) whose shape = (K, D, Dv) takes the fused backward's
-    wide form becomes "chunked", which is faster there (`wide_training`). Explicit names are
-    returned unchanged (after checking they exist)."""
+    the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA (a
+    shape whose kernels exceed the GPU's shared memory then runs through gma_chunked inside
+    gma_triton, with a warning). Explicit names are returned unchanged (after checking they
+    exist)."""
     _check_impl(impl)
     if impl != "auto":
         return impl
     if triton_available(device)[0]:
-        if training and shape is not None and wide_training(*shape):
-            return "chunked"
         return "triton"
     return "chunked" if causal else "reference"
 
@@ -138,12 +133,7 @@ def gma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.T
     _validate(q, k, v, mu, log_sigma, mix_logits, temperature, eps)
     kwargs = dict(causal=bool(causal), temperature=float(temperature), eps=float(eps))
 
-    chosen = impl
-    if impl == "auto":
-        training = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (q, k, v, mu, log_sigma, mix_logits))
-        chosen = resolve_impl(impl, q.device, causal=bool(causal), training=training,
-                              shape=(mu.shape[1], q.shape[-1], v.shape[-1]))
+    chosen = resolve_impl(impl, q.device, causal=bool(causal))
     if chosen == "reference":
         return gma_reference(q, k, v, mu, log_sigma, mix_logits, **kwargs)
     if chosen == "chunked":

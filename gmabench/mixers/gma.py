@@ -38,7 +38,7 @@ class GMAMixer(Mixer):
         if precision is not None and impl != "triton":
             raise ValueError(f"precision applies to impl='triton' only, not {impl!r}")
         self.precision = precision
-        self._resolved: dict[tuple, str] = {}   # (device type, causal, training, K, D, Dv) -> impl
+        self._resolved: dict[tuple, str] = {}   # (device type, causal) -> impl
 
     def make_params(self, shape: Shape, device: torch.device,
                     generator: torch.Generator | None = None) -> Inputs:
@@ -63,29 +63,18 @@ class GMAMixer(Mixer):
                 reasons.append(why)
         return reasons
 
-    def _resolve(self, inputs: Mapping[str, torch.Tensor], causal: bool,
-                 training: bool | None = None) -> str:
-        # Resolved once per device type, causality, training and (K, D, Dv): forward runs in timed
-        # loops, and "auto" would otherwise try the Triton import on every call.
-        if training is None:
-            training = torch.is_grad_enabled() and any(
-                inputs[name].requires_grad for name in self.grad_inputs)
-        shape = (inputs["mu"].shape[1], inputs["q"].shape[-1], inputs["v"].shape[-1])
-        key = (inputs["q"].device.type, bool(causal), training, *shape)
+    def _resolve(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
+        # Resolved once per device type and causality: forward runs in timed loops, and "auto"
+        # would otherwise try the Triton import on every call.
+        key = (inputs["q"].device.type, bool(causal))
         if key not in self._resolved:
             from gmabench.gma import resolve_impl
-            self._resolved[key] = resolve_impl(self.requested_impl, inputs["q"].device, causal,
-                                               training=training, shape=shape)
+            self._resolved[key] = resolve_impl(self.requested_impl, inputs["q"].device, causal)
         return self._resolved[key]
 
     def backend(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
-        impl = self._resolve(inputs, causal, training=False)
-        if impl != "triton":
-            return impl
-        if self._resolve(inputs, causal, training=True) != "triton":   # "auto" at a wide shape
-            return (f"{self._backend_triton(inputs, causal)}; training in PyTorch (gma_chunked): "
-                    "faster than the fused backward's wide form at this shape")
-        return self._backend_triton(inputs, causal)
+        impl = self._resolve(inputs, causal)
+        return self._backend_triton(inputs, causal) if impl == "triton" else impl
 
     def _backend_triton(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> str:
         # The fused kernels: their product precision, where their launch plans came from and

@@ -287,6 +287,37 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
+def test_wide_form_weights_buffer_holds_the_logit_weights():
+    # The wide form's blocks load their logit weights from a buffer made once per head
+    # (_prep_weights_kernel) instead of making them again from mu, log_sigma, mix_logits: A2, B2
+    # (D, KP), the same untransposed (KP, D), and c2; padded components weigh nothing and have
+    # c2 = -1e30 log2(e). Against the same formulas in float64.
+    from gmabench.gma.triton import common
+    H, K, D, KP, tau = 2, 5, 16, 16, 0.7
+    g = torch.Generator().manual_seed(61)
+    mu, ls = 0.5 * torch.randn(H, K, D, generator=g), 0.3 * torch.randn(H, K, D, generator=g)
+    mix = torch.randn(H, K, generator=g)
+    w = torch.full((H * (4 * KP * D + KP),), float("nan"))
+    mu, ls, mix, w = (t.to(DEVICE) for t in (mu, ls, mix, w))
+    common._prep_weights_kernel[(H,)](mu, ls, mix, w, K, 1.0 / tau, KP=KP, D=D)
+    m, l, x = mu.cpu().double(), ls.cpu().double(), mix.cpu().double()
+    e = torch.exp(-2.0 * l)
+    log2e = 1.0 / math.log(2.0)
+    a = torch.zeros(H, KP, D, dtype=torch.float64)
+    b = torch.zeros(H, KP, D, dtype=torch.float64)
+    a[:, :K] = m * e / tau * log2e
+    b[:, :K] = -0.5 * e / tau * log2e
+    c = (torch.log_softmax(x, -1) - l.sum(-1) - 0.5 * (m * m * e).sum(-1)) / tau * log2e
+    got = w.cpu().double().view(H, -1)
+    n = KP * D
+    for h in range(H):
+        for i, want in enumerate((a[h].T, b[h].T, a[h], b[h])):
+            torch.testing.assert_close(got[h, i * n:(i + 1) * n].view(want.shape), want,
+                                       rtol=2e-6, atol=1e-6)
+        torch.testing.assert_close(got[h, 4 * n:4 * n + K], c[h], rtol=2e-6, atol=1e-5)
+        assert torch.all(got[h, 4 * n + K:] == torch.tensor(-1e30 * log2e, dtype=torch.float32))
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("K,wide", [(12, 0), (12, 1), (140, 0)],
                          ids=["table-form", "wide-form", "K140-column-tiles"])

@@ -103,6 +103,8 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     wide = {}
     for x in sm90.record_launches(causal, torch.bfloat16, 64, 64, 256):
         wide.setdefault(x["name"], set()).add(x["options"]["num_stages"])
-    # the sums pass over a stored dl (dl_store, taken at these shapes) has its own 3 stages
+    # the sums pass over a stored dl (dl_store, taken at these shapes) has its own 3 stages; the
+    # wide form's weights are made by a kernel without a loop (1 stage)
     assert wide.pop("_param_grad_kernel") == {3} and wide.pop("_dl_sums_kernel") == {3}
+    assert wide.pop("_prep_weights_kernel") == {1}
     assert set().union(*wide.values()) == {2}

@@ -27,7 +27,7 @@ import torch
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .call import Call, fallback_key, prepare
-from .common import PRECISIONS, _dl_sums_kernel, _param_grad_kernel
+from .common import PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel
 from .launch import KernelTooLarge
 from .launch import launch as _launch
 from .plan import beyond_table
@@ -138,12 +138,18 @@ def _backward(call: Call, saved, do):
         gbuf, pg = buf[: B * H * state_len], buf[B * H * state_len:]
     dl = torch.empty(B * H * N * pl.KP, device=q.device, dtype=torch.float32) \
         if pl.DL_STORE else pg   # (a float32 placeholder: no kernel stores through it)
+    w = pg   # the wide form's logit weights, made once per head for its blocks to load
+    if pl.WIDE:
+        w = torch.empty(H * (4 * pl.KP * D + pl.KP), device=q.device, dtype=torch.float32)
+        _launch(_prep_weights_kernel, (H,), (*mix, w, K, inv_tau), call.param, 4, 1, memo=memo,
+                site="prep")
+    gauss = (*mix, w)   # what the backward kernels read of the mixture
     if call.causal:
-        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *mix, st, dq, aux, gtot, pg, dl, N, H,
+        _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *gauss, st, dq, aux, gtot, pg, dl, N, H,
                                              K, inv_tau, eps, bps), consts, pl.warps_bwd,
                 pl.stages, memo=memo, site="bwd_q")
     else:
-        _launch(_bidir_bwd_q_kernel, grid, (q, do, *mix, st, dq, gbuf, pg, dl, N, H, K, inv_tau,
+        _launch(_bidir_bwd_q_kernel, grid, (q, do, *gauss, st, dq, gbuf, pg, dl, N, H, K, inv_tau,
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
     if pl.DL_STORE:
@@ -153,11 +159,11 @@ def _backward(call: Call, saved, do):
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     if call.causal:
-        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *mix, aux, gtot, dk, dv, pg, dl, N, H,
+        _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *gauss, aux, gtot, dk, dv, pg, dl, N, H,
                                              K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
                 pl.stages, memo=memo, site="bwd_k")
     else:
-        _launch(_bidir_bwd_k_kernel, grid, (k, v, *mix, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
+        _launch(_bidir_bwd_k_kernel, grid, (k, v, *gauss, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_k")
     if pl.DL_STORE >= 2:

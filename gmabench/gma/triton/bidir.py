@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _hi, _input_grads,
+                     _wide_dx_weights, _wide_logit_weights,
                      _lo, _mm, _param_init, _fp16_scaled, _opaque_zero, _pow2_scale_pair, _raw_gate,
                      _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split,
                      _to_out)
@@ -198,7 +199,7 @@ def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, DXP: 
 
 
 @triton.jit
-def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
+def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
                         dl_ptr, N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
@@ -214,10 +215,10 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE,
-                                                               DXP)
+                                                               inv_tau, KP, D, PREC, DXP)
         Mth, Mtl, s = _load_state_t(sbase, KP, DV, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -229,8 +230,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
             Mth, Mtl, s = _load_state_t(sbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
@@ -244,6 +244,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
         rP = tl.sum(r * P, 1)
         rd = 1.0 / d                   # one division per row, products per element
         dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
+        if WIDE:
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST)
@@ -264,7 +266,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, dq_ptr, 
 
 
 @triton.jit
-def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
+def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_ptr, dv_ptr, pg_ptr,
                         dl_ptr, N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
@@ -274,10 +276,10 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     b = bh // H
     h = bh % H
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE,
-                                                               DXP)
+                                                               inv_tau, KP, D, PREC, DXP)
         Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC, DXP)
     pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
@@ -288,14 +290,13 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         r = _resp(x, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        if WIDE:   # G after the logits, the weights again after G: one set resident at a time
+        if WIDE:   # G after the logits, the dx weights after G: one set resident at a time
             Gh, Gl, Gth, Gtl, g = _load_g(gbase + woff, KP, DV, PREC, DXP)
         vh = _hi(v, PREC)
         dR = _mm(vh, _lo(v, vh, PREC), Gth, Gtl, tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
@@ -306,10 +307,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, g_ptr, dk_ptr, dv
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
-            woff2 = woff + _opaque_zero(N)   # another load, not a reuse of the first set's
-            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff2, ls_ptr + woff2, mix_ptr + woff2, h, K, inv_tau, KP, D,
-                PREC, WIDE, DXP)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST)

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _fp16_scaled,
+                     _wide_dx_weights, _wide_logit_weights,
                      _hi, _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate,
                      _raw_state_ok,
                      _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out)
@@ -122,7 +123,7 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
 
 
 @triton.jit
-def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr,
+def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, tot_ptr,
                          dq_ptr, aux_ptr, gtot_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, eps, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
@@ -136,10 +137,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE,
-                                                               DXP)
+                                                               inv_tau, KP, D, PREC, DXP)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -157,8 +158,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -191,6 +191,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
         rkh = _hi(rk, PREC)
         dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
                  U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
+        if WIDE:
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST)
@@ -218,7 +220,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, t
 
 
 @triton.jit
-def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, aux_ptr, gtot_ptr,
+def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, aux_ptr,
+                         gtot_ptr,
                          dk_ptr, dv_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
@@ -231,10 +234,10 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    if not WIDE:   # once per program; WIDE: once per block (shared memory, _opaque_zero)
+    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
-                                                               inv_tau, KP, D, PREC, WIDE,
-                                                               DXP)
+                                                               inv_tau, KP, D, PREC, DXP)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
@@ -252,8 +255,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         blk = blk1 - 1 - it
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(
-                mu_ptr + woff, ls_ptr + woff, mix_ptr + woff, h, K, inv_tau, KP, D, PREC, WIDE, DXP)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -298,6 +300,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, a
         dv = _mm(Adh, Adl, dndh, dndl, dv, DXP, False, False, INTERP)
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
+        if WIDE:
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST)

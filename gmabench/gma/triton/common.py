@@ -254,19 +254,59 @@ def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
 
 @triton.jit
 def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
-                 PREC: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr):
-    """What a backward program needs of head h: the logit weights, plus the natural a and b
-    (KP, D) as operand pairs for the input gradients (_input_grads), in precision DXP. WIDE: no
-    separate a and b; _input_grads takes the logit weights transposed (two resident operands
-    instead of four)."""
+                 PREC: tl.constexpr, DXP: tl.constexpr):
+    """What a backward program needs of head h, made once per program: the logit weights, plus
+    the natural a and b (KP, D) as operand pairs for the input gradients (_input_grads), in
+    precision DXP. (The wide form loads its weights per block instead: _wide_logit_weights.)"""
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     c2, a2h, a2l, b2h, b2l = _logit_weights(a, b, c, PREC)
-    if WIDE:
-        ah, al, bh, bl = a2h, a2l, b2h, b2l
-    else:
-        ah, al = _split(a, DXP)
-        bh, bl = _split(b, DXP)
+    ah, al = _split(a, DXP)
+    bh, bl = _split(b, DXP)
     return c2, a2h, a2l, b2h, b2l, ah, al, bh, bl
+
+
+@triton.jit
+def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.constexpr,
+                         D: tl.constexpr):
+    """One program per head: the float32 logit weights of the backward's wide form (Plan.WIDE),
+    which loads them for every block from here (L2) rather than holding them through its walk or
+    making them again from the Gaussian parameters. Per head, WIDE_LEN(KP, D) floats:
+    A2 = (a log2 e)^T and B2 = (-b log2 e / 2)^T as (D, KP), the same two untransposed (KP, D)
+    for the input gradients, and c2 = c log2 e (KP): _logit_weights' values, laid out so that
+    no block transposes them."""
+    h = tl.program_id(0)
+    a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+    at = a * LOG2E
+    bt = b * (-0.5 * LOG2E)
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    base = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)
+    tl.store(base + dd[None, :] * KP + kk[:, None], at)             # A2[d, k] = at[k, d]
+    tl.store(base + KP * D + dd[None, :] * KP + kk[:, None], bt)
+    tl.store(base + 2 * KP * D + kk[:, None] * D + dd[None, :], at)
+    tl.store(base + 3 * KP * D + kk[:, None] * D + dd[None, :], bt)
+    tl.store(base + 4 * KP * D + kk, c * LOG2E)
+
+
+@triton.jit
+def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    """The logit weights (c2, A2 and B2 as operand pairs) of one head, loaded from its slice of
+    _prep_weights_kernel's buffer: what _logit_weights makes, bit for bit."""
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    a2h, a2l = _split(tl.load(wbase + dd[:, None] * KP + kk[None, :]), PREC)
+    b2h, b2l = _split(tl.load(wbase + KP * D + dd[:, None] * KP + kk[None, :]), PREC)
+    return tl.load(wbase + 4 * KP * D + kk), a2h, a2l, b2h, b2l
+
+
+@triton.jit
+def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    """A2^T and B2^T (KP, D) as operand pairs, for the wide form's input gradients."""
+    kk = tl.arange(0, KP)
+    dd = tl.arange(0, D)
+    ah, al = _split(tl.load(wbase + 2 * KP * D + kk[:, None] * D + dd[None, :]), PREC)
+    bh, bl = _split(tl.load(wbase + 3 * KP * D + kk[:, None] * D + dd[None, :]), PREC)
+    return ah, al, bh, bl
 
 
 @triton.jit
@@ -342,8 +382,8 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed: _param_products).
     DLST: the sums are not made here; dl is stored through dl_ptrs (rows rm) for _dl_sums_kernel
     to make them in a pass of its own, and pa, pb, pc come back unchanged (docs/kernels.md,
-    Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights A2 = a log2(e),
-    B2 = -b log2(e)/2, (D, KP), used transposed. DXP: the precision of the products that feed dx
+    Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights a log2(e) and
+    -b log2(e)/2 (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
     alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
     scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
     every token, keep PREC.
@@ -352,10 +392,10 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     xf = x.to(tl.float32)
     if WIDE:
         dlh, dll = _split(dl, PREC)
-        t_a = _mm(dlh, dll, tl.trans(ah), tl.trans(al), tl.zeros((BLOCK, D), dtype=tl.float32),
-                  PREC, False, False, INTERP)
-        t_b = _mm(dlh, dll, tl.trans(bh), tl.trans(bl), tl.zeros((BLOCK, D), dtype=tl.float32),
-                  PREC, False, False, INTERP)
+        t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+                  INTERP)
+        t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+                  INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:
         dxh, dxl = _split(dl, DXP)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _hi, _input_grads,
-                     _wide_dx_weights, _wide_logit_weights,
-                     _lo, _mm, _param_init, _fp16_scaled, _opaque_zero, _pow2_scale_pair, _raw_gate,
-                     _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split,
-                     _to_out)
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
+                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
+                     _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
+                     _split, _to_out, _wide_dx_weights, _wide_logit_weights)
 
 
 @triton.jit
@@ -199,8 +198,8 @@ def _load_g(gbase, KP: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, DXP: 
 
 
 @triton.jit
-def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, dq_ptr, g_ptr, pg_ptr,
-                        dl_ptr, N, H, K, inv_tau, eps, bps,
+def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, dq_ptr, g_ptr,
+                        pg_ptr, dl_ptr, N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
                         WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr):

@@ -16,11 +16,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fwd_weights, _fp16_scaled,
-                     _wide_dx_weights, _wide_logit_weights,
-                     _hi, _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate,
-                     _raw_state_ok,
-                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out)
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
+                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out,
+                     _wide_dx_weights, _wide_logit_weights)
 
 
 @triton.jit
@@ -221,8 +220,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
 
 @triton.jit
 def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, aux_ptr,
-                         gtot_ptr,
-                         dk_ptr, dv_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, bps,
+                         gtot_ptr, dk_ptr, dv_ptr, pg_ptr, dl_ptr, N, H, K, inv_tau, bps,
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,

@@ -118,7 +118,7 @@ TUNING: dict[str, int | None] = {
     "block_bwd_k": None,
     "block_key": None,
     "segments": None,       # segments per (b, h), overriding waves / min_bps
-    "wide": None,           # 1 / 0: force the backward's per-block weights (Plan.WIDE) on or off
+    "wide": None,           # 1 / 0: force the backward's per-block weights (Plan.WIDE) on, off
     "warps_fwd": None,
     "warps_bwd": None,
     "stages": None,
@@ -148,7 +148,7 @@ class Plan:
     stages: int          # pipeline depth of the block loops
     BLOCK_BWD: int = 0   # the backward's block (a divisor of BLOCK; 0: BLOCK)
     bps_bwd: int = 0     # the backward's blocks per segment: the same segments in tokens
-    WIDE: bool = False   # backward kernels make their weights per block (KP x D > 8192: common.py)
+    WIDE: bool = False   # backward blocks load their weights (KP x D > 8192: _prep_weights_kernel)
     regs_fwd: int = 0    # register cap of the forward kernels (0: none)
     stages_key: int = 0  # pipeline depth of the key pass (the state kernel)
     BLOCK_KEY: int = 0   # the key pass's block (a divisor of BLOCK)

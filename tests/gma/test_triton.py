@@ -297,7 +297,7 @@ def test_wide_form_weights_buffer_holds_the_logit_weights():
     g = torch.Generator().manual_seed(61)
     mu, ls = 0.5 * torch.randn(H, K, D, generator=g), 0.3 * torch.randn(H, K, D, generator=g)
     mix = torch.randn(H, K, generator=g)
-    w = torch.full((H * (4 * KP * D + KP),), float("nan"))
+    w = torch.full((H * common.wide_weights_len(KP, D),), float("nan"))
     mu, ls, mix, w = (t.to(DEVICE) for t in (mu, ls, mix, w))
     common._prep_weights_kernel[(H,)](mu, ls, mix, w, K, 1.0 / tau, KP=KP, D=D)
     m, l, x = mu.cpu().double(), ls.cpu().double(), mix.cpu().double()

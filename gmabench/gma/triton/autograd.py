@@ -27,7 +27,8 @@ import torch
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .call import Call, fallback_key, prepare
-from .common import PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel
+from .common import (PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel,
+                     wide_weights_len)
 from .launch import KernelTooLarge
 from .launch import launch as _launch
 from .plan import beyond_table
@@ -140,7 +141,7 @@ def _backward(call: Call, saved, do):
         if pl.DL_STORE else pg   # (a float32 placeholder: no kernel stores through it)
     w = pg   # the wide form's logit weights, made once per head for its blocks to load
     if pl.WIDE:
-        w = torch.empty(H * (4 * pl.KP * D + pl.KP), device=q.device, dtype=torch.float32)
+        w = torch.empty(H * wide_weights_len(pl.KP, D), device=q.device, dtype=torch.float32)
         _launch(_prep_weights_kernel, (H,), (*mix, w, K, inv_tau), call.param, 4, 1, memo=memo,
                 site="prep")
     gauss = (*mix, w)   # what the backward kernels read of the mixture

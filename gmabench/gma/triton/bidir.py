@@ -15,7 +15,8 @@ import triton.language as tl
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
                      _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
-                     _split, _to_out, _wide_dx_weights, _wide_logit_weights)
+                     _split, _to_out, _wide_base, _wide_dx_weights,
+                     _wide_logit_weights)
 
 
 @triton.jit
@@ -214,7 +215,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    wbase = _wide_base(w_ptr, h, KP, D)   # WIDE: _prep_weights_kernel's buffer
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
@@ -275,7 +276,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
     b = bh // H
     h = bh % H
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    wbase = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)   # WIDE: _prep_weights_kernel's buffer
+    wbase = _wide_base(w_ptr, h, KP, D)   # WIDE: _prep_weights_kernel's buffer
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)

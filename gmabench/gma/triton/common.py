@@ -265,12 +265,23 @@ def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
     return c2, a2h, a2l, b2h, b2l, ah, al, bh, bl
 
 
+def wide_weights_len(KP: int, D: int) -> int:
+    """Floats per head in _prep_weights_kernel's buffer (the layout of _wide_base)."""
+    return 4 * KP * D + KP
+
+
+@triton.jit
+def _wide_base(w_ptr, h, KP: tl.constexpr, D: tl.constexpr):
+    """Head h's slice of _prep_weights_kernel's buffer: wide_weights_len(KP, D) floats."""
+    return w_ptr + h.to(tl.int64) * (4 * KP * D + KP)
+
+
 @triton.jit
 def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.constexpr,
                          D: tl.constexpr):
     """One program per head: the float32 logit weights of the backward's wide form (Plan.WIDE),
     which loads them for every block from here (L2) rather than holding them through its walk or
-    making them again from the Gaussian parameters. Per head, WIDE_LEN(KP, D) floats:
+    making them again from the Gaussian parameters. Per head (_wide_base):
     A2 = (a log2 e)^T and B2 = (-b log2 e / 2)^T as (D, KP), the same two untransposed (KP, D)
     for the input gradients, and c2 = c log2 e (KP): _logit_weights' values, laid out so that
     no block transposes them."""
@@ -280,7 +291,7 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
     bt = b * (-0.5 * LOG2E)
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
-    base = w_ptr + h.to(tl.int64) * (4 * KP * D + KP)
+    base = _wide_base(w_ptr, h, KP, D)
     tl.store(base + dd[None, :] * KP + kk[:, None], at)             # A2[d, k] = at[k, d]
     tl.store(base + KP * D + dd[None, :] * KP + kk[:, None], bt)
     tl.store(base + 2 * KP * D + kk[:, None] * D + dd[None, :], at)
@@ -301,7 +312,8 @@ def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.const
 
 @triton.jit
 def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    """A2^T and B2^T (KP, D) as operand pairs, for the wide form's input gradients."""
+    """a log2(e) and -b log2(e)/2 (KP, D: A2 and B2 untransposed) as operand pairs, for the wide
+    form's input gradients."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     ah, al = _split(tl.load(wbase + 2 * KP * D + kk[:, None] * D + dd[None, :]), PREC)
@@ -382,8 +394,8 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     (the gradients of a, b, c are pa, -pb/2, pc once all tiles are summed: _param_products).
     DLST: the sums are not made here; dl is stored through dl_ptrs (rows rm) for _dl_sums_kernel
     to make them in a pass of its own, and pa, pb, pc come back unchanged (docs/kernels.md,
-    Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights a log2(e) and
-    -b log2(e)/2 (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
+    Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights a log2(e) and -b log2(e)/2
+    (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
     alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
     scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
     every token, keep PREC.

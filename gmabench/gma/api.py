@@ -15,7 +15,7 @@ import torch
 from gmabench.gma.chunked import gma_chunked
 from gmabench.gma.reference import gma_reference
 
-__all__ = ["IMPLS", "gma_attention", "resolve_impl", "triton_available", "wide_training"]
+__all__ = ["IMPLS", "gma_attention", "resolve_impl", "triton_available"]
 
 IMPLS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 
@@ -47,24 +47,16 @@ def triton_available(device: torch.device | str) -> tuple[bool, str]:
     return True, ""
 
 
-def wide_training(K: int, D: int, Dv: int) -> bool:
-    """Whether the fused kernels' backward takes its wide form at this shape: K padded to a power
-    of two (at least 16) times max(D, Dv) above 8192, where it makes its Gaussian weights again for
-    every block to fit the GPU's shared memory (docs/kernels.md, Version 2.4). From Version 2.4 to
-    2.17 impl="auto" trained such shapes in gma_chunked, which was 1.9-2.4x faster then; side by
-    side since the backward stores dl for a sums pass (results/2026-11-30-h200-wide-auto, N=16384,
-    bf16, H=16) the kernels took 0.98x and 1.09x gma_chunked's speed at D=64, K=256 and 0.90x and
-    0.89x at D=128, K=128 (bidirectional, causal), at 4.5-7.4x less peak memory, so "auto" now
-    trains them in the kernels too (docs/kernels.md, Version 2.18)."""
-    return max(16, 1 << (K - 1).bit_length()) * max(D, Dv) > 8192
-
-
 def resolve_impl(impl: str, device: torch.device | str, causal: bool = False) -> str:
     """The concrete implementation `impl` means on `device`: "auto" becomes "triton" on CUDA when
     the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA (a
     shape whose kernels exceed the GPU's shared memory then runs through gma_chunked inside
-    gma_triton, with a warning). Explicit names are returned unchanged (after checking they
-    exist)."""
+    gma_triton, with a warning). Training too, at every shape: from Version 2.4 to 2.17 the
+    wide shapes (plan.wide_training) trained in gma_chunked, then 1.9-2.4x faster; since their
+    backward loads weights made once per head, the kernels train them 2.0x (bidirectional) and
+    1.2x (causal) faster than gma_chunked, at a sixth of its memory or less
+    (results/2026-11-30-h200-wide-auto-2, -3; docs/kernels.md, Version 2.18). Explicit names are
+    returned unchanged (after checking they exist)."""
     _check_impl(impl)
     if impl != "auto":
         return impl

@@ -213,3 +213,11 @@ def test_segments_fill_whole_waves_and_the_waves_knob_counts(gpu_rules):
     assert gpu_rules.make_plan(1, 8192, 9, 64, 64, 64, False, CPU, grad=False).P == 1
     gpu_rules.TUNING.update(waves=8)
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=False).P == 8
+
+
+def test_wide_form_where_padded_components_times_head_size_exceed_8192():
+    assert not plan_mod.wide_training(64, 64, 64) and not plan_mod.wide_training(128, 64, 64)
+    assert not plan_mod.wide_training(256, 32, 32) and not plan_mod.wide_training(100, 64, 64)
+    assert plan_mod.wide_training(256, 64, 64) and plan_mod.wide_training(129, 64, 64)   # KP 256
+    assert plan_mod.wide_training(128, 128, 64) and plan_mod.wide_training(65, 16, 128)
+    assert plan_mod.wide_training(1, 16, 1024) and not plan_mod.wide_training(1, 16, 512)  # KP 16

@@ -302,7 +302,7 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
 @triton.jit
 def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     """The logit weights (c2, A2 and B2 as operand pairs) of one head, loaded from its slice of
-    _prep_weights_kernel's buffer: what _logit_weights makes, bit for bit."""
+    _prep_weights_kernel's buffer: the values _logit_weights makes."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     a2h, a2l = _split(tl.load(wbase + dd[:, None] * KP + kk[None, :]), PREC)

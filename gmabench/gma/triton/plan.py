@@ -24,8 +24,6 @@ from pathlib import Path
 import torch
 import triton
 
-from gmabench.gma.api import wide_training
-
 from .common import INTERPRET
 
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
@@ -222,6 +220,14 @@ def beyond_table(K: int, D: int, DV: int) -> bool:
     D or Dv above 64): those take the wider rule below, and float32 keeps exact products there
     (autograd.precision_name)."""
     return padded_components(K) > 64 or max(D, DV) > 64
+
+
+def wide_training(K: int, D: int, DV: int) -> bool:
+    """Whether the backward takes its wide form (Plan.WIDE): K padded times max(D, Dv) above
+    8192, where holding the Gaussian weights through the walk would take more shared memory than
+    a block has, so a kernel makes them once per head and every block loads them
+    (common._prep_weights_kernel; docs/kernels.md, Versions 2.4 and 2.18)."""
+    return padded_components(K) * max(D, DV) > 8192
 
 
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,

@@ -97,19 +97,28 @@ def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | 
 
 
 def _ptxas_stats(ptx: str, ptxas: str) -> dict:
-    """Registers per thread and spill bytes of a kernel's PTX, as ptxas -v reports them."""
+    """Registers per thread and spill bytes of a kernel's PTX, as ptxas -v reports them, and
+    the SASS's static instruction count (all, and the tensor-core products among them: HMMA
+    for mma.sync, HGMMA for wgmma), from cuobjdump beside ptxas."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(src), "-o",
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+        sass = subprocess.run([str(Path(ptxas).with_name("cuobjdump")), "-sass",
+                               str(Path(tmp) / "k.cubin")], capture_output=True, text=True).stdout
+    if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per kernel
+        name = re.search(r"\.entry\s+(\w+)", ptx)
+        Path(os.environ["SM90_SASS_DIR"], f"{name.group(1) if name else 'kernel'}.sass").write_text(sass)
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
     text = done.stdout + done.stderr
     regs = re.search(r"Used (\d+) registers", text)
     stores = re.search(r"(\d+) bytes spill stores", text)
     loads = re.search(r"(\d+) bytes spill loads", text)
     return {"regs": int(regs.group(1)) if regs else None,
             "spill_stores": int(stores.group(1)) if stores else None,
-            "spill_loads": int(loads.group(1)) if loads else None}
+            "spill_loads": int(loads.group(1)) if loads else None,
+            "sass": len(ops), "mma": sum(op.startswith(("HMMA", "HGMMA")) for op in ops)}
 
 
 def _compile_all(launches: list[dict], stats: bool) -> tuple[list[dict], list[str]]:
@@ -202,7 +211,8 @@ def main(argv=None) -> int:
     code, rows, output = compile_launches(launches, stats=True)
     for r in rows:
         print(f"{r['name']:26s} warps {r.get('num_warps')} stages {r.get('num_stages')}: "
-              f"{r.get('regs')} regs, spill {r.get('spill_stores')} B, {r['shared']} B shared")
+              f"{r.get('regs')} regs, spill {r.get('spill_stores')} B, {r['shared']} B shared, "
+              f"{r.get('sass')} SASS instructions ({r.get('mma')} MMA)")
     if code:
         print(output, file=sys.stderr)
     return code

@@ -128,9 +128,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr):
-    """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T:
-    d = rowsum(A) + R_q s + eps, do.n = rowsum(A*W) + rowsum(R_q*U), dd = -(do.n)/d^2,
-    dA = mask(W/d + dd), dR_q = dA R_k + U/d + dd s^T."""
+    """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T, the
+    masses so far C = tril(1) R_k + s and Y = mask(W) R_k + U: d = rowsum(R_q*C) + eps,
+    do.n = rowsum(R_q*Y), dd = -(do.n)/d^2, dR_q = Y/d + dd C (that is dA R_k + U/d + dd s^T with
+    dA = mask(W/d + dd), without the intra-chunk A = R_q R_k^T: docs/kernels.md, Version 2.19)."""
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -166,30 +167,30 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rqh, rql = _split(rq, PREC)
         rkt = tl.trans(rk)
         rkth, rktl = _split(rkt, PREC)
-        A = _mm(rqh, rql, rkth, rktl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, False,
-                False, INTERP)
-        A = tl.where(tri, A, 0.0)
         doh, dol = _split(do, PREC)
         vt = tl.trans(v)
         vth, vtl = _split(vt, PREC)
         W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
                 X_EXACT, INTERP)
+        W = tl.where(tri, W, 0.0)
         St = tl.trans(S)
         Sth = _hi(St, PREC)
         U = _mm(doh, dol, Sth, _lo(St, Sth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
                 X_EXACT, False, INTERP)
-        d = tl.sum(A, 1) + tl.sum(rq * s[None, :], 1) + eps
-        don = tl.sum(A * W, 1) + tl.sum(rq * U, 1)
+        Wh = _hi(W, PREC)
+        rkh = _hi(rk, PREC)
+        rkl = _lo(rk, rkh, PREC)
+        Y = _mm(Wh, _lo(W, Wh, PREC), rkh, rkl, U, PREC, False, False, INTERP)
+        trih = _hi(tl.where(tri, 1.0, 0.0), PREC)
+        C = _mm(trih, trih, rkh, rkl, tl.zeros((BLOCK, KP), dtype=tl.float32) + s[None, :], PREC,
+                True, False, INTERP)
+        d = tl.sum(rq * C, 1) + eps
+        don = tl.sum(rq * Y, 1)
         rd = 1.0 / d                   # one division per row, products per element
         ddv = -don * (rd * rd)
-        dA = tl.where(tri, W * rd[:, None] + ddv[:, None], 0.0)
-        dAh = _hi(dA, PREC)
-        rkh = _hi(rk, PREC)
-        dR = _mm(dAh, _lo(dA, dAh, PREC), rkh, _lo(rk, rkh, PREC),
-                 U * rd[:, None] + ddv[:, None] * s[None, :], PREC, False, False, INTERP)
+        dR = Y * rd[:, None] + ddv[:, None] * C
         if WIDE:
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,

@@ -92,8 +92,11 @@ def test_split_dx_products_walk_the_key_side_in_the_query_sides_block(gpu_rules)
     gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block=64, block_bwd=16, block_bwd_k=32)
     fp16_dx = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
     split = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True, split_dx=True)
-    assert (fp16_dx.BLOCK_BWD, fp16_dx.BLOCK_BWD_K) == (16, 32)
+    # 2^21 tokens: dl stored, and the query side walks 32-token blocks unless its products split
+    assert (fp16_dx.BLOCK_BWD, fp16_dx.BLOCK_BWD_K) == (32, 32)
     assert (split.BLOCK_BWD, split.BLOCK_BWD_K) == (16, 16) and split.bps_bwd_k == split.bps_bwd
+    below = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
+    assert (below.DL_STORE, below.BLOCK_BWD, below.BLOCK_BWD_K) == (0, 16, 32)
     assert split.BLOCK == fp16_dx.BLOCK and split.P == fp16_dx.P      # the same segments
     # inference has no backward; a knob still decides over the rule
     assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=False, split_dx=True) == \

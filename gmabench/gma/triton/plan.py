@@ -269,8 +269,13 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             row["block"] = 64
     elif grad and B * H * N >= DL_STORE_TOKENS:
         # the table's shapes: the query side's dl stored at large N, where it gains (causal) and
-        # adds nothing to the peak at D = Dv = K = 64 (docs/kernels.md Version 2.17)
+        # adds nothing to the peak at D = Dv = K = 64 (docs/kernels.md Version 2.17); with its
+        # register sums gone the query side walks 32-token blocks (N=131072, device time of the
+        # call: bidirectional 3981 -> 3819 us, causal 7720 -> 7619; at 2048, without dl stored,
+        # 32 took the causal call 200 -> 244 us; results/2026-11-30-h200-causal-q, Version 2.19)
         row["dl_store"] = 1
+        if not split_dx:   # (split dq, dk, dv products: not measured at 32, below)
+            row["block_bwd"] = 32
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill
         # 2000 B per thread at 32 tokens against 308 at 16 (ptxas, sm_90a), and on the H200 the

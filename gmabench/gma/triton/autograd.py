@@ -132,8 +132,7 @@ def _backward(call: Call, saved, do):
 
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
-        # per row: d, dd and the query and key rows' log-normalisers, from the query side
-        aux = torch.empty(B * H * 4 * N, device=q.device, dtype=torch.float32)
+        aux = torch.empty(B * H * 2 * N, device=q.device, dtype=torch.float32)
         gtot = torch.empty(B * H * pl.P * state_len, device=q.device, dtype=torch.float32)
     else:
         buf = torch.zeros(B * H * state_len + pg_len, device=q.device, dtype=torch.float32)

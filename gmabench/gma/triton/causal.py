@@ -6,11 +6,9 @@ the sum of the earlier segments' totals and walks its chunks in order, keeping t
 (KP x DV and KP masses, float32) in registers: per chunk the masked intra-chunk product
 A = R_q R_k^T (BLOCK x BLOCK) plus the inter-chunk read-out R_q S, then S += R_k^T V.
 
-Backward: a forward walk for the query side (dq; it also writes per row the denominator d,
-dd = -(do.o)/d and the log-normalisers of the row's query and key logits, and each segment's
-total of G = R_q^T dn, g = R_q^T dd), then a reverse walk for the key side (dk, dv) starting
-from the sum of the later segments' G totals, its responsibilities made from the stored
-log-normalisers without a reduction across the components.
+Backward: a forward walk for the query side (dq; it also writes the per-row denominator d and
+dd = -(do.o)/d, and each segment's total of G = R_q^T dn, g = R_q^T dd), then a reverse walk for
+the key side (dk, dv) starting from the sum of the later segments' G totals.
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ import triton.language as tl
 
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
-                     _resp, _resp_lse, _resp_lse_given, _resp_p, _resp_p16, _row_ptrs, _segment,
-                     _split, _to_out, _wide_base, _wide_dx_weights, _wide_logit_weights)
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out,
+                     _wide_base, _wide_dx_weights, _wide_logit_weights)
 
 
 @triton.jit
@@ -154,7 +152,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     vbase = v_ptr + off * DV
     dobase = do_ptr + off * DV
     dqbase = dq_ptr + off * D
-    auxbase = aux_ptr + bh.to(tl.int64) * 4 * N
+    auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
     ii = tl.arange(0, BLOCK)
     tri = ii[:, None] >= ii[None, :]
     for blk in range(blk0, blk1):
@@ -167,10 +165,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        rq, lq = _resp_lse(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        rk, lk = _resp_lse(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-        tl.store(auxbase + 2 * N + rows, lq, mask=rm)
-        tl.store(auxbase + 3 * N + rows, lk, mask=rm)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rkt = tl.trans(rk)
         rkth, rktl = _split(rkt, PREC)
         doh, dol = _split(do, PREC)
@@ -251,7 +247,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     dobase = do_ptr + off * DV
     dkbase = dk_ptr + off * D
     dvbase = dv_ptr + off * DV
-    auxbase = aux_ptr + bh.to(tl.int64) * 4 * N
+    auxbase = aux_ptr + bh.to(tl.int64) * 2 * N
     ii = tl.arange(0, BLOCK)
     triT = ii[:, None] <= ii[None, :]
     for it in range(0, blk1 - blk0):
@@ -267,12 +263,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         d = tl.load(auxbase + rows, mask=rm, other=1.0)
         ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
-        lq = tl.load(auxbase + 2 * N + rows, mask=rm, other=0.0)
-        lk = tl.load(auxbase + 3 * N + rows, mask=rm, other=0.0)
-        rq = _resp_lse_given(xq, lq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT,
-                             INTERP)
-        rk = _resp_lse_given(xk, lk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT,
-                             INTERP)
+        rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]
         rkh, rkl = _split(rk, PREC)
         rqt = tl.trans(rq)

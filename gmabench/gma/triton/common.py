@@ -360,24 +360,17 @@ def _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.cons
         xs, inv = _pow2_scale(x)
         p, psum = _resp_p16(x, xs, inv, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
     else:
-        p, psum = _softmax_p(_logits2(x, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT,
-                                      INTERP), rowmask)
+        l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
+        xf = x.to(tl.float32)
+        xh = _hi(x, PREC)
+        xl = _lo(xf, xh, PREC)
+        x2 = xf * xf
+        x2h = _hi(x2, PREC)
+        x2l = _lo(x2, x2h, PREC)
+        l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
+        l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
+        p, psum = _softmax_p(l2, rowmask)
     return p, psum
-
-
-@triton.jit
-def _logits2(x, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
-             PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """The base-2 logits c2 + x a2 + (x*x) b2 (BLOCK, KP) of a tile x, float32 (not PREC 3)."""
-    l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
-    xf = x.to(tl.float32)
-    xh = _hi(x, PREC)
-    xl = _lo(xf, xh, PREC)
-    x2 = xf * xf
-    x2h = _hi(x2, PREC)
-    x2l = _lo(x2, x2h, PREC)
-    l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
-    return _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
 
 
 @triton.jit
@@ -387,31 +380,6 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
     (rowmask False) get 0 so they add nothing to any sum."""
     p, psum = _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
     return p * (1.0 / psum)[:, None]
-
-
-@triton.jit
-def _resp_lse(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.constexpr,
-              PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """_resp and each row's base-2 log-normaliser (log2 of the sum of exp2 of its logits), for a
-    later kernel's _resp_lse_given to make the same responsibilities without the row's max and
-    sum (not PREC 3)."""
-    l2 = _logits2(x, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    m = tl.max(l2, 1)
-    p = tl.exp2(l2 - m[:, None])
-    psum = tl.sum(p, 1)
-    r = tl.where(rowmask[:, None], p * (1.0 / psum)[:, None], 0.0)
-    return r, m + tl.log2(psum)
-
-
-@triton.jit
-def _resp_lse_given(x, lse, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr,
-                    KP: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                    INTERP: tl.constexpr):
-    """_resp from the rows' log-normalisers (_resp_lse): exp2(l2 - lse), no reduction across the
-    components. The logits are the same products on the same values, so the rows sum to 1 to
-    float32 rounding."""
-    l2 = _logits2(x, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
-    return tl.where(rowmask[:, None], tl.exp2(l2 - lse[:, None]), 0.0)
 
 
 @triton.jit

@@ -186,18 +186,16 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         trih = _hi(tl.where(tri, 1.0, 0.0), PREC)
         C = _mm(trih, trih, rkh, rkl, tl.zeros((BLOCK, KP), dtype=tl.float32) + s[None, :], PREC,
                 True, False, INTERP)
-        rc = tl.sum(rq * C, 1)
-        d = rc + eps
+        d = tl.sum(rq * C, 1) + eps
         don = tl.sum(rq * Y, 1)
         rd = 1.0 / d                   # one division per row, products per element
         ddv = -don * (rd * rd)
         dR = Y * rd[:, None] + ddv[:, None] * C
-        rdR = don * rd + ddv * rc      # r.dR from the sums above: no third sum across warps
         if WIDE:
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, DLST, rdR)
+                                      X_EXACT, INTERP, WIDE, DXP, DLST)
         tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
                  mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)

@@ -386,7 +386,7 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.constexpr,
                  D: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                  INTERP: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr,
-                 DLST: tl.constexpr, rdR=None):
+                 DLST: tl.constexpr):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
@@ -398,12 +398,9 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
     alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
     scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
-    every token, keep PREC. rdR: the rows' r.dR where the caller has it from sums of its own
-    (the causal query side), else summed here.
+    every token, keep PREC.
     """
-    if rdR is None:
-        rdR = tl.sum(r * dR, 1)
-    dl = r * (dR - rdR[:, None])
+    dl = r * (dR - tl.sum(r * dR, 1)[:, None])
     xf = x.to(tl.float32)
     if WIDE:
         dlh, dll = _split(dl, PREC)

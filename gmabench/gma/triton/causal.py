@@ -23,21 +23,15 @@ from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd
 
 
 @triton.jit
-def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr,
-                    TRANS: tl.constexpr = False):
-    """Sum of the stored segment states p0 <= p < p1 of (b, h); TRANS: S^T (DV, KP)."""
+def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
+    """Sum of the stored segment states p0 <= p < p1 of (b, h)."""
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
-    if TRANS:
-        S = tl.zeros((DV, KP), dtype=tl.float32)
-        offs = kk[None, :] * DV + ee[:, None]
-    else:
-        S = tl.zeros((KP, DV), dtype=tl.float32)
-        offs = kk[:, None] * DV + ee[None, :]
+    S = tl.zeros((KP, DV), dtype=tl.float32)
     s = tl.zeros((KP,), dtype=tl.float32)
     for p in range(p0, p1):
         base = st_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
-        S += tl.load(base + offs)
+        S += tl.load(base + kk[:, None] * DV + ee[None, :])
         s += tl.load(base + KP * DV + kk)
     return S, s
 
@@ -147,8 +141,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
-    # the running state kept transposed, S^T (DV, KP): U = do S^T takes it as it is
-    St, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV, True)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
     pa, pb, pc = _param_init(KP, D, DLST)
@@ -174,12 +167,15 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
+        rkt = tl.trans(rk)
+        rkth, rktl = _split(rkt, PREC)
         doh, dol = _split(do, PREC)
         vt = tl.trans(v)
         vth, vtl = _split(vt, PREC)
         W = _mm(doh, dol, vth, vtl, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), PREC, X_EXACT,
                 X_EXACT, INTERP)
         W = tl.where(tri, W, 0.0)
+        St = tl.trans(S)
         Sth = _hi(St, PREC)
         U = _mm(doh, dol, Sth, _lo(St, Sth, PREC), tl.zeros((BLOCK, KP), dtype=tl.float32), PREC,
                 X_EXACT, False, INTERP)
@@ -211,7 +207,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         G = _mm(rqth, _lo(rqt, rqth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False,
                 INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
-        St = _mm(vth, vtl, rkh, rkl, St, PREC, X_EXACT, False, INTERP)
+        vh = _hi(v, PREC)
+        S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
         s += tl.sum(rk, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)

@@ -1,13 +1,14 @@
 """The fused GMA kernels of one call, built for Hopper (sm_90a) on a machine without a GPU.
 
     TRITON_INTERPRET=1 python scripts/sm90_build.py --d 128 --k 64 --causal \
-        --knobs '{"warps_fwd": 8}' [--dtype bf16] [--inference-only]
+        --knobs '{"warps_fwd": 8}' [--dtype bf16] [--inference-only] [--sass-dir DIR]
 
 A training call (and an inference call before it) of a small shape is run under Triton's CPU
 interpreter with the launch plan an H200 would get for the shape (plan.py; the knobs are
 plan.TUNING's), each kernel launch is recorded, and every distinct launch is compiled ahead of
 time for sm_90a in a subprocess where the kernels are ordinary JIT functions. Printed per kernel:
-warps, stages, registers per thread, spill bytes (ptxas -v) and shared memory. What the GPU would
+warps, stages, registers per thread, spill bytes (ptxas -v), shared memory and the SASS's
+instruction counts, the block loop's apart (sass_counts). What the GPU would
 run, minus the timing: the way to weigh a plan before a device call (docs/kernels.md).
 tests/gma/test_triton_compile.py checks with the same two functions that every launch compiles.
 """
@@ -107,18 +108,39 @@ def _ptxas_stats(ptx: str, ptxas: str) -> dict:
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
         sass = subprocess.run([str(Path(ptxas).with_name("cuobjdump")), "-sass",
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True).stdout
-    if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per kernel
+    if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per kernel (--sass-dir)
         name = re.search(r"\.entry\s+(\w+)", ptx)
         Path(os.environ["SM90_SASS_DIR"], f"{name.group(1) if name else 'kernel'}.sass").write_text(sass)
-    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
     text = done.stdout + done.stderr
     regs = re.search(r"Used (\d+) registers", text)
     stores = re.search(r"(\d+) bytes spill stores", text)
     loads = re.search(r"(\d+) bytes spill loads", text)
     return {"regs": int(regs.group(1)) if regs else None,
             "spill_stores": int(stores.group(1)) if stores else None,
-            "spill_loads": int(loads.group(1)) if loads else None,
-            "sass": len(ops), "mma": sum(op.startswith(("HMMA", "HGMMA")) for op in ops)}
+            "spill_loads": int(loads.group(1)) if loads else None, **sass_counts(sass)}
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def sass_counts(sass: str) -> dict:
+    """Static instruction counts of a kernel's SASS (cuobjdump -sass): all of them and the
+    tensor-core products (HMMA for mma.sync, HGMMA for wgmma); then those of its longest loop,
+    the instructions between the target and the source of the branch that jumps back the
+    farthest, which in these kernels is the block loop: per warp and block, its instructions,
+    products, barriers (BAR), shuffles (SHFL) and spill loads and stores (LDL, STL)."""
+    ins = [(int(a, 16), op, rest) for a, op, rest in _SASS_LINE.findall(sass)]
+    loop = None
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
+        if target and int(target.group(1), 16) < addr:
+            span = (int(target.group(1), 16), addr)
+            if loop is None or span[1] - span[0] > loop[1] - loop[0]:
+                loop = span
+    body = [op.split(".")[0] for addr, op, _ in ins if loop and loop[0] <= addr <= loop[1]]
+    return {"sass": len(ins), "mma": sum(op.startswith(("HMMA", "HGMMA")) for _, op, _ in ins),
+            "loop": len(body), "loop_mma": sum(op in ("HMMA", "HGMMA") for op in body),
+            **{f"loop_{op.lower()}": body.count(op) for op in ("BAR", "SHFL", "LDL", "STL")}}
 
 
 def _compile_all(launches: list[dict], stats: bool) -> tuple[list[dict], list[str]]:
@@ -195,7 +217,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--knobs", default="{}", help="plan.TUNING knobs as JSON")
     ap.add_argument("--inference-only", action="store_true")
+    ap.add_argument("--sass-dir", help="keep each kernel's SASS there (NAME.sass)")
     args = ap.parse_args(argv)
+    if args.sass_dir:   # read by the compiling subprocess, which inherits the environment
+        Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["SM90_SASS_DIR"] = str(Path(args.sass_dir).resolve())
     if args.compile_stdin:
         rows, failures = _compile_all(json.loads(sys.stdin.read()), args.stats)
         print("\n".join(failures))
@@ -212,7 +238,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['name']:26s} warps {r.get('num_warps')} stages {r.get('num_stages')}: "
               f"{r.get('regs')} regs, spill {r.get('spill_stores')} B, {r['shared']} B shared, "
-              f"{r.get('sass')} SASS instructions ({r.get('mma')} MMA)")
+              f"{r.get('sass')} SASS instructions ({r.get('mma')} MMA); longest loop "
+              f"{r.get('loop')} ({r.get('loop_mma')} MMA, {r.get('loop_bar')} BAR, "
+              f"{r.get('loop_shfl')} SHFL, {r.get('loop_ldl')} LDL, {r.get('loop_stl')} STL)")
     if code:
         print(output, file=sys.stderr)
     return code

@@ -99,8 +99,7 @@ def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | 
 
 def _ptxas_stats(ptx: str, ptxas: str) -> dict:
     """Registers per thread and spill bytes of a kernel's PTX, as ptxas -v reports them, and
-    the SASS's static instruction count (all, and the tensor-core products among them: HMMA
-    for mma.sync, HGMMA for wgmma), from cuobjdump beside ptxas."""
+    the counts of its SASS (sass_counts; cuobjdump beside ptxas)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
@@ -110,7 +109,8 @@ def _ptxas_stats(ptx: str, ptxas: str) -> dict:
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True).stdout
     if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per kernel (--sass-dir)
         name = re.search(r"\.entry\s+(\w+)", ptx)
-        Path(os.environ["SM90_SASS_DIR"], f"{name.group(1) if name else 'kernel'}.sass").write_text(sass)
+        name = name.group(1) if name else "kernel"
+        Path(os.environ["SM90_SASS_DIR"], f"{name}.sass").write_text(sass)
     text = done.stdout + done.stderr
     regs = re.search(r"Used (\d+) registers", text)
     stores = re.search(r"(\d+) bytes spill stores", text)

@@ -356,6 +356,45 @@ def test_stored_dl_gives_the_register_sums_gradients(causal, K, wide):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_dx_pass_gives_the_walks_input_gradients(monkeypatch, dtype, causal):
+    # dx_pass: the sums pass over a stored dl makes dq (and, with both sides storing, dk) with
+    # the walk's products on the walk's tiles, so o, dq, dk, dv are bit for bit those of the
+    # walks that make dx themselves, and the parameter gradients, summed over the pass's blocks
+    # of the walk's size instead of its own, within float32 summation order; the launches show
+    # who made dx (bf16: scaled-fp16 products for it, float32: tf32x3)
+    from gmabench.gma.triton import autograd
+    launched = {}
+    real = autograd._launch
+
+    def spy(kernel, grid, args, consts, *a, **kw):
+        launched[kw.get("site")] = dict(consts)
+        return real(kernel, grid, args, consts, *a, **kw)
+
+    monkeypatch.setattr(autograd, "_launch", spy)
+    ins = _inputs(1, 45, 2, 32, 16, 12, dtype, seed=43)
+    do = (0.5 * torch.randn(1, 45, 2, 16, generator=torch.Generator().manual_seed(44))).to(
+        device=ins[0].device, dtype=dtype)
+    for dl_store in (1, 2):
+        runs = []
+        for dx_pass in (0, 1):
+            TUNING.update(dl_store=dl_store, dx_pass=dx_pass, segments=3, dl_rows=16)
+            try:
+                launched.clear()
+                runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
+            finally:
+                TUNING.update(dl_store=None, dx_pass=None, segments=None, dl_rows=None)
+            assert launched["bwd_q"]["DXPASS"] == launched["dl_q"]["DXPASS"] == bool(dx_pass)
+            assert launched["bwd_k"]["DXPASS"] == (bool(dx_pass) and dl_store == 2)
+            assert ("dl_k" in launched) == (dl_store == 2)
+        for name, x, y in zip(NAMES, runs[1], runs[0]):
+            if name in ("mu", "log_sigma", "mix_logits"):
+                assert _rel(x, y.double()) < 1e-6, (dl_store, name)
+            else:
+                assert torch.equal(x, y), (dl_store, name)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_stored_dl_meets_spec_in_float32_and_float16(dtype, causal):
     # the shapes that store dl by default (here K=140, padded to 256) in the other input dtypes:

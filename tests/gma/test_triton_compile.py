@@ -87,6 +87,21 @@ def test_float32_launches_compile_with_tf32x3_products(causal, D, DV, K):
     _assert_all_compile(launches)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_dx_pass_launches_compile_for_sm90(causal):
+    # dx_pass (plan.py, untimed): both sides store dl, their walks leave dx to the sums pass,
+    # which makes it on the walks' blocks (one column tile at D=K=64)
+    launches = sm90.record_launches(causal, torch.bfloat16, 64, 64, 64,
+                                    {"dl_store": 2, "dx_pass": 1})
+    sums = [x for x in launches if x["name"] == "_dl_sums_kernel"]
+    flags = {(p, arg["value"]) for x in sums
+             for p, arg in zip(inspect.signature(_kernel(x).fn).parameters, x["args"])
+             if p in ("DXPASS", "DC")}
+    assert flags == {("DXPASS", True), ("DC", 64)}, flags
+    _assert_all_compile(launches)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     """The key pass runs 3 stages deep in every variant at the tuned shape, the other kernels as

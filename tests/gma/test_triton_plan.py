@@ -54,6 +54,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"blocks": 64}}), "bidir/fwd.blocks"),
     (json.dumps({"bidir/fwd_bwd": {"block_bwd": 48}}), "bidir/fwd_bwd.block_bwd = 48"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
+    (json.dumps({"causal/fwd_bwd": {"dx_pass": 2}}), "causal/fwd_bwd.dx_pass = 2"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
@@ -183,6 +184,20 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
         assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, causal_, CPU, grad=False).warps_fwd == 4
         assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, causal_, CPU, grad=False).warps_fwd == 8
         assert gpu_rules.make_plan(1, 10000, 1, 200, 32, 32, causal_, CPU, grad=False).warps_fwd == 8
+
+
+def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
+    # off by default; on only where a side stores dl and the sums pass takes x in one column
+    # tile (KP x D <= 4096), not in the wide form; refused in a plan file outside 0 and 1
+    table = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
+    assert table.DL_STORE == 1 and not table.DX_PASS
+    gpu_rules.TUNING["dx_pass"] = 1
+    assert gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
+    assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
+    assert not gpu_rules.make_plan(1, 131072, 16, 128, 64, 64, True, CPU, grad=True).DX_PASS
+    assert not gpu_rules.make_plan(1, 16384, 16, 256, 64, 64, True, CPU, grad=True).DX_PASS
+    gpu_rules.TUNING["dl_store"] = 2
+    assert gpu_rules.make_plan(1, 4096, 16, 16, 32, 32, False, CPU, grad=True).DX_PASS
 
 
 def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):

@@ -9,7 +9,8 @@ N x K is saved; saved for backward are the inputs and the float32 states (tiny).
 `dl_store` (plan.py) has the backward's query side (or both sides) store its dl (N x KP float32
 per (b, h), one buffer) for a pass of its own that makes the parameter sums
 (common._dl_sums_kernel): a transient buffer of the backward, not saved, and with the query side
-alone freed before dk and dv are allocated.
+alone freed before dk and dv are allocated. With `dx_pass` that pass makes dq (dk) too, and with
+both sides storing dl, dk is allocated after the key side's kernel, whose buffers go first.
 
 A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
 D = 128 with K = 256 on an H200; docs/kernels.md) runs through
@@ -126,9 +127,10 @@ def _backward(call: Call, saved, do):
     state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
 
-    def dl_sums(x, site):   # the parameter sums of a side whose kernel stored its dl
-        _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, N, H, call.dl_rows), call.dl_sums,
-                call.dl_warps, 3, memo=memo, site=site)
+    def dl_sums(x, dx, dl_consts, site):   # the parameter sums (dx_pass: and dx) of a side
+        _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, dx, *mix, N, H, K, inv_tau,
+                                                call.dl_rows), dl_consts, call.dl_warps, 3,
+                memo=memo, site=site)
 
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
@@ -154,10 +156,13 @@ def _backward(call: Call, saved, do):
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q")
     if pl.DL_STORE:
-        dl_sums(q, "dl_q")
+        dl_sums(q, dq, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
-    dk = torch.empty_like(k)
+    # dk made by the sums pass (dx_pass, both sides storing dl): allocated after the key side,
+    # whose buffers go first, so that dk and the key side's dl buffer only meet in that pass
+    dk_late = call.bwd_k["DXPASS"]
+    dk = pg if dk_late else torch.empty_like(k)   # (a placeholder no store goes through)
     dv = torch.empty_like(v)
     if call.causal:
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *gauss, aux, gtot, dk, dv, pg, dl, N, H,
@@ -168,7 +173,11 @@ def _backward(call: Call, saved, do):
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_k")
     if pl.DL_STORE >= 2:
-        dl_sums(k, "dl_k")
+        if dk_late:
+            if call.causal:
+                del aux, gtot
+            dk = torch.empty_like(k)
+        dl_sums(k, dk, call.dl_sums_k, "dl_k")
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)

@@ -203,7 +203,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
                         pg_ptr, dl_ptr, N, H, K, inv_tau, eps, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
+                        DXPASS: tl.constexpr = False):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -248,9 +249,10 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, DLST)
-        tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
-                 mask=rm[:, None])
+                                      X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
+        if not DXPASS:   # else the sums pass makes dx
+            tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dq_ptr),
+                     mask=rm[:, None])
         dn = do.to(tl.float32) * rd[:, None]
         ddv = -rP * (rd * rd)
         rt = tl.trans(r)
@@ -270,7 +272,8 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
                         dl_ptr, N, H, K, inv_tau, bps,
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr):
+                        WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
+                        DXPASS: tl.constexpr = False):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
@@ -310,8 +313,9 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, DLST)
-        tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
-                 mask=rm[:, None])
+                                      X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
+        if not DXPASS:   # else the sums pass makes dx
+            tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
+                     mask=rm[:, None])
     if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

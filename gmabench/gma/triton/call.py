@@ -87,16 +87,17 @@ class Call:
         # fp16 ones there too (common._input_grads); the wide form keeps one precision.
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
         # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both
+        # and with dx_pass, dx too of the sides that store it (made in the sums pass)
         self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
-                        DLST=pl.DL_STORE >= 1)
+                        DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS and pl.DL_STORE >= 1)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
-                          DLST=pl.DL_STORE >= 2)
+                          DLST=pl.DL_STORE >= 2, DXPASS=pl.DX_PASS and pl.DL_STORE >= 2)
         if pl.DL_STORE:
-            self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, sms)
+            self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D)
         self.memo: dict[str, tuple] = {}
 
-    def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, sms):
+    def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, dxp, sms):
         """Grid and constants of the parameter sums' pass over a stored dl (common.
         _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
         sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay at 32 KB and 16 KB whatever
@@ -104,16 +105,20 @@ class Call:
         about two programs per SM, one wave, and at least 256 (at B * H = 16, D = 64, K = 64:
         8192 rows at N = 131072, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56;
         256 at N = 2048, where 64 took 33 us per side, 256 21-23 and 2048 83-85;
-        results/2026-11-29-h200-dl-sums-grid, -dl-defaults)."""
+        results/2026-11-29-h200-dl-sums-grid, -dl-defaults). With dx_pass the pass makes dq
+        (dk) too, on the tiles of the side's walk (its block, all of x's columns: plan.py
+        allows it where KP x D <= 4096), so that its products round as the walk's would have:
+        `dl_sums` for the query side, `dl_sums_k` for the key side."""
         DC = max(16, min(D, 4096 // pl.KP))
-        block = pl.DL_BLOCK or max(16, 4096 // pl.KP)
+        block = pl.BLOCK_BWD if pl.DX_PASS else pl.DL_BLOCK or max(16, 4096 // pl.KP)
         auto = triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
         rows = max(block, pl.DL_ROWS or max(256, auto))
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4
         self.dl_sums = {k: v for k, v in consts(dtype, D, 0, pl, prec, block).items() if k != "DV"}
-        self.dl_sums["DC"] = DC
+        self.dl_sums.update(DC=DC, DXPASS=pl.DX_PASS, DXP=dxp)
+        self.dl_sums_k = dict(self.dl_sums, BLOCK=pl.BLOCK_BWD_K if pl.DX_PASS else block)
 
 
 def prepare(tensors, causal, temperature, eps, prec, grad):

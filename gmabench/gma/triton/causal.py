@@ -127,7 +127,8 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr, DLST: tl.constexpr):
+                         DXP: tl.constexpr, DLST: tl.constexpr,
+                         DXPASS: tl.constexpr = False):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T, the
     masses so far C = tril(1) R_k + s and Y = mask(W) R_k + U: d = rowsum(R_q*C) + eps,
     do.n = rowsum(R_q*Y), dd = -(do.n)/d^2, dR_q = Y/d + dd C (that is dA R_k + U/d + dd s^T with
@@ -195,9 +196,10 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, DLST)
-        tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
-                 mask=rm[:, None])
+                                      X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
+        if not DXPASS:   # else the sums pass makes dx
+            tl.store(_row_ptrs(dqbase, rows, H * D, D), _to_out(dx, dq_ptr),
+                     mask=rm[:, None])
         tl.store(auxbase + rows, d, mask=rm)
         tl.store(auxbase + N + rows, ddv, mask=rm)
         dn = do.to(tl.float32) * rd[:, None]
@@ -225,7 +227,8 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
-                         DXP: tl.constexpr, DLST: tl.constexpr):
+                         DXP: tl.constexpr, DLST: tl.constexpr,
+                         DXPASS: tl.constexpr = False):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)
@@ -303,9 +306,10 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
             ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
-                                      X_EXACT, INTERP, WIDE, DXP, DLST)
-        tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
-                 mask=rm[:, None])
+                                      X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
+        if not DXPASS:   # else the sums pass makes dx
+            tl.store(_row_ptrs(dkbase, rows, H * D, D), _to_out(dx, dk_ptr),
+                     mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
     if not DLST:

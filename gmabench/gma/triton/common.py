@@ -386,7 +386,7 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.constexpr,
                  D: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                  INTERP: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr,
-                 DLST: tl.constexpr):
+                 DLST: tl.constexpr, DXPASS: tl.constexpr = False):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
@@ -398,11 +398,14 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
     alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
     scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
-    every token, keep PREC.
+    every token, keep PREC. DXPASS (with DLST): dx is left to the sums pass too (_dl_dx, from
+    the stored dl), and 0.0 comes back in its place.
     """
     dl = r * (dR - tl.sum(r * dR, 1)[:, None])
-    xf = x.to(tl.float32)
-    if WIDE:
+    if DXPASS:
+        dx = 0.0
+    elif WIDE:
+        xf = x.to(tl.float32)
         dlh, dll = _split(dl, PREC)
         t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
                   INTERP)
@@ -410,17 +413,23 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
                   INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:
-        dxh, dxl = _split(dl, DXP)
-        t_a = _mm(dxh, dxl, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
-                  INTERP)
-        t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
-                  INTERP)
-        dx = t_a - xf * t_b
+        dx = _dl_dx(dl, x, ah, al, bh, bl, BLOCK, D, DXP, INTERP)
     if DLST:
         tl.store(dl_ptrs, dl, mask=rm[:, None])
     else:
         pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
     return dx, pa, pb, pc
+
+
+@triton.jit
+def _dl_dx(dl, x, ah, al, bh, bl, BLOCK: tl.constexpr, D: tl.constexpr, DXP: tl.constexpr,
+           INTERP: tl.constexpr):
+    """dx = dl a - x (dl b) for a tile of dl (BLOCK, KP) float32 and its x (BLOCK, D), with the
+    natural weights as DXP operand pairs (_bwd_weights): the input gradient of the table form."""
+    dxh, dxl = _split(dl, DXP)
+    t_a = _mm(dxh, dxl, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False, INTERP)
+    t_b = _mm(dxh, dxl, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False, INTERP)
+    return t_a - x.to(tl.float32) * t_b
 
 
 @triton.jit
@@ -466,21 +475,30 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 
 
 @triton.jit
-def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, N, H, rows_per_prog, D: tl.constexpr,
-                    DC: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr,
-                    X_EXACT: tl.constexpr, INTERP: tl.constexpr):
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K, inv_tau,
+                    rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
+                    BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                    INTERP: tl.constexpr, DXPASS: tl.constexpr = False,
+                    DXP: tl.constexpr = 1):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
     pc = sum dl), with the products the backward kernels would have made, added into the head's
     sums with atomics as _add_param_sums does. Its own grid, not the walk's segments: the sums
-    have no order to keep, and many short programs keep the loads of dl and x in flight."""
+    have no order to keep, and many short programs keep the loads of dl and x in flight.
+    DXPASS (DC = D, BLOCK the side's walk block): each block also makes dx = dl a - x (dl b)
+    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     c = tl.program_id(2)
     pa, pb, pc = _param_init(KP, DC, False)
     xbase = x_ptr + (b.to(tl.int64) * N * H + h) * D + c * DC
+    if DXPASS:
+        a, b_, c_ = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+        ah, al = _split(a, DXP)
+        bh_, bl = _split(b_, DXP)
+        dxbase = dx_ptr + (b.to(tl.int64) * N * H + h) * D
     r0 = tl.program_id(0) * rows_per_prog
     r1 = tl.minimum(r0 + rows_per_prog, N)
     for start in range(r0, r1, BLOCK):
@@ -489,6 +507,9 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, N, H, rows_per_prog, D: tl.constexpr,
         x = tl.load(_row_ptrs(xbase, rows, H * D, DC), mask=rm[:, None], other=0.0)
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
         pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
+        if DXPASS:
+            dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
+            tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])
     kk = tl.arange(0, KP)
     cols = c * DC + tl.arange(0, DC)
     pbase = pg_ptr + h * (KP * (2 * D + 1))

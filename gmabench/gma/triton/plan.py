@@ -47,13 +47,17 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # side's buffer is freed before dk and dv are allocated, so 1 adds to the backward's peak only
 # what the buffer has beyond dk and dv (nothing at D = Dv = K = 64 in 16-bit: equal sizes;
 # 63 MiB at K = 128, N = 16384, H = 16); 2 adds the whole buffer. dl_rows, dl_block, dl_warps: that pass's rows per
-# program, rows per block and warps (0: call.py's choice).
+# program, rows per block and warps (0: call.py's choice). dx_pass: 1 has that pass make the
+# input gradients (dq, dk) of the sides that store dl too, from the same dl, so that their walks
+# end each block at the store of dl (docs/kernels.md, end of Version 2.19; untimed, off by
+# default); only at the table's widths (KP x D <= 4096, the pass's one column tile), not wide.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
-             "dl_block", "dl_warps")
+             "dl_block", "dl_warps", "dx_pass")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
-         "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0}
+         "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
+         "dx_pass": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -128,6 +132,7 @@ TUNING: dict[str, int | None] = {
     "dl_store": None,
     "dl_rows": None,
     "dl_block": None,
+    "dx_pass": None,
     "dl_warps": None,
 }
 
@@ -158,6 +163,7 @@ class Plan:
     DL_ROWS: int = 0     # that pass's rows per program, rows per block and warps (0: call.py's)
     DL_BLOCK: int = 0
     DL_WARPS: int = 0
+    DX_PASS: bool = False  # the sums pass makes dq / dk of the sides that store dl (dx_pass)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -175,7 +181,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
-               "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8)}
+               "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -186,7 +192,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
                               "regs_fwd", "raw16", "dl_store", "dl_rows", "dl_block",
-                              "dl_warps")   # 0: the default, or off
+                              "dl_warps", "dx_pass")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -300,12 +306,14 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     block_key = min(row["block_key"] or block, block)
     block_bwd_k = min(row["block_bwd_k"] or block_bwd, block)
+    wide_form = bool(knobs.get("wide", wide_training(K, D, DV)))
+    dx_pass = bool(row["dx_pass"] and row["dl_store"] and KP * D <= 4096 and not wide_form)
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
-                bps * (block // block_bwd), bool(knobs.get("wide", wide_training(K, D, DV))),
+                bps * (block // block_bwd), wide_form,
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
                 bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
                 bool(row["raw16"]), int(row["dl_store"]), row["dl_rows"], row["dl_block"],
-                row["dl_warps"])
+                row["dl_warps"], dx_pass)
     _PLANS[key] = plan
     return plan
 

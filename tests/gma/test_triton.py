@@ -492,16 +492,18 @@ def test_gpu_real_sizes(dtype, causal):
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("D,K,dl_store", [(64, 64, 1), (64, 64, 2), (128, 64, 2), (64, 256, 2)],
+@pytest.mark.parametrize("D,K,dl_store,dx_pass", [(64, 64, 1, 0), (64, 64, 2, 0), (128, 64, 2, 0),
+                                                   (64, 256, 2, 0), (64, 64, 2, 1)],
                          ids=["D64-K64-query-side", "D64-K64-both", "D128-K64-both",
-                              "D64-K256-both"])
-def test_gpu_stored_dl_meets_spec(causal, D, K, dl_store):
-    # the parameter sums made from a stored dl, at real sizes in bf16, the SPEC criterion
-    TUNING.update(dl_store=dl_store)
+                              "D64-K256-both", "D64-K64-both-dx-pass"])
+def test_gpu_stored_dl_meets_spec(causal, D, K, dl_store, dx_pass):
+    # the parameter sums (dx_pass: and dq, dk) made from a stored dl, at real sizes in bf16, the
+    # SPEC criterion
+    TUNING.update(dl_store=dl_store, dx_pass=dx_pass)
     try:
         errs, base = _errors(1, 2048 + 37, 4, D, D, K, torch.bfloat16, causal, seed=43)
     finally:
-        TUNING.update(dl_store=None)
+        TUNING.update(dl_store=None, dx_pass=None)
     _assert_spec(errs, base, torch.bfloat16)
 
 

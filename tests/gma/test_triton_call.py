@@ -69,6 +69,27 @@ def test_a_call_with_split_dx_products_plans_its_key_side_in_the_query_sides_blo
     call_mod.clear()
 
 
+def test_a_dx_pass_sums_on_the_blocks_of_each_sides_walk(monkeypatch):
+    # dx_pass: each side's sums pass takes that side's walk block, and a program's rows are a
+    # multiple of both blocks (here the 16-row knob is raised to the key side's 32), so that
+    # its tiles are the walk's and dq, dk round as the walks would have made them
+    from gmabench.gma.triton import plan as plan_mod
+    monkeypatch.setattr(plan_mod, "INTERPRET", False)
+    monkeypatch.setattr(plan_mod, "_PLANS", {})
+    call_mod.clear()
+    TUNING.update(dl_store=2, dx_pass=1, dl_rows=16)
+    try:
+        call, _ = _prepare(_inputs(N=4096, D=64, DV=64, K=64, dtype=torch.bfloat16), grad=True,
+                           prec=PRECISIONS["fp16"])
+    finally:
+        TUNING.update(dl_store=None, dx_pass=None, dl_rows=None)
+        call_mod.clear()
+    assert call.plan.DX_PASS and (call.plan.BLOCK_BWD, call.plan.BLOCK_BWD_K) == (16, 32)
+    assert (call.dl_sums["BLOCK"], call.dl_sums_k["BLOCK"], call.dl_rows) == (16, 32, 32)
+    assert call.bwd["DXPASS"] and call.bwd_k["DXPASS"] and call.dl_sums["DXPASS"]
+    assert call.dl_sums["DXP"] == PRECISIONS["fp16"]
+
+
 def test_alignment_contiguity_and_the_plan_are_part_of_the_signature():
     call_mod.clear()
     ts = _inputs()
@@ -151,14 +172,20 @@ def test_every_constexpr_of_a_calls_kernels_is_named(causal):
 
     from gmabench.gma.triton import bidir, causal as cm, common
     call_mod.clear()
-    call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
-                       prec=PRECISIONS["fp16"])
+    TUNING.update(dl_store=2)   # the sums pass over a stored dl, both sides
+    try:
+        call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
+                           prec=PRECISIONS["fp16"])
+    finally:
+        TUNING.update(dl_store=None)
     kernels = ([(cm._causal_out_kernel, call.fwd), (cm._causal_bwd_q_kernel, call.bwd),
                 (cm._causal_bwd_k_kernel, call.bwd_k)] if causal else
                [(bidir._bidir_out_kernel, call.fwd), (bidir._bidir_bwd_q_kernel, call.bwd),
                 (bidir._bidir_bwd_k_kernel, call.bwd_k)])
     for kernel, consts in kernels + [(bidir._state_kernel, call.state),
-                                     (common._param_grad_kernel, call.param)]:
+                                     (common._param_grad_kernel, call.param),
+                                     (common._dl_sums_kernel, call.dl_sums),
+                                     (common._dl_sums_kernel, call.dl_sums_k)]:
         params = inspect.signature(kernel.fn).parameters.values()
         constexprs = [p.name for p in params if str(p.annotation).endswith("constexpr")]
         assert sorted(consts) == sorted(constexprs), kernel.fn.__name__

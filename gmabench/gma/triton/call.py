@@ -89,7 +89,7 @@ class Call:
         # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both
         # and with dx_pass, dx too of the sides that store it (made in the sums pass)
         self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
-                        DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS and pl.DL_STORE >= 1)
+                        DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS)   # (DX_PASS: dl stored)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
                           DLST=pl.DL_STORE >= 2, DXPASS=pl.DX_PASS and pl.DL_STORE >= 2)
         if pl.DL_STORE:
@@ -112,7 +112,8 @@ class Call:
         DC = max(16, min(D, 4096 // pl.KP))
         block = pl.BLOCK_BWD if pl.DX_PASS else pl.DL_BLOCK or max(16, 4096 // pl.KP)
         auto = triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
-        rows = max(block, pl.DL_ROWS or max(256, auto))
+        # powers of two: a program's rows start on a block of either side's walk
+        rows = max(block, pl.BLOCK_BWD_K if pl.DX_PASS else 0, pl.DL_ROWS or max(256, auto))
         self.dl_grid = (triton.cdiv(N, rows), B * H, D // DC)
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4

@@ -128,7 +128,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr = False):
+                         DXPASS: tl.constexpr):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T, the
     masses so far C = tril(1) R_k + s and Y = mask(W) R_k + U: d = rowsum(R_q*C) + eps,
     do.n = rowsum(R_q*Y), dd = -(do.n)/d^2, dR_q = Y/d + dd C (that is dA R_k + U/d + dd s^T with
@@ -228,7 +228,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr = False):
+                         DXPASS: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
     pid = tl.program_id(0)

@@ -386,7 +386,7 @@ def _resp(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.conste
 def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.constexpr,
                  D: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                  INTERP: tl.constexpr, WIDE: tl.constexpr, DXP: tl.constexpr,
-                 DLST: tl.constexpr, DXPASS: tl.constexpr = False):
+                 DLST: tl.constexpr, DXPASS: tl.constexpr):
     """Softmax backward and the chain through l = c + x.a - 1/2 (x*x).b.
 
     r, dR: (BLOCK, KP) responsibilities and the gradient w.r.t. them; x (BLOCK, D).
@@ -478,8 +478,8 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K, inv_tau,
                     rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
                     BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                    INTERP: tl.constexpr, DXPASS: tl.constexpr = False,
-                    DXP: tl.constexpr = 1):
+                    INTERP: tl.constexpr, DXPASS: tl.constexpr,
+                    DXP: tl.constexpr):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,

@@ -170,7 +170,12 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     assert (causal.DL_STORE, k256.DL_STORE, bidir.DL_STORE, causal128.DL_STORE) == (2, 2, 1, 1)
     assert gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).DL_STORE == 2
     assert narrow.DL_STORE == 0
-    assert gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, True, CPU, grad=True).DL_STORE == 1
+    # ...where causal training stores both sides' dl, bidirectional the query side's, whose
+    # dq the sums pass makes (Version 2.20); split dq, dk, dv products: the query side's alone
+    at_2e20 = [gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, c, CPU, grad=True, split_dx=s)
+               for c in (True, False) for s in (False, True)]
+    assert [(p.DL_STORE, p.DX_PASS) for p in at_2e20] == [(2, False), (1, False), (1, True),
+                                                          (1, False)]
     assert gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, True, CPU, grad=False).DL_STORE == 0
     assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=False).DL_STORE == 0
     # bidirectional inference at D = 128 walks 64-token blocks, the causal one 32
@@ -187,10 +192,12 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
 
 
 def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
-    # off by default; on only where a side stores dl and the sums pass takes x in one column
-    # tile (KP x D <= 4096), not in the wide form; refused in a plan file outside 0 and 1
+    # causal: off by default (both sides store dl there); on only where a side stores dl and the
+    # sums pass takes x in one column tile (KP x D <= 4096), not in the wide form; refused in a
+    # plan file outside 0 and 1
     table = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
-    assert table.DL_STORE == 1 and not table.DX_PASS
+    assert table.DL_STORE == 2 and not table.DX_PASS
+    assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, False, CPU, grad=True).DX_PASS
     gpu_rules.TUNING["dx_pass"] = 1
     assert gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
     assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS

@@ -9,8 +9,10 @@ N x K is saved; saved for backward are the inputs and the float32 states (tiny).
 `dl_store` (plan.py) has the backward's query side (or both sides) store its dl (N x KP float32
 per (b, h), one buffer) for a pass of its own that makes the parameter sums
 (common._dl_sums_kernel): a transient buffer of the backward, not saved, and with the query side
-alone freed before dk and dv are allocated. With `dx_pass` that pass makes dq (dk) too, and with
-both sides storing dl, dk is allocated after the key side's kernel, whose buffers go first.
+alone freed before dk and dv are allocated. With both sides storing dl, the causal query side's
+per-row d and dd move into the dl buffer's first two columns once its sums are made, and their
+own buffer goes before dk and dv are allocated. With `dx_pass` that pass makes dq (dk) too, and
+with both sides storing dl, dk is allocated after the key side's kernel, whose buffers go first.
 
 A shape whose kernels need more shared memory than the GPU has (KernelTooLarge: training at
 D = 128 with K = 256 on an H200; docs/kernels.md) runs through
@@ -159,6 +161,11 @@ def _backward(call: Call, saved, do):
         dl_sums(q, dq, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
+        elif call.causal:
+            # the key side reads each row's d and dd from the first two columns of that row's dl
+            # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated
+            dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))
+            aux = dl
     # dk made by the sums pass (dx_pass, both sides storing dl): allocated after the key side,
     # whose buffers go first, so that dk and the key side's dl buffer only meet in that pass
     dk_late = call.bwd_k["DXPASS"]

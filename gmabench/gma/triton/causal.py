@@ -228,9 +228,12 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr):
+                         DXPASS: tl.constexpr, AUXDL: tl.constexpr):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
-    dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd."""
+    dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd.
+    AUXDL: the query side's d and dd of each row are the first two columns of that row in the
+    dl buffer (autograd.py puts them there), which this block overwrites with its own dl only
+    after its products have read them (every row's dl depends on the block's d and dd)."""
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -264,8 +267,13 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
         v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
         do = tl.load(_row_ptrs(dobase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
-        d = tl.load(auxbase + rows, mask=rm, other=1.0)
-        ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
+        if AUXDL:
+            dptr = aux_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64)) * KP
+            d = tl.load(dptr, mask=rm, other=1.0)
+            ddv = tl.load(dptr + 1, mask=rm, other=0.0)
+        else:
+            d = tl.load(auxbase + rows, mask=rm, other=1.0)
+            ddv = tl.load(auxbase + N + rows, mask=rm, other=0.0)
         rq = _resp(xq, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         rk = _resp(xk, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, PREC, X_EXACT, INTERP)
         # transposed intra-chunk products: At[j, i] = A[i, j], dAt[j, i] = dA[i, j]

@@ -282,6 +282,14 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         row["dl_store"] = 1
         if not split_dx:   # (split dq, dk, dv products: not measured at 32, below)
             row["block_bwd"] = 32
+            # N=131072 (results/2026-11-30-h200-dx-pass, Version 2.20): bidirectional, the
+            # query side's dq made by the sums pass (the call 3792 -> 3677 us); causal, both
+            # sides storing dl (7580 -> 7321 us; dx_pass there was slower), with the query
+            # side's d, dd kept in the dl buffer so that the peak stays under SDPA flash's
+            if causal:
+                row["dl_store"] = 2
+            else:
+                row["dx_pass"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill
         # 2000 B per thread at 32 tokens against 308 at 16 (ptxas, sm_90a), and on the H200 the

@@ -475,11 +475,11 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 
 
 @triton.jit
-def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K, inv_tau,
-                    rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K,
+                    inv_tau, rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
                     BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr, DXPASS: tl.constexpr,
-                    DXP: tl.constexpr):
+                    DXP: tl.constexpr, AUXCP: tl.constexpr):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
@@ -487,7 +487,10 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     sums with atomics as _add_param_sums does. Its own grid, not the walk's segments: the sums
     have no order to keep, and many short programs keep the loads of dl and x in flight.
     DXPASS (DC = D, BLOCK the side's walk block): each block also makes dx = dl a - x (dl b)
-    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr."""
+    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr. AUXCP (one
+    column tile, DC = D: no other program reads these rows): once its sums are made, the
+    program copies its rows' d and dd (aux_ptr, the causal query side's) into the first two
+    columns of those rows of dl, where the key side reads them (causal.py, AUXDL)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -517,6 +520,15 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     tl.atomic_add(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
     if c == 0:
         tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    if AUXCP:
+        tl.debug_barrier()   # every thread's loads of these rows of dl are done
+        abase = aux_ptr + bh.to(tl.int64) * 2 * N
+        for start in range(r0, r1, BLOCK):
+            rows = start + tl.arange(0, BLOCK)
+            rm = rows < r1
+            drow = dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64)) * KP
+            tl.store(drow, tl.load(abase + rows, mask=rm, other=0.0), mask=rm)
+            tl.store(drow + 1, tl.load(abase + N + rows, mask=rm, other=0.0), mask=rm)
 
 
 @triton.jit

@@ -120,12 +120,8 @@ class Call:
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4
         self.dl_sums = {k: v for k, v in consts(dtype, D, 0, pl, prec, block).items() if k != "DV"}
-        # causal, both sides storing dl: the query side's pass moves d and dd into dl's first
-        # two columns for the key side where it alone reads its rows (one column tile)
-        self.dl_sums.update(DC=DC, DXPASS=pl.DX_PASS, DXP=dxp,
-                            AUXCP=self.causal and pl.DL_STORE >= 2 and DC == D)
-        self.dl_sums_k = dict(self.dl_sums, BLOCK=pl.BLOCK_BWD_K if pl.DX_PASS else block,
-                              AUXCP=False)
+        self.dl_sums.update(DC=DC, DXPASS=pl.DX_PASS, DXP=dxp)
+        self.dl_sums_k = dict(self.dl_sums, BLOCK=pl.BLOCK_BWD_K if pl.DX_PASS else block)
 
 
 def prepare(tensors, causal, temperature, eps, prec, grad):

@@ -475,11 +475,11 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 
 
 @triton.jit
-def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K,
-                    inv_tau, rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K, inv_tau,
+                    rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
                     BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr, DXPASS: tl.constexpr,
-                    DXP: tl.constexpr, AUXCP: tl.constexpr):
+                    DXP: tl.constexpr):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
@@ -487,10 +487,7 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_
     sums with atomics as _add_param_sums does. Its own grid, not the walk's segments: the sums
     have no order to keep, and many short programs keep the loads of dl and x in flight.
     DXPASS (DC = D, BLOCK the side's walk block): each block also makes dx = dl a - x (dl b)
-    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr. AUXCP (one
-    column tile, DC = D: no other program reads these rows): once a block's products have read
-    its rows of dl, the program copies their d and dd (aux_ptr, the causal query side's) into
-    the first two columns of those rows, where the key side reads them (causal.py, AUXDL)."""
+    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -504,21 +501,12 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_
         dxbase = dx_ptr + (b.to(tl.int64) * N * H + h) * D
     r0 = tl.program_id(0) * rows_per_prog
     r1 = tl.minimum(r0 + rows_per_prog, N)
-    abase = aux_ptr + bh.to(tl.int64) * 2 * N
     for start in range(r0, r1, BLOCK):
         rows = start + tl.arange(0, BLOCK)
         rm = rows < r1
         x = tl.load(_row_ptrs(xbase, rows, H * D, DC), mask=rm[:, None], other=0.0)
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
-        if AUXCP:
-            ad = tl.load(abase + rows, mask=rm, other=0.0)
-            add = tl.load(abase + N + rows, mask=rm, other=0.0)
         pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
-        if AUXCP:
-            tl.debug_barrier()   # every thread's loads of these rows of dl are done
-            drow = dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64)) * KP
-            tl.store(drow, ad, mask=rm)
-            tl.store(drow + 1, add, mask=rm)
         if DXPASS:
             dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])

@@ -46,11 +46,13 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # of carrying them in registers through the walk (docs/kernels.md, Version 2.17). The query
 # side's buffer is freed before dk and dv are allocated, so 1 adds to the backward's peak only
 # what the buffer has beyond dk and dv (nothing at D = Dv = K = 64 in 16-bit: equal sizes;
-# 63 MiB at K = 128, N = 16384, H = 16); 2 adds the whole buffer. dl_rows, dl_block, dl_warps: that pass's rows per
-# program, rows per block and warps (0: call.py's choice). dx_pass: 1 has that pass make the
-# input gradients (dq, dk) of the sides that store dl too, from the same dl, so that their walks
-# end each block at the store of dl (docs/kernels.md, end of Version 2.19; untimed, off by
-# default); only at the table's widths (KP x D <= 4096, the pass's one column tile), not wide.
+# 63 MiB at K = 128, N = 16384, H = 16); 2 adds the whole buffer, less, causal, the query
+# side's per-row d and dd, which move into it (autograd.py). dl_rows, dl_block, dl_warps: that
+# pass's rows per program, rows per block and warps (0: call.py's choice). dx_pass: 1 has that
+# pass make the input gradients (dq, dk) of the sides that store dl too, from the same dl, so
+# that their walks end each block at the store of dl (docs/kernels.md, Versions 2.19-2.20: the
+# bidirectional query side's default where it stores dl); only at the table's widths (KP x D <=
+# 4096, the pass's one column tile), not wide.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
              "dl_block", "dl_warps", "dx_pass")

@@ -327,17 +327,19 @@ def test_stored_dl_gives_the_register_sums_gradients(causal, K, wide):
     # walk. Its exact twin is the register form: o, dq, dk, dv bit for bit (nothing else
     # changes), the parameter gradients within float32 summation order; and both meet the SPEC.
     # The pass in 16-row programs (3 per (b, h)), and at K=140 (padded to 256) in two tiles of
-    # x's 32 columns; the query side alone (level 1) at the table's form.
+    # x's 32 columns; the query side alone (level 1) at the table's form, and both sides with
+    # the causal query side's d, dd in their own buffer (aux_dl 0) as well as in dl's.
     ins = _inputs(1, 45, 2, 32, 16, K, torch.bfloat16, seed=41)
     do = (0.5 * torch.randn(1, 45, 2, 16, generator=torch.Generator().manual_seed(42))).to(
         device=ins[0].device, dtype=torch.bfloat16)
     runs = []
-    for dl_store in ((0, 1, 2) if K == 12 and not wide else (0, 2)):
-        TUNING.update(dl_store=dl_store, wide=wide, segments=3, dl_rows=16)
+    table = K == 12 and not wide
+    for dl_store, aux_dl in ([(0, 1), (1, 1), (2, 0), (2, 1)] if table else [(0, 1), (2, 1)]):
+        TUNING.update(dl_store=dl_store, aux_dl=aux_dl, wide=wide, segments=3, dl_rows=16)
         try:
             runs.append(_run(lambda *a: gma_triton(*a, causal=causal), ins, do))
         finally:
-            TUNING.update(dl_store=None, wide=None, segments=None, dl_rows=None)
+            TUNING.update(dl_store=None, aux_dl=None, wide=None, segments=None, dl_rows=None)
     regs, stored = runs[0], runs[-1]
     for other in runs[1:]:
         moved = []

@@ -55,6 +55,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd_bwd": {"block_bwd": 48}}), "bidir/fwd_bwd.block_bwd = 48"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
     (json.dumps({"causal/fwd_bwd": {"dx_pass": 2}}), "causal/fwd_bwd.dx_pass = 2"),
+    (json.dumps({"causal/fwd_bwd": {"aux_dl": 2}}), "causal/fwd_bwd.aux_dl = 2"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
@@ -196,7 +197,10 @@ def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
     # sums pass takes x in one column tile (KP x D <= 4096), not in the wide form; refused in a
     # plan file outside 0 and 1
     table = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
-    assert table.DL_STORE == 2 and not table.DX_PASS
+    assert table.DL_STORE == 2 and not table.DX_PASS and table.AUX_DL
+    gpu_rules.PLAN_TABLE["causal/fwd_bwd"]["aux_dl"] = 0   # as a plan file sets it
+    gpu_rules._PLANS.clear()
+    assert not gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True).AUX_DL
     assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, False, CPU, grad=True).DX_PASS
     gpu_rules.TUNING["dx_pass"] = 1
     assert gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS

@@ -161,7 +161,7 @@ def _backward(call: Call, saved, do):
         dl_sums(q, dq, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
-        elif call.causal:
+        elif call.bwd_k.get("AUXDL"):
             # the key side reads each row's d and dd from the first two columns of that row's dl
             # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated
             dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))

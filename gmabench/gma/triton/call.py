@@ -93,7 +93,7 @@ class Call:
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
                           DLST=pl.DL_STORE >= 2, DXPASS=pl.DX_PASS and pl.DL_STORE >= 2)
         if causal:   # the query side's d, dd read from the dl buffer (autograd.py)
-            self.bwd_k["AUXDL"] = pl.DL_STORE >= 2
+            self.bwd_k["AUXDL"] = pl.DL_STORE >= 2 and pl.AUX_DL
         if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D)

@@ -290,9 +290,10 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         row["dl_store"] = 1
         if not split_dx:   # (split dq, dk, dv products: not measured at 32, below)
             row["block_bwd"] = 32
-            # N=131072 (results/2026-11-30-h200-dx-pass, Version 2.20): bidirectional, the
-            # query side's dq made by the sums pass (the call 3792 -> 3677 us); causal, both
-            # sides storing dl (7580 -> 7321 us; dx_pass there was slower), with the query
+            # N=131072 (Version 2.20; device time of the call, against the plans before in one
+            # call, results/2026-11-30-h200-auxdl): bidirectional, the query side's dq made by
+            # the sums pass (3830 -> 3714 us); causal, both sides storing dl (7698 -> 7073 us,
+            # peak 1049 -> 1545 MiB; dx_pass there was slower: -dx-pass), with the query
             # side's d, dd kept in the dl buffer so that the peak stays under SDPA flash's
             if causal:
                 row["dl_store"] = 2

@@ -229,18 +229,18 @@ def test_report_lists_the_cells_a_stopped_run_never_reached(tmp_path):
 def test_sigint_stops_cleanly_and_resume_completes(tmp_path):
     suite = tmp_path / "s.toml"
     suite.write_text(
-        'mixers = ["gma", "linear-attention"]\nseq_lens = [32, 64, 128, 256]\ncomponents = [2]\n'
+        'mixers = ["gma", "linear-attention"]\nseq_lens = [32, 64, 128]\ncomponents = [2]\n'
         'heads = [2]\nhead_dims = [16]\ndtypes = ["float32"]\nmodes = ["fwd", "fwd_bwd"]\n'
         'causal = [false, true]\ndevice = "cpu"\n'
-        '[timing]\nwarmup_ms = 5\nrep_ms = 250\nmin_reps = 3\naccuracy_tokens = 32\n')
-    # 32 cells of about half a second each: the run is still going when the interrupt comes,
-    # however late a loaded machine lets this test see the fourth record (60 ms cells once ran
-    # all 24 before it did)
+        '[timing]\nwarmup_ms = 5\nrep_ms = 60\nmin_reps = 3\naccuracy_tokens = 32\n')
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gmabench", "run", str(suite), "--out", str(out), "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    # Ctrl-C's default disposition, as a terminal's foreground job has it: a test run started
+    # in the background by a non-interactive shell inherits SIGINT ignored, and Python keeps it so
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 4):
@@ -251,11 +251,11 @@ def test_sigint_stops_cleanly_and_resume_completes(tmp_path):
     assert "interrupted" in output and "--resume" in output
     assert "interrupted (SIGINT)" in (out / "run.log").read_text()
     partial = load_records(out)             # every line written is a whole record
-    assert 4 <= len(partial) < 32
+    assert 4 <= len(partial) < 24
     done = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     keys = [tuple(r[k] for k in KEY_FIELDS) for r in load_records(out)]
-    assert len(keys) == len(set(keys)) == 2 * 4 * 2 * 2
+    assert len(keys) == len(set(keys)) == 2 * 3 * 2 * 2
 
 
 def test_archived_run_reports_but_is_not_resumed(tmp_path):

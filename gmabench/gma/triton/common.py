@@ -361,12 +361,7 @@ def _resp_p(x, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK: tl.constexpr, KP: tl.cons
         p, psum = _resp_p16(x, xs, inv, rowmask, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
     else:
         l2 = tl.zeros((BLOCK, KP), dtype=tl.float32) + c2[None, :]
-        xf = x.to(tl.float32)
-        xh = _hi(x, PREC)
-        xl = _lo(xf, xh, PREC)
-        x2 = xf * xf
-        x2h = _hi(x2, PREC)
-        x2l = _lo(x2, x2h, PREC)
+        xh, xl, x2h, x2l = _x_pairs(x, PREC)
         l2 = _mm(xh, xl, a2h, a2l, l2, PREC, X_EXACT, False, INTERP)
         l2 = _mm(x2h, x2l, b2h, b2l, l2, PREC, False, False, INTERP)
         p, psum = _softmax_p(l2, rowmask)
@@ -433,19 +428,26 @@ def _dl_dx(dl, x, ah, al, bh, bl, BLOCK: tl.constexpr, D: tl.constexpr, DXP: tl.
 
 
 @triton.jit
-def _param_products(dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
-                    INTERP: tl.constexpr):
-    """pa += dl^T x, pb += dl^T x^2, pc += the column sums of dl, for a tile of dl (BLOCK, KP)
-    float32 and its x (BLOCK, D), in precision PREC."""
+def _x_pairs(x, PREC: tl.constexpr):
+    """x and x^2 (x a tile of q or k) as the (hi, lo) operand pairs of precision PREC: the two
+    left operands of the logits' products and of the parameter sums'."""
     xf = x.to(tl.float32)
-    dlh, dll = _split(dl, PREC)
-    dlth = tl.trans(dlh)
-    dltl = tl.trans(dll)
     xh = _hi(x, PREC)
     xl = _lo(xf, xh, PREC)
     x2 = xf * xf
     x2h = _hi(x2, PREC)
-    x2l = _lo(x2, x2h, PREC)
+    return xh, xl, x2h, _lo(x2, x2h, PREC)
+
+
+@triton.jit
+def _param_products(dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+                    INTERP: tl.constexpr):
+    """pa += dl^T x, pb += dl^T x^2, pc += the column sums of dl, for a tile of dl (BLOCK, KP)
+    float32 and its x (BLOCK, D), in precision PREC."""
+    dlh, dll = _split(dl, PREC)
+    dlth = tl.trans(dlh)
+    dltl = tl.trans(dll)
+    xh, xl, x2h, x2l = _x_pairs(x, PREC)
     pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
     pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
     pc += tl.sum(dl, 0)

@@ -176,7 +176,7 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 timeout "$(( $(left) - 30 ))" "$ncu_bin" --clock-control none --profile-from-start off \
                     -k "regex:^$kern" --launch-count 1 --import-source yes -f -o "$d/$kern" \
                     --section SourceCounters --section WarpStateStats --section SchedulerStats \
-                    --section LaunchStats --section Occupancy --section SpeedOfLight \
+                    --section LaunchStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
                     python3 scripts/ncu_source.py call --n "$n" "${variant[@]}" >"$d/$kern.log" 2>&1
                 echo "ncu $kern exit $?"; tail -n 3 "$d/$kern.log"
                 "$ncu_bin" -i "$d/$kern.ncu-rep" --page details >"$d/$kern-details.txt" 2>&1

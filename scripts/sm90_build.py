@@ -1,7 +1,8 @@
 """The fused GMA kernels of one call, built for Hopper (sm_90a) on a machine without a GPU.
 
     TRITON_INTERPRET=1 python scripts/sm90_build.py --d 128 --k 64 --causal \
-        --knobs '{"warps_fwd": 8}' [--dtype bf16] [--inference-only] [--sass-dir DIR]
+        --knobs '{"warps_fwd": 8}' [--dtype bf16] [--inference-only] [--sass-dir DIR] \
+        [--python /path/to/venv-with-the-GPU's-triton/bin/python]
 
 A training call (and an inference call before it) of a small shape is run under Triton's CPU
 interpreter with the launch plan an H200 would get for the shape (plan.py; the knobs are
@@ -193,10 +194,13 @@ def _compile_all(launches: list[dict], stats: bool) -> tuple[list[dict], list[st
 def compile_launches(launches: list[dict], stats: bool = False, timeout: int = 900):
     """Build the launches for sm_90a in a fresh process without the interpreter. Returns
     (returncode, rows, output): one row per launch built (name, num_warps, num_stages, shared,
-    and with stats the registers and spill bytes)."""
+    and with stats the registers and spill bytes). $SM90_PYTHON (--python): the interpreter that
+    builds them, e.g. a virtual environment with the GPU machine's Triton, whose ptxas allocates
+    registers otherwise than a newer one's (docs/kernels.md, Version 2.21)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--compile-stdin"]
+    python = os.environ.get("SM90_PYTHON") or sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "--compile-stdin"]
     if stats:
         cmd.append("--stats")
     done = subprocess.run(cmd, input=json.dumps(launches), text=True, capture_output=True,
@@ -218,7 +222,12 @@ def main(argv=None) -> int:
     ap.add_argument("--knobs", default="{}", help="plan.TUNING knobs as JSON")
     ap.add_argument("--inference-only", action="store_true")
     ap.add_argument("--sass-dir", help="keep each kernel's SASS there (NAME.sass)")
+    ap.add_argument("--python", help="build with this Python (and its Triton), e.g. a virtual "
+                    "environment with the GPU machine's Triton version; the launches are "
+                    "still recorded under this one's interpreter")
     args = ap.parse_args(argv)
+    if args.python:   # read by compile_launches
+        os.environ["SM90_PYTHON"] = args.python
     if args.sass_dir:   # read by the compiling subprocess, which inherits the environment
         Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
         os.environ["SM90_SASS_DIR"] = str(Path(args.sass_dir).resolve())

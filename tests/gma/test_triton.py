@@ -398,26 +398,6 @@ def test_dx_pass_gives_the_walks_input_gradients(monkeypatch, dtype, causal):
                 assert torch.equal(x, y), (dl_store, name)
 
 
-@pytest.mark.parametrize("gpu", [False, pytest.param(True, marks=pytest.mark.gpu)],
-                         ids=["here", "gpu"])
-@pytest.mark.parametrize("N,block", [(1500, 1024), (45, 16)], ids=["tail", "many-programs"])
-def test_aux_copy_kernel_is_its_pytorch_twin(N, block, gpu):
-    # the causal query side's d, dd (B*H x 2 x N) into the first two columns of each row of the
-    # dl buffer (B*H x N x KP): bit for bit PyTorch's copy into the strided view, on fresh random
-    # values, with the rows' other columns and the tail beyond N untouched
-    from gmabench.gma.triton.causal import _aux_to_dl_kernel
-    gen = torch.Generator().manual_seed(45)
-    BH, KP = 3, 16
-    dev = "cuda" if gpu or torch.cuda.is_available() else "cpu"
-    aux = torch.randn(BH * 2 * N, generator=gen).to(dev)
-    dl = torch.randn(BH * N * KP, generator=gen).to(dev)
-    want = dl.clone()
-    want.view(BH, N, KP)[:, :, :2].copy_(aux.view(BH, 2, N).transpose(1, 2))
-    _aux_to_dl_kernel[(math.ceil(N / block), BH)](aux, dl, N, KP=KP, BLOCK=block)
-    assert torch.equal(dl, want)
-    assert not torch.equal(want.view(BH, N, KP)[:, :, :2], torch.zeros(BH, N, 2, device=dev))
-
-
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_stored_dl_meets_spec_in_float32_and_float16(dtype, causal):

@@ -42,3 +42,30 @@ def test_sass_counts_take_the_loop_that_jumps_back_farthest():
 def test_sass_counts_without_a_loop():
     c = sm90.sass_counts(SASS.replace("@P2 BRA 0x0040", "NOP").replace("@!P3 BRA 0x0020", "NOP"))
     assert (c["sass"], c["loop"], c["loop_mma"]) == (16, 0, 0)
+
+
+def test_compile_launches_builds_with_the_named_python(monkeypatch, tmp_path):
+    # --python / $SM90_PYTHON: the launches are built by another interpreter (e.g. one with the
+    # GPU machine's Triton); its "compiled" lines are what comes back, with the interpreter off
+    seen = {}
+
+    class Done:
+        returncode = 0
+        stdout = 'compiled {"name": "k", "shared": 1024}\nother line\n'
+        stderr = ""
+
+    def run(cmd, input, env, **kw):
+        seen.update(cmd=cmd, input=input, env=env)
+        return Done()
+
+    monkeypatch.setattr(sm90.subprocess, "run", run)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("SM90_PYTHON", str(tmp_path / "venv36" / "bin" / "python"))
+    code, rows, _ = sm90.compile_launches([{"name": "k"}], stats=True)
+    assert seen["cmd"][0] == str(tmp_path / "venv36" / "bin" / "python")
+    assert seen["cmd"][-2:] == ["--compile-stdin", "--stats"]
+    assert "TRITON_INTERPRET" not in seen["env"]
+    assert (code, rows) == (0, [{"name": "k", "shared": 1024}])
+    monkeypatch.delenv("SM90_PYTHON")
+    sm90.compile_launches([{"name": "k"}])
+    assert seen["cmd"][0] == sm90.sys.executable

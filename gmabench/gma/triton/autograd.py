@@ -26,11 +26,9 @@ import os
 import warnings
 
 import torch
-import triton
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
-from .causal import (_aux_to_dl_kernel, _causal_bwd_k_kernel, _causal_bwd_q_kernel,
-                     _causal_out_kernel)
+from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .call import Call, fallback_key, prepare
 from .common import (PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel,
                      wide_weights_len)
@@ -38,7 +36,6 @@ from .launch import KernelTooLarge
 from .launch import launch as _launch
 from .plan import beyond_table
 
-AUX_ROWS = 1024   # rows per program of the copy of d, dd into the dl buffer (_aux_to_dl_kernel)
 # Shapes whose kernels did not fit this process's GPU: key (call.fallback_key) -> the KernelTooLarge
 # message. Their calls run through gma_chunked (PyTorch) from then on.
 TOO_LARGE: dict[tuple, str] = {}
@@ -167,8 +164,7 @@ def _backward(call: Call, saved, do):
         elif call.bwd_k.get("AUXDL"):
             # the key side reads each row's d and dd from the first two columns of that row's dl
             # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated
-            _launch(_aux_to_dl_kernel, (triton.cdiv(N, AUX_ROWS), B * H), (aux, dl, N),
-                    dict(KP=pl.KP, BLOCK=AUX_ROWS), 4, 1, memo=memo, site="aux_dl")
+            dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))
             aux = dl
     # dk made by the sums pass (dx_pass, both sides storing dl): allocated after the key side,
     # whose buffers go first, so that dk and the key side's dl buffer only meet in that pass

@@ -37,24 +37,6 @@ def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
 
 
 @triton.jit
-def _aux_to_dl_kernel(aux_ptr, dl_ptr, N, KP: tl.constexpr, BLOCK: tl.constexpr):
-    """The backward query side's d and dd of each row (aux: B*H x 2 x N float32) into the first
-    two columns of that row of the dl buffer (B*H x N x KP float32), one 8-byte pair per row,
-    for the key side's AUXDL reads (autograd.py); the other columns are left as they are. Its
-    exact twin is PyTorch's copy into the strided view (tests), which took 0.11 ms at
-    B*H*N = 2^21 on the H200 (docs/kernels.md, Version 2.20)."""
-    bh = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rm = rows < N
-    src = aux_ptr + bh * 2 * N + rows
-    d = tl.load(src, mask=rm, other=0.0)
-    dd = tl.load(src + N, mask=rm, other=0.0)
-    cols = tl.arange(0, 2)
-    pair = tl.where(cols[None, :] == 0, d[:, None], dd[:, None])
-    tl.store(dl_ptr + (bh * N + rows)[:, None] * KP + cols[None, :], pair, mask=rm[:, None])
-
-
-@triton.jit
 def _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps,
                  c2, a2h, a2l, b2h, b2l, D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                  BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,

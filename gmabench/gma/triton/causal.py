@@ -187,11 +187,6 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         trih = _hi(tl.where(tri, 1.0, 0.0), PREC)
         C = _mm(trih, trih, rkh, rkl, tl.zeros((BLOCK, KP), dtype=tl.float32) + s[None, :], PREC,
                 True, False, INTERP)
-        # the state after this chunk, made once U and C have read it: R_k's and V's tiles end
-        # here instead of at the block's end (fewer live registers through dl and dx)
-        vh = _hi(v, PREC)
-        S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
-        s += tl.sum(rk, 0)
         d = tl.sum(rq * C, 1) + eps
         don = tl.sum(rq * Y, 1)
         rd = 1.0 / d                   # one division per row, products per element
@@ -214,6 +209,9 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         G = _mm(rqth, _lo(rqt, rqth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False,
                 INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
+        vh = _hi(v, PREC)
+        S = _mm(rkth, rktl, vh, _lo(v, vh, PREC), S, PREC, False, X_EXACT, INTERP)
+        s += tl.sum(rk, 0)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))

@@ -1,0 +1,1 @@
+"""The gmabench command line (Typer). Each command parses its options and delegates."""

@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, clocks and environment capture. Knows nothing of records."""

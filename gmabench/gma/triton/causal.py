@@ -22,24 +22,17 @@ from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd
                      _wide_base, _wide_dx_weights, _wide_logit_weights)
 
 
-SUM_UNROLL = tl.constexpr(4)
-
-
 @triton.jit
 def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
-    """Sum of the stored segment states p0 <= p < p1 of (b, h), SUM_UNROLL of them loaded
-    before any is added: one at a time, each waited for its loads (a chain of up to P - 1 memory
-    latencies before a program's first block, which at small N is a block's time or more)."""
+    """Sum of the stored segment states p0 <= p < p1 of (b, h)."""
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     S = tl.zeros((KP, DV), dtype=tl.float32)
     s = tl.zeros((KP,), dtype=tl.float32)
-    for p in range(p0, p1, SUM_UNROLL):
-        for j in tl.static_range(SUM_UNROLL):
-            ok = kk * 0 + (p + j) < p1   # (a tensor: the interpreter takes no scalar mask)
-            base = st_ptr + (bh.to(tl.int64) * P + p + j) * (KP * (DV + 1))
-            S += tl.load(base + kk[:, None] * DV + ee[None, :], mask=ok[:, None], other=0.0)
-            s += tl.load(base + KP * DV + kk, mask=ok, other=0.0)
+    for p in range(p0, p1):
+        base = st_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
+        S += tl.load(base + kk[:, None] * DV + ee[None, :])
+        s += tl.load(base + KP * DV + kk)
     return S, s
 
 

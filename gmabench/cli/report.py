@@ -66,7 +66,7 @@ def render_report(run_dir: Path, baseline: str | None = None, shared_js: bool = 
         console.print(failures_table(records))
     if unrecorded:
         console.print(unrecorded_table(unrecorded))
-    console.print(f"report: {path}")
+    console.print(f"report: {path}", soft_wrap=True)   # a path a terminal's width does not break
     return path
 
 

@@ -129,7 +129,7 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
     (run_dir / "suite.json").write_text(json.dumps(resolved.to_dict(), indent=2) + "\n")
     host_env = host_environment()
     console.print(f"[bold]gmabench[/] suite [cyan]{resolved.name}[/]: {len(cells)} cells on {device_kind} "
-                  f"({n_workers} worker{'s' if n_workers > 1 else ''}) -> {run_dir}")
+                  f"({n_workers} worker{'s' if n_workers > 1 else ''}) -> {run_dir}", soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task("measuring", total=len(cells))
@@ -152,7 +152,7 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
         except KeyboardInterrupt:
             progress.stop()
             console.print(f"[yellow]interrupted[/]: the records so far are in {run_dir / 'results.jsonl'}; "
-                          f"continue with --resume --out {run_dir}")
+                          f"continue with --resume --out {run_dir}", soft_wrap=True)
             raise typer.Exit(130)
         finally:
             env = {**host_env, **runner.device_env}
@@ -162,8 +162,8 @@ def _run_and_report(resolved, cells, run_dir: Path, device_kind: str, n_workers:
     console.print(f"recorded {summary.ran} cells ({counts}); {summary.skipped_existing} already present")
     if summary.left_for_resume:
         console.print(f"[yellow]time budget spent: {summary.left_for_resume} cells not run; "
-                      f"continue with --resume --out {run_dir}[/]")
-    console.print(f"results: {run_dir / 'results.jsonl'}")
+                      f"continue with --resume --out {run_dir}[/]", soft_wrap=True)
+    console.print(f"results: {run_dir / 'results.jsonl'}", soft_wrap=True)   # paths unbroken
     if report:
         from gmabench.cli.report import render_report
         render_report(run_dir)

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_suite_writes_records_environment_and_report(tmp_path):
-    out = tmp_path / "run"
+    # a path longer than the console's 80 columns: printed whole, on one line, for copy and paste
+    out = tmp_path / ("a-long-folder-name-" * 5) / "run"
     result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, result.output
     recs = load_records(out)
@@ -49,7 +50,8 @@ def test_smoke_suite_writes_records_environment_and_report(tmp_path):
     assert suite["name"] == "smoke"
     html = (out / "report.html").read_text()
     assert "plotly" in html and "latency" in html.lower()
-    assert "results.jsonl" in result.output and "report.html" in result.output
+    assert f"results: {out / 'results.jsonl'}\n" in result.output
+    assert f"report: {out / 'report.html'}\n" in result.output
 
 
 @pytest.mark.parametrize("args, needle", [

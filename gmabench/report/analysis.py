@@ -108,15 +108,52 @@ def _as_frame(df) -> pd.DataFrame:
     return df if isinstance(df, pd.DataFrame) else records_frame(df)
 
 
-def _loglog(x: pd.Series, y: pd.Series) -> dict[str, float]:
-    n_x = x.nunique()
+def _loglog(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    n_x = len(np.unique(x))
     out = {"slope": math.nan, "stderr": math.nan, "r2": math.nan, "n_points": int(len(x)),
            "x_min": float(x.min()) if len(x) else math.nan,
            "x_max": float(x.max()) if len(x) else math.nan}
     if n_x >= 3:
-        fit = stats.linregress(np.log(x.to_numpy(float)), np.log(y.to_numpy(float)))
+        fit = stats.linregress(np.log(x), np.log(y))
         out.update(slope=float(fit.slope), stderr=float(fit.stderr), r2=float(fit.rvalue) ** 2)
     return out
+
+
+def _points(xv: np.ndarray, yv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) points of a line: x > 0 and finite y > 0, repeats of one size (a K-free mixer
+    measured at every K) as one point at their median, sorted by x."""
+    keep = (xv > 0) & (yv > 0) & np.isfinite(yv)
+    xv, yv = xv[keep], yv[keep]
+    xs, inverse = np.unique(xv, return_inverse=True)
+    if len(xs) == len(xv):
+        return xs, yv[np.argsort(xv, kind="stable")]
+    return xs, np.array([np.median(yv[inverse == i]) for i in range(len(xs))])
+
+
+def _columns(work: pd.DataFrame, x: str, y: str) -> dict[str, np.ndarray]:
+    """The columns the per-line loops read, as numpy arrays (positions as in `work`): slicing
+    them per line instead of making a DataFrame per line took the fits and steps of the 45
+    committed runs from 71.5 to 7.1 s on a 2-core machine, the same frames to the last bit
+    (their per-frame twin: tests/report/test_analysis.py)."""
+    return {"ok": (work["status"] == "ok").to_numpy(bool),
+            "x": work[x].astype("float64").to_numpy(),
+            "y": work[y].astype("float64").to_numpy(),
+            "host_bound": work["host_bound"].to_numpy(bool) if "host_bound" in work
+            else np.zeros(len(work), bool),
+            "noisy": work["noisy"].fillna(False).astype(bool).to_numpy()
+            if "noisy" in work else np.zeros(len(work), bool)}
+
+
+def _keys(work: pd.DataFrame, by: list[str], groups) -> list[tuple[dict, np.ndarray]]:
+    """(the by columns' values, row positions) of each line, in the groupby's order, the values
+    as the frame holds them (a missing K stays missing, not NaN)."""
+    values = work[by].to_numpy(dtype=object)
+    return [(dict(zip(by, values[pos[0]])), pos) for pos in groups.indices.values()]
+
+
+def _n_sizes(xv: np.ndarray) -> int:
+    """Distinct sizes among a line's cells, whatever their status (NaN: no size)."""
+    return len(np.unique(xv[~np.isnan(xv)]))
 
 
 def _lines(df, x: str, by: list[str] | None):
@@ -143,24 +180,21 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
     waited for the GPU: HOST_BOUND_SHARE), and the report marks it.
     """
     by, groups = _lines(df, x, by)
+    col = _columns(groups.obj, x, y)
+    timed = y.endswith("_ms")
     rows = []
-    for key, g in groups:
-        ok = g[g["status"] == "ok"]
-        pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
-        pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
-        # Repeats of one size (a K-free mixer measured at every K) count as one point.
-        pts = pts.groupby("x", as_index=False)["y"].median()
-        xs, ys = pts["x"], pts["y"]
-        row = dict(zip(by, key))
+    for key, pos in _keys(groups.obj, by, groups):
+        ok = pos[col["ok"][pos]]
+        xs, ys = _points(col["x"][ok], col["y"][ok])
+        row = dict(key)
         row.update(_loglog(xs, ys))
-        upper = len(xs) - max(3, math.ceil(len(xs) / 2))
-        large = _loglog(xs.iloc[max(upper, 0):], ys.iloc[max(upper, 0):])
+        upper = max(len(xs) - max(3, math.ceil(len(xs) / 2)), 0)
+        large = _loglog(xs[upper:], ys[upper:])
         row.update({f"{k}_large": v for k, v in large.items() if k != "x_max"})
-        bound = (set(ok.loc[ok["host_bound"], x].astype("float64"))
-                 if y.endswith("_ms") and "host_bound" in ok else set())
+        bound = set(col["x"][ok[col["host_bound"][ok]]]) if timed else set()
         row["n_host_bound"] = len(bound & set(xs))
-        row["n_host_bound_large"] = len(bound & set(xs.iloc[max(upper, 0):]))
-        row.update(n_cells=int(len(g)), n_ok=int(len(ok)), n_x_cells=int(g[x].nunique()))
+        row["n_host_bound_large"] = len(bound & set(xs[upper:]))
+        row.update(n_cells=int(len(pos)), n_ok=int(len(ok)), n_x_cells=_n_sizes(col["x"][pos]))
         rows.append(row)
     cols = by + ["slope", "stderr", "r2", "n_points", "x_min", "x_max", "slope_large",
                  "stderr_large", "r2_large", "n_points_large", "x_min_large", "n_host_bound",
@@ -185,20 +219,20 @@ def steepest_steps(df, x: str = "N", y: str = "median_ms") -> pd.DataFrame:
     quadratic" (one above, none above 2 + STEP_TOLERANCE), "steeper than quadratic", or "too
     few sizes" (fewer than two usable ones)."""
     by, groups = _lines(df, x, None)
+    col = _columns(groups.obj, x, y)
+    usable = col["ok"] & ~col["host_bound"] & ~col["noisy"]
     rows = []
-    for key, g in groups:
-        ok = g[(g["status"] == "ok") & ~g["host_bound"] & ~g["noisy"].fillna(False).astype(bool)]
-        pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
-        pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
-        pts = pts.groupby("x", as_index=False)["y"].median()
-        row = dict(zip(by, key), n_sizes=len(pts), n_x_cells=int(g[x].nunique()),
-                   exponent=math.nan, x_from=math.nan, x_to=math.nan, verdict="too few sizes")
-        if len(pts) >= 2:
-            lx, ly = np.log(pts["x"].to_numpy()), np.log(pts["y"].to_numpy())
-            local = np.diff(ly) / np.diff(lx)
+    for key, pos in _keys(groups.obj, by, groups):
+        use = pos[usable[pos]]
+        xs, ys = _points(col["x"][use], col["y"][use])
+        row = dict(key, n_sizes=len(xs),
+                   n_x_cells=_n_sizes(col["x"][pos]), exponent=math.nan, x_from=math.nan,
+                   x_to=math.nan, verdict="too few sizes")
+        if len(xs) >= 2:
+            local = np.diff(np.log(ys)) / np.diff(np.log(xs))
             i = int(np.argmax(local))
             e = float(local[i])
-            row.update(exponent=e, x_from=float(pts["x"].iloc[i]), x_to=float(pts["x"].iloc[i + 1]),
+            row.update(exponent=e, x_from=float(xs[i]), x_to=float(xs[i + 1]),
                        verdict="linear or better" if e <= 1 + STEP_TOLERANCE else
                        "super-linear, at most quadratic" if e <= 2 + STEP_TOLERANCE else
                        "steeper than quadratic")

@@ -94,6 +94,11 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
                   errors: bool = False, guides: tuple[int, ...] = (), slopes: bool = True,
                   extra_y: str | None = None, ceiling: tuple[str, float] | None = None) -> list[go.Figure]:
     frame = _as_frame(df)
+    # the columns read below, alone: per-line row selections then copy a few numbers per cell
+    # instead of its samples and clocks too (with the analysis below, a 636-cell report 35.5 -> 16.4 s)
+    used = FACET_COLS + ["series", "status", "reason", "k_applies", "host_bound", "noisy", x, y,
+                         "p20_ms", "p80_ms"] + ([extra_y] if extra_y else [])
+    frame = frame[[c for c in dict.fromkeys(used) if c in frame]]
     if x == "K":
         frame = frame[frame["k_applies"]]
     figs = []

@@ -177,3 +177,108 @@ def test_worst_errors_per_series_and_per_input_over_ok_cells_only(make_record):
     assert math.isnan(m["grad dt_raw"])
     f = w.loc["f causal fwd bf16"]
     assert f["output"] == 4e-4 and math.isnan(f["gradients"]) and math.isnan(f["grad q"])
+
+
+# The per-line formulation fit_scaling and steepest_steps had before they read numpy columns
+# (a DataFrame per line: a report of 636 cells spent 19 s in it): their exact, slow twin.
+def _fit_scaling_per_frame(df, x, y):
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from gmabench.report.analysis import _lines
+
+    def loglog(xs, ys):
+        out = {"slope": math.nan, "stderr": math.nan, "r2": math.nan, "n_points": int(len(xs)),
+               "x_min": float(xs.min()) if len(xs) else math.nan,
+               "x_max": float(xs.max()) if len(xs) else math.nan}
+        if xs.nunique() >= 3:
+            fit = stats.linregress(np.log(xs.to_numpy(float)), np.log(ys.to_numpy(float)))
+            out.update(slope=float(fit.slope), stderr=float(fit.stderr), r2=float(fit.rvalue) ** 2)
+        return out
+
+    by, groups = _lines(df, x, None)
+    rows = []
+    for key, g in groups:
+        ok = g[g["status"] == "ok"]
+        pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
+        pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
+        pts = pts.groupby("x", as_index=False)["y"].median()
+        xs, ys = pts["x"], pts["y"]
+        row = dict(zip(by, key))
+        row.update(loglog(xs, ys))
+        upper = len(xs) - max(3, math.ceil(len(xs) / 2))
+        large = loglog(xs.iloc[max(upper, 0):], ys.iloc[max(upper, 0):])
+        row.update({f"{k}_large": v for k, v in large.items() if k != "x_max"})
+        bound = set(ok.loc[ok["host_bound"], x].astype("float64")) if y.endswith("_ms") else set()
+        row["n_host_bound"] = len(bound & set(xs))
+        row["n_host_bound_large"] = len(bound & set(xs.iloc[max(upper, 0):]))
+        row.update(n_cells=int(len(g)), n_ok=int(len(ok)), n_x_cells=int(g[x].nunique()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _steepest_steps_per_frame(df, x, y):
+    import numpy as np
+    import pandas as pd
+
+    from gmabench.report.analysis import STEP_TOLERANCE, _lines
+
+    by, groups = _lines(df, x, None)
+    rows = []
+    for key, g in groups:
+        ok = g[(g["status"] == "ok") & ~g["host_bound"] & ~g["noisy"].fillna(False).astype(bool)]
+        pts = pd.DataFrame({"x": ok[x].astype("float64"), "y": ok[y].astype("float64")})
+        pts = pts[(pts["x"] > 0) & (pts["y"] > 0) & np.isfinite(pts["y"])]
+        pts = pts.groupby("x", as_index=False)["y"].median()
+        row = dict(zip(by, key), n_sizes=len(pts), n_x_cells=int(g[x].nunique()),
+                   exponent=math.nan, x_from=math.nan, x_to=math.nan, verdict="too few sizes")
+        if len(pts) >= 2:
+            local = np.diff(np.log(pts["y"].to_numpy())) / np.diff(np.log(pts["x"].to_numpy()))
+            i = int(np.argmax(local))
+            e = float(local[i])
+            row.update(exponent=e, x_from=float(pts["x"].iloc[i]), x_to=float(pts["x"].iloc[i + 1]),
+                       verdict="linear or better" if e <= 1 + STEP_TOLERANCE else
+                       "super-linear, at most quadratic" if e <= 2 + STEP_TOLERANCE else
+                       "steeper than quadratic")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_line_fits_match_their_per_frame_twin_on_random_sweeps(seed):
+    # random sweeps: K-free and K-dependent mixers, repeated sizes, failures, host-bound and
+    # noisy cells, zero and missing times; every column of both analyses equal, in order
+    import random
+
+    import pandas as pd
+
+    from gmabench.results.schema import Record
+    rng = random.Random(seed)
+    recs = []
+    for mixer, k_applies in [("a", True), ("b", False), ("c", True), ("d", False)]:
+        for causal in (False, True):
+            for K in (8, 16, 32, 64, 128):
+                for N in rng.sample([64, 128, 256, 512, 1024, 2048], rng.randint(1, 6)):
+                    for _ in range(rng.choice([1, 1, 2])):
+                        status = rng.choice(["ok"] * 9 + ["oom", "timeout", "skipped"])
+                        ms = rng.choice([0.0, None] + [rng.lognormvariate(0, 2)] * 8)
+                        recs.append(Record(
+                            mixer=mixer, causal=causal, mode="fwd", scope="core", B=1, N=N, H=2,
+                            D=16, Dv=16, K=K, dtype="float32", device="cuda", status=status,
+                            suite="random", k_applies=k_applies, median_ms=ms,
+                            host_ms=rng.choice([None, 0.0, 10.0]), noisy=rng.choice([None, True, False]),
+                            peak_bytes=rng.randint(1, 10**9)).to_dict())
+    df = records_frame(recs)
+    assert df["host_bound"].any() and (df["status"] != "ok").any()
+    for x in ("N", "K"):
+        for y in ("median_ms", "peak_bytes"):
+            fast = fit_scaling(df, x=x, y=y)
+            slow = _fit_scaling_per_frame(df, x, y)
+            pd.testing.assert_frame_equal(fast, slow[fast.columns], check_exact=True,
+                                          check_dtype=False)
+            assert fast["slope"].notna().any()
+        fast = steepest_steps(df, x=x)
+        slow = _steepest_steps_per_frame(df, x, "median_ms")
+        pd.testing.assert_frame_equal(fast, slow[fast.columns], check_exact=True, check_dtype=False)
+        assert fast["exponent"].notna().any()

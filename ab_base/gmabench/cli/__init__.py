@@ -1,1 +1,0 @@
-"""The gmabench command line (Typer). Each command parses its options and delegates."""

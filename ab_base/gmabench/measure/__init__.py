@@ -1,1 +1,0 @@
-"""Measurement: timing, memory, clocks and environment capture. Knows nothing of records."""

@@ -235,7 +235,7 @@ def test_sigint_stops_cleanly_and_resume_completes(tmp_path):
         'mixers = ["gma", "linear-attention"]\nseq_lens = [32, 64, 128]\ncomponents = [2]\n'
         'heads = [2]\nhead_dims = [16]\ndtypes = ["float32"]\nmodes = ["fwd", "fwd_bwd"]\n'
         'causal = [false, true]\ndevice = "cpu"\n'
-        '[timing]\nwarmup_ms = 5\nrep_ms = 60\nmin_reps = 3\naccuracy_tokens = 32\n')
+        '[timing]\nwarmup_ms = 5\nrep_ms = 20\nmin_reps = 3\naccuracy_tokens = 32\n')
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gmabench", "run", str(suite), "--out", str(out), "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}

@@ -144,10 +144,10 @@ def _columns(work: pd.DataFrame, x: str, y: str) -> dict[str, np.ndarray]:
             if "noisy" in work else np.zeros(len(work), bool)}
 
 
-def _keys(work: pd.DataFrame, by: list[str], groups) -> list[tuple[dict, np.ndarray]]:
-    """(the by columns' values, row positions) of each line, in the groupby's order, the values
-    as the frame holds them (a missing K stays missing, not NaN)."""
-    values = work[by].to_numpy(dtype=object)
+def _keys(groups, by: list[str]) -> list[tuple[dict, np.ndarray]]:
+    """(the by columns' values, row positions in groups.obj) of each line, in the groupby's
+    order, the values as the frame holds them (a missing K stays missing, not NaN)."""
+    values = groups.obj[by].to_numpy(dtype=object)
     return [(dict(zip(by, values[pos[0]])), pos) for pos in groups.indices.values()]
 
 
@@ -183,7 +183,7 @@ def fit_scaling(df, x: str = "N", y: str = "median_ms", by: list[str] | None = N
     col = _columns(groups.obj, x, y)
     timed = y.endswith("_ms")
     rows = []
-    for key, pos in _keys(groups.obj, by, groups):
+    for key, pos in _keys(groups, by):
         ok = pos[col["ok"][pos]]
         xs, ys = _points(col["x"][ok], col["y"][ok])
         row = dict(key)
@@ -222,7 +222,7 @@ def steepest_steps(df, x: str = "N", y: str = "median_ms") -> pd.DataFrame:
     col = _columns(groups.obj, x, y)
     usable = col["ok"] & ~col["host_bound"] & ~col["noisy"]
     rows = []
-    for key, pos in _keys(groups.obj, by, groups):
+    for key, pos in _keys(groups, by):
         use = pos[usable[pos]]
         xs, ys = _points(col["x"][use], col["y"][use])
         row = dict(key, n_sizes=len(xs),

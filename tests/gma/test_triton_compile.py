@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -45,18 +44,18 @@ def _assert_all_compile(launches):
     assert len(rows) == len(launches)
 
 
+@functools.lru_cache(maxsize=None)
+def _launches(causal, dtype, D, DV, K):
+    """record_launches, once per process for each shape (the pipeline-depth test reads the
+    launches the build tests record; nothing mutates them)."""
+    return sm90.record_launches(causal, dtype, D, DV, K)
+
+
 WIDE = pytest.mark.skipif(not os.environ.get("GMABENCH_WIDE_COMPILE"),
                           reason="minutes per variant on a 2-core machine; GMABENCH_WIDE_COMPILE=1 runs it")
 # D=64 with K=256 (about 2.5 minutes of CI's CPU for both variants): its wide form and 16-token
-# blocks are built at D=32, K=256 here, and the shape itself on the GPU by the support-matrix tests
-
-
-@functools.lru_cache(maxsize=None)
-def _launches(causal, dtype, D, DV, K, knobs: str = "{}"):
-    """record_launches, once per process for each call (the pipeline-depth test reads the
-    launches the build tests record; nothing mutates them)."""
-    return sm90.record_launches(causal, dtype, D, DV, K, json.loads(knobs))
-# D=128 with K=128 fits through the backward's wide form (docs/kernels.md); D=128 with K=256 does
+# blocks are built at D=32, K=256 here, and the shape itself on the GPU by the support-matrix
+# tests. D=128 with K=128 fits through the backward's wide form (docs/kernels.md); D=128 with K=256 does
 # not (its split key pass alone needs 282624 B).
 
 

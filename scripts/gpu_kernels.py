@@ -505,6 +505,18 @@ def _device_us(f, calls=20):
     return sum(per.values()), {k: round(v, 2) for k, v in per.items() if v > 0}
 
 
+def _graph_us(f):
+    """Median time of one call of f replayed from a CUDA graph (gmabench's `--timer graph`): the
+    GPU's own time for the call with its launches' gaps, which the sum of kernel times leaves
+    out and a programmatic dependent launch shortens; None where capture fails."""
+    from gmabench.measure.timing import time_callable
+    try:
+        return time_callable(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, graph=True).median_ms * 1e3
+    except Exception as exc:   # noqa: BLE001 - a failed capture is a result, not an abort
+        print(f"graph replay: {type(exc).__name__}: {str(exc)[:200]}")
+        return None
+
+
 def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K=64, D=64):
     """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
     (of the given modes) at each N under each plan (a dict of TUNING knobs; {}: the table's), with
@@ -518,14 +530,17 @@ def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K
                 dev_us, per_kernel = _device_us(f, calls)
                 peak_mib = _peak_bytes(f) / 2**20
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
+                graph_us = _graph_us(f)
                 pl = plan_mod.make_plan(1, n, 16, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
                 R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,
                                               **knobs,
                                               "device_us": dev_us, "kernels_us": per_kernel,
-                                              "wall_ms": wall, "peak_mib": peak_mib, "P": pl.P,
+                                              "wall_ms": wall, "graph_us": graph_us,
+                                              "peak_mib": peak_mib, "P": pl.P,
                                               "bps": pl.bps})
                 print(f"{tag} {n} K={K} D={D} {dtype} {'causal' if causal else 'bidir'} {mode} {knobs or 'table'}: device "
-                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us, peak {peak_mib:.0f} MiB (P={pl.P}, bps={pl.bps}) "
+                      f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us, replayed {graph_us or math.nan:.1f} us, "
+                      f"peak {peak_mib:.0f} MiB (P={pl.P}, bps={pl.bps}) "
                       f"{per_kernel}  [{elapsed():.0f}s]")
                 del f
     TUNING.update({k: None for k in TUNING})

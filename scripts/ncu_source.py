@@ -87,6 +87,28 @@ def _dest_and_sources(text: str) -> tuple[str, set[str]]:
     return (regs[0] if regs else ""), set(regs[1:])
 
 
+BRANCH = re.compile(r"\bBRA\s+(0x[0-9a-fA-F]+)")
+
+
+def _where(rows: list[dict], samples: str, total: float) -> str:
+    """Samples before, in and after the block loop: the backward branch executed most often (the
+    walk over blocks; what lies outside it is a kernel's fixed cost, its start and its end)."""
+    at = [int(r["Address"], 16) for r in rows]
+    loop, most = None, 0.0
+    for a, r in zip(at, rows):
+        m = BRANCH.search(r["Source"])
+        ran = _num(r["Instructions Executed"])
+        if m and int(m.group(1), 16) < a and ran > most:
+            loop, most = (int(m.group(1), 16), a), ran
+    if loop is None:
+        return "samples by place: no loop"
+    parts = [0.0, 0.0, 0.0]
+    for a, r in zip(at, rows):
+        parts[0 if a < loop[0] else 1 if a <= loop[1] else 2] += _num(r[samples])
+    return ("samples by place: before the block loop {:.1%}, in it {:.1%}, after it {:.1%}"
+            .format(*(x / total for x in parts)))
+
+
 def summarize(path: str, top: int = 25) -> str:
     """The sampled stall reasons of one kernel: in all, per opcode, the instructions holding the
     most samples, and how many samples wait on a register that a local-memory load (a spill)
@@ -128,6 +150,7 @@ def summarize(path: str, top: int = 25) -> str:
     out.append("long-scoreboard samples by the load that last wrote a source register: " +
                "  ".join(f"{k} {v / total:.1%}" for k, v in
                          sorted(waits.items(), key=lambda kv: -kv[1])))
+    out.append(_where(rows, samples, total))
     out.append(f"-- the {top} instructions with the most samples (share, top reasons)")
     for r in sorted(rows, key=lambda r: -_num(r[samples]))[:top]:
         why = sorted(((_num(r[c]), c[6:]) for c in reasons), reverse=True)[:2]

@@ -182,7 +182,9 @@ def _compile_all(launches: list[dict], stats: bool) -> tuple[list[dict], list[st
         except Exception as exc:   # noqa: BLE001 - reported, and the exit status says so
             failures.append(f"{launch['name']}: {type(exc).__name__}: {str(exc)[:2000]}")
             continue
-        row = {"name": launch["name"], **options, "shared": kernel.metadata.shared}
+        row = {"name": launch["name"], **options, "shared": kernel.metadata.shared,
+               # programmatic dependent launch: the waits in the PTX (common._gdc, GDC)
+               "gdc_waits": kernel.asm["ptx"].count("griddepcontrol.wait")}
         if kernel.metadata.shared > SMEM:
             failures.append(f"{launch['name']} {options}: {kernel.metadata.shared} B of shared memory")
         if stats:

@@ -112,6 +112,24 @@ def test_dx_pass_launches_compile_for_sm90(causal):
     _assert_all_compile(launches)
 
 
+def test_dependent_launches_compile_with_one_wait_each():
+    # plan key pdl (a CUDA GPU of compute capability 9 on; never recorded here, on the CPU): the
+    # same kernels with GDC set and Triton's launch_pdl option build for sm_90a, each with the
+    # grid-dependency wait of common._gdc once, and none without GDC
+    picked = [x for x in _launches(True, torch.bfloat16, 64, 64, 64)
+              if x["name"] in ("_causal_out_kernel", "_param_grad_kernel")]
+    assert len(picked) >= 2
+    dependent = []
+    for x in picked:
+        names = list(inspect.signature(_kernel(x).fn).parameters)
+        args = [dict(a, value=True) if n == "GDC" else a for n, a in zip(names, x["args"])]
+        assert "GDC" in names and x["args"][names.index("GDC")]["value"] is False
+        dependent.append(dict(x, args=args, options=dict(x["options"], launch_pdl=True)))
+    code, rows, output = sm90.compile_launches(picked[:1] + dependent)
+    assert code == 0, output
+    assert [r["gdc_waits"] for r in rows] == [0] + [1] * len(dependent), rows
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     """The key pass runs 3 stages deep in every variant at the tuned shape, the other kernels as

@@ -103,6 +103,21 @@ def test_a_register_cap_is_a_launch_option_and_its_own_cache_entry(fake_cuda):
     assert len(kernel.compiled.runs) == 1
 
 
+def test_a_dependent_launch_is_a_launch_option_and_its_own_cache_entry(fake_cuda):
+    kernel = _FakeKernel(_FakeCompiled())
+    x = torch.empty(8)
+    memo = {}
+    for pdl in (False, True, True, False):
+        launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2, pdl=pdl)
+    # launch_pdl is a compile option of Triton's (its launcher sets the attribute): one compiled
+    # kernel with it, one without, each launched from the cache the second time
+    assert [kw.get("launch_pdl") for _, _, kw in kernel.standard] == [None, True]
+    assert len(kernel.compiled.runs) == 2
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2, memo=memo, site="s", pdl=True)
+    launch_mod.launch(kernel, (1,), (x, 16), {"C": 1, "B": 2}, 4, 2, memo=memo, site="s", pdl=True)
+    assert len(kernel.standard) == 2 and len(kernel.compiled.runs) == 4
+
+
 class _TooBigKernel(_FakeKernel):
     """Needs more shared memory than the GPU has with `fits_below` pipeline stages or more."""
     __name__ = "_wide_kernel"
@@ -159,6 +174,39 @@ def test_a_launcher_that_refuses_the_arguments_turns_the_fast_path_off(fake_cuda
     assert len(kernel.standard) == 2 and launch_mod.ENABLED is False
 
 
+def _gpu_inputs(g, N, dtype):
+    ts = [torch.randn(2, N, 4, 64, generator=g, device="cuda").to(dtype) for _ in range(3)]
+    ts += [torch.randn(4, 64, 64, generator=g, device="cuda"),
+           torch.randn(4, 64, 64, generator=g, device="cuda") * 0.1,
+           torch.randn(4, 64, generator=g, device="cuda")]
+    return [t.requires_grad_() for t in ts]
+
+
+def _gpu_run(ins, causal):
+    """A training call's output and six gradients, and an inference call's output."""
+    from gmabench.gma.triton import gma_triton
+    o = gma_triton(*ins, causal=causal)
+    grads = torch.autograd.grad(o, ins, torch.ones_like(o))
+    with torch.no_grad():
+        inf = gma_triton(*ins, causal=causal)
+    return [o.detach(), inf, *grads]
+
+
+def _assert_same(got, want, causal):
+    """Float32 atomic sums over programs, in no fixed order, differ between any two runs in
+    single elements near cancellation: the parameter gradients (the H200 showed 25 of 16384 at
+    5e-5 absolute) and, in the bidirectional backward, dq, dk and dv (dq sums into G, dk and dv
+    read it; dk failed elementwise there). Those are compared as whole tensors: a wrong argument
+    or a read before its writer finished would move them by far more than 1e-5."""
+    whole = 5 if causal else 2
+    names = ("o", "o (inference)", "dq", "dk", "dv", "dmu", "dlog_sigma", "dmix")
+    for i, (name, f, s) in enumerate(zip(names, got, want)):
+        if i < whole:
+            torch.testing.assert_close(f.float(), s.float(), rtol=2e-5, atol=2e-6, msg=name)
+        else:
+            assert ((f.float() - s.float()).norm() / s.float().norm()).item() < 1e-5, name
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # The bidirectional state is a float32 atomic sum over programs, in no fixed order, so a bf16
@@ -167,43 +215,49 @@ def test_a_launcher_that_refuses_the_arguments_turns_the_fast_path_off(fake_cuda
 @pytest.mark.parametrize("causal,dtype", [(False, torch.float32), (True, torch.bfloat16)],
                          ids=["bidir-fp32", "causal-bf16"])
 def test_fast_launches_match_standard_launches(causal, dtype, monkeypatch):
-    from gmabench.gma.triton import gma_triton
     assert launch_mod.ENABLED
     g = torch.Generator(device="cuda").manual_seed(5)
-
-    def inputs(N):
-        ts = [torch.randn(2, N, 4, 64, generator=g, device="cuda").to(dtype) for _ in range(3)]
-        ts += [torch.randn(4, 64, 64, generator=g, device="cuda"),
-               torch.randn(4, 64, 64, generator=g, device="cuda") * 0.1,
-               torch.randn(4, 64, generator=g, device="cuda")]
-        return [t.requires_grad_() for t in ts]
-
-    def run(ins):
-        o = gma_triton(*ins, causal=causal)
-        grads = torch.autograd.grad(o, ins, torch.ones_like(o))
-        with torch.no_grad():
-            inf = gma_triton(*ins, causal=causal)
-        return [o.detach(), inf, *grads]
-
     # Sizes whose int arguments specialise differently (multiples of 16 or not, one block), each
     # run twice so that the second call takes the cached launch.
     for N in (4096, 4133, 16, 1, 4096, 4133):
-        ins = inputs(N)
+        ins = _gpu_inputs(g, N, dtype)
         launch_mod.clear()
-        run(ins)
-        fast = run(ins)
+        _gpu_run(ins, causal)
+        fast = _gpu_run(ins, causal)
         monkeypatch.setattr(launch_mod, "ENABLED", False)
-        standard = run(ins)
+        standard = _gpu_run(ins, causal)
         monkeypatch.setattr(launch_mod, "ENABLED", True)
-        # Float32 atomic sums over programs, in no fixed order, differ between any two runs in
-        # single elements near cancellation: the parameter gradients (the H200 showed 25 of 16384
-        # at 5e-5 absolute) and, in the bidirectional backward, dq, dk and dv (dq sums into G, dk
-        # and dv read it; dk failed elementwise there). Those are compared as whole tensors: a
-        # wrong argument would move them by far more than 1e-5.
-        whole = 5 if causal else 2
-        names = ("o", "o (inference)", "dq", "dk", "dv", "dmu", "dlog_sigma", "dmix")
-        for i, (name, f, s) in enumerate(zip(names, fast, standard)):
-            if i < whole:
-                torch.testing.assert_close(f.float(), s.float(), rtol=2e-5, atol=2e-6, msg=name)
-            else:
-                assert ((f.float() - s.float()).norm() / s.float().norm()).item() < 1e-5, name
+        _assert_same(fast, standard, causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="needs a CUDA GPU of compute capability 9 or more")
+@pytest.mark.parametrize("causal,dtype", [(False, torch.float32), (True, torch.bfloat16)],
+                         ids=["bidir-fp32", "causal-bf16"])
+def test_dependent_launches_match_ordinary_launches(causal, dtype, monkeypatch):
+    # plan key pdl: each kernel after a call's first starts while the one before it ends and
+    # waits for it (common._gdc) before any load but the mixture's; the results must be those of
+    # ordinary launches, eagerly and replayed from a CUDA graph, at one segment per head and at
+    # many (the walks read the totals other kernels wrote), stored dl included (2^20 tokens)
+    from gmabench.gma.triton import TUNING
+    g = torch.Generator(device="cuda").manual_seed(6)
+    for N in (1, 4133, 131072):
+        ins = _gpu_inputs(g, N, dtype)
+        monkeypatch.setitem(TUNING, "pdl", None)
+        want = _gpu_run(ins, causal)
+        monkeypatch.setitem(TUNING, "pdl", 1)
+        _assert_same(_gpu_run(ins, causal), want, causal)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            _gpu_run(ins, causal)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = _gpu_run(ins, causal)
+        for t in out:
+            t.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_same(out, want, causal)

@@ -56,6 +56,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"regs_fwd": 300}}), "bidir/fwd.regs_fwd = 300"),
     (json.dumps({"causal/fwd_bwd": {"dx_pass": 2}}), "causal/fwd_bwd.dx_pass = 2"),
     (json.dumps({"causal/fwd_bwd": {"aux_dl": 2}}), "causal/fwd_bwd.aux_dl = 2"),
+    (json.dumps({"causal/fwd": {"pdl": 2}}), "causal/fwd.pdl = 2"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
@@ -250,3 +251,18 @@ def test_wide_form_where_padded_components_times_head_size_exceed_8192():
     assert plan_mod.wide_training(256, 64, 64) and plan_mod.wide_training(129, 64, 64)   # KP 256
     assert plan_mod.wide_training(128, 128, 64) and plan_mod.wide_training(65, 16, 128)
     assert plan_mod.wide_training(1, 16, 1024) and not plan_mod.wide_training(1, 16, 512)  # KP 16
+
+
+def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):
+    # pdl 1 takes effect on a CUDA device of compute capability 9 or more, never on the CPU
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(gpu_rules, "_sm_count", lambda device: 132)
+    caps = {"cap": (9, 0)}
+    monkeypatch.setattr(gpu_rules.torch.cuda, "get_device_capability", lambda device: caps["cap"])
+    assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
+    gpu_rules.TUNING["pdl"] = 1
+    assert gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
+    assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, CPU, grad=False).PDL
+    caps["cap"] = (8, 0)
+    gpu_rules._PLANS.clear()
+    assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL

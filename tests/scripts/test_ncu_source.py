@@ -54,3 +54,26 @@ def test_stalls_by_reason_opcode_and_the_load_a_wait_is_on(tmp_path):
     top = lines[lines.index(next(x for x in lines if x.startswith("-- the 3"))) + 1:]
     assert top[0].split()[:3] == ["40.00%", "FADD", "R6,"] and "long_sb 36" in top[0]
     assert len(top) == 3
+
+
+def test_samples_before_in_and_after_the_loop_branched_back_to_most(tmp_path):
+    # a loop 0x20-0x40 whose back edge ran 90 times, a wider one (0x10-0x50) that ran once and
+    # one that never ran: the block loop is the first, so 0x10 is before it and 0x50, 0x60 after
+    rows = [list(r) for r in ROWS]
+    rows[2] = ["0030", "@P1 BRA 0x10", "0", "0", "1", "0", "0", "0", "0"]
+    rows[3] = ["0040", "@P2 BRA 0x20", "5", "3", "90", "0", "0", "5", "0"]
+    rows.append(["0070", "@P3 BRA 0x10", "0", "0", "0", "0", "0", "0", "0"])
+    path = tmp_path / "loop.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["Kernel Name", "_causal_out_kernel"])
+        w.writerow(HEADER)
+        w.writerows(rows)
+    lines = ncu.summarize(str(path)).splitlines()
+    # 60 samples: 10 at 0x10, 5 + 0 + 5 in 0x20-0x40, 20 + 20 after
+    assert "samples by place: before the block loop 16.7%, in it 16.7%, after it 66.7%" in lines
+    rows = [r for r in rows if "BRA" not in r[1]]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerows([["Kernel Name", "k"], HEADER, *rows])
+    assert "samples by place: no loop" in ncu.summarize(str(path)).splitlines()

@@ -80,15 +80,18 @@ def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
             st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
             _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
                     pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
+        # a dependent launch only after a kernel of this call (common._gdc: a kernel reads mu,
+        # log_sigma and mix_logits before it waits, which the launch before the call may write)
         _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
-                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out")
+                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out",
+                pdl=pl.PDL and pl.P > 1)
     else:
         # the (b, h) states, then a flag per read-out program (RAW16: bidir._bidir_out_kernel)
         st = torch.zeros(B * H * (call.state_len + pl.P), device=q.device, dtype=torch.float32)
         _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
-                pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
+                pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state", pdl=pl.PDL)
         _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
-                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out")
+                call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out", pdl=pl.PDL)
     return o, (q, k, v, mu, log_sigma, mix_logits, st)
 
 
@@ -129,10 +132,14 @@ def _backward(call: Call, saved, do):
     state_len = call.state_len
     pg_len = H * pl.KP * (2 * D + 1)
 
+    # Every kernel below follows a kernel of this call (the zero fill of pg first), so each may be
+    # a programmatic dependent launch (plan key pdl; common._gdc)
+    dep = pl.PDL
+
     def dl_sums(x, dx, dl_consts, site):   # the parameter sums (dx_pass: and dx) of a side
         _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, dx, *mix, N, H, K, inv_tau,
                                                 call.dl_rows), dl_consts, call.dl_warps, 3,
-                memo=memo, site=site)
+                memo=memo, site=site, pdl=dep)
 
     if call.causal:
         pg = torch.zeros(pg_len, device=q.device, dtype=torch.float32)
@@ -147,16 +154,16 @@ def _backward(call: Call, saved, do):
     if pl.WIDE:
         w = torch.empty(H * wide_weights_len(pl.KP, D), device=q.device, dtype=torch.float32)
         _launch(_prep_weights_kernel, (H,), (*mix, w, K, inv_tau), call.param, 4, 1, memo=memo,
-                site="prep")
+                site="prep", pdl=dep)
     gauss = (*mix, w)   # what the backward kernels read of the mixture
     if call.causal:
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *gauss, st, dq, aux, gtot, pg, dl, N, H,
                                              K, inv_tau, eps, bps), consts, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_q")
+                pl.stages, memo=memo, site="bwd_q", pdl=dep)
     else:
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *gauss, st, dq, gbuf, pg, dl, N, H, K, inv_tau,
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
-                memo=memo, site="bwd_q")
+                memo=memo, site="bwd_q", pdl=dep)
     if pl.DL_STORE:
         dl_sums(q, dq, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
@@ -174,11 +181,11 @@ def _backward(call: Call, saved, do):
     if call.causal:
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *gauss, aux, gtot, dk, dv, pg, dl, N, H,
                                              K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_k")
+                pl.stages, memo=memo, site="bwd_k", pdl=dep)
     else:
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *gauss, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
-                memo=memo, site="bwd_k")
+                memo=memo, site="bwd_k", pdl=dep)
     if pl.DL_STORE >= 2:
         if dk_late:
             if call.causal:
@@ -189,7 +196,7 @@ def _backward(call: Call, saved, do):
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)
     _launch(_param_grad_kernel, (H,), (mu, log_sigma, mix_logits, pg, dmu, dls, dmix, K, inv_tau),
-            call.param, 4, 3, memo=memo, site="param")
+            call.param, 4, 3, memo=memo, site="param", pdl=dep)
     return dq, dk, dv, dmu, dls, dmix
 
 

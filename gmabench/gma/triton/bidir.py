@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
                      _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
                      _split, _to_out, _wide_base, _wide_dx_weights,
@@ -60,7 +60,7 @@ def _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
 def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
                   D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                   PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
-                  INTERP: tl.constexpr, RAW16: tl.constexpr = False):
+                  INTERP: tl.constexpr, RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
     """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
 
     ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
@@ -73,6 +73,7 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
     b = bh // H
     h = bh % H
     c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    _gdc(GDC)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
@@ -101,8 +102,8 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         slot = bh * tl.num_programs(0) + pid
     base = st_ptr + slot.to(tl.int64) * (KP * (DV + 1))
     if ATOMIC:
-        tl.atomic_add(base + kk[:, None] * DV + ee[None, :], S)
-        tl.atomic_add(base + KP * DV + kk, s)
+        tl.atomic_add(base + kk[:, None] * DV + ee[None, :], S, sem="relaxed")
+        tl.atomic_add(base + KP * DV + kk, s, sem="relaxed")
     else:
         tl.store(base + kk[:, None] * DV + ee[None, :], S)
         tl.store(base + KP * DV + kk, s)
@@ -139,7 +140,7 @@ def _out_blocks(xbase, obase, o_ptr, flag_ptr, blk0, blk1, N, H, c2, a2h, a2l, b
 def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, inv_tau, eps, bps,
                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                      RAW16: tl.constexpr = False):
+                      RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
     """o = (R_q M) / (R_q s + eps) for this program's segment of queries. RAW16 (precision
     fp16): q converted to float16 as it is, the segment read out again with tile scales if the
     weights or a row's logits say that lost precision (common.py, RAW_LOGIT_ERR); after the
@@ -149,6 +150,7 @@ def _bidir_out_kernel(q_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, o_ptr, N, H, K, in
     b = bh // H
     h = bh % H
     c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    _gdc(GDC)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     sbase = st_ptr + bh.to(tl.int64) * (KP * (DV + 1))
@@ -204,7 +206,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
                         WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
-                        DXPASS: tl.constexpr):
+                        DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -220,6 +222,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
+    _gdc(GDC)
+    if not WIDE:
         Mth, Mtl, s = _load_state_t(sbase, KP, DV, PREC)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -261,8 +265,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
         G = _mm(rth, _lo(rt, rth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False, INTERP)
         g += tl.sum(r * ddv[:, None], 0)
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G)
-    tl.atomic_add(gbase + KP * DV + kk, g)
+    tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G, sem="relaxed")
+    tl.atomic_add(gbase + KP * DV + kk, g, sem="relaxed")
     if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
@@ -273,7 +277,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
                         WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
-                        DXPASS: tl.constexpr):
+                        DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
@@ -283,6 +287,8 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
+    _gdc(GDC)
+    if not WIDE:
         Gh, Gl, Gth, Gtl, g = _load_g(gbase, KP, DV, PREC, DXP)
     pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)

@@ -58,7 +58,7 @@ def consts(dtype, D, DV, pl: Plan, prec, block=None) -> dict:
     """The compile-time constants every kernel of a call shares (`block`: the backward's)."""
     return dict(D=D, DV=DV, KP=pl.KP, BLOCK=block or pl.BLOCK, PREC=prec,
                 X_EXACT=(dtype == torch.bfloat16 and prec not in FLOAT32_PRECISIONS),
-                INTERP=INTERPRET)
+                INTERP=INTERPRET, GDC=pl.PDL)
 
 
 class Call:
@@ -96,7 +96,7 @@ class Call:
             self.bwd_k["AUXDL"] = pl.DL_STORE >= 2 and pl.AUX_DL
         if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
-        self.param = dict(KP=pl.KP, D=D)
+        self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
         self.memo: dict[str, tuple] = {}
 
     def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, dxp, sms):

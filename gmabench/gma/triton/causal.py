@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _hi,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
                      _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out,
                      _wide_base, _wide_dx_weights, _wide_logit_weights)
@@ -91,13 +91,14 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
                        N, H, K, inv_tau, eps, bps,
                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                       RAW16: tl.constexpr = False):
+                       RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    _gdc(GDC)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)
@@ -128,7 +129,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr):
+                         DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T, the
     masses so far C = tril(1) R_k + s and Y = mask(W) R_k + U: d = rowsum(R_q*C) + eps,
     do.n = rowsum(R_q*Y), dd = -(do.n)/d^2, dR_q = Y/d + dd C (that is dA R_k + U/d + dd s^T with
@@ -142,6 +143,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
+    _gdc(GDC)
     S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
@@ -228,7 +230,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr, AUXDL: tl.constexpr):
+                         DXPASS: tl.constexpr, AUXDL: tl.constexpr, GDC: tl.constexpr = False):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd.
     AUXDL: the query side's d and dd of each row are the first two columns of that row in the
@@ -243,6 +245,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     if not WIDE:   # once per program; WIDE: loaded per block (shared memory, _opaque_zero)
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
+    _gdc(GDC)
     G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)

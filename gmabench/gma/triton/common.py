@@ -32,6 +32,7 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 # Read once, like triton.jit itself does: the env var must be set before this module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -42,6 +43,19 @@ NEG_BIG = tl.constexpr(-1.0e30)
 
 PRECISIONS = {"fast": 0, "split": 1, "ieee": 2, "fp16": 3, "tf32x3": 4}
 _INTERP = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _gdc(GDC: tl.constexpr):
+    """Programmatic dependent launch (plan key pdl): wait until the kernel launched before this
+    one has finished and its writes are visible, then let the kernel after this one start
+    launching. Every kernel calls it after making its head's weights from (mu, log_sigma,
+    mix_logits), which no kernel of a call writes, and before any other load or store, so
+    that this much of a kernel overlaps the end of the one before. A no-op for a kernel not
+    launched as a dependent (a call's first)."""
+    if GDC:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -278,7 +292,7 @@ def _wide_base(w_ptr, h, KP: tl.constexpr, D: tl.constexpr):
 
 @triton.jit
 def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.constexpr,
-                         D: tl.constexpr):
+                         D: tl.constexpr, GDC: tl.constexpr = False):
     """One program per head: the float32 logit weights of the backward's wide form (Plan.WIDE),
     which loads them for every block from here (L2) rather than holding them through its walk or
     making them again from the Gaussian parameters. Per head (_wide_base):
@@ -287,6 +301,7 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
     no block transposes them."""
     h = tl.program_id(0)
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
+    _gdc(GDC)
     at = a * LOG2E
     bt = b * (-0.5 * LOG2E)
     kk = tl.arange(0, KP)
@@ -481,7 +496,7 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
                     rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
                     BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr, DXPASS: tl.constexpr,
-                    DXP: tl.constexpr):
+                    DXP: tl.constexpr, GDC: tl.constexpr = False):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
@@ -501,6 +516,7 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
         ah, al = _split(a, DXP)
         bh_, bl = _split(b_, DXP)
         dxbase = dx_ptr + (b.to(tl.int64) * N * H + h) * D
+    _gdc(GDC)
     r0 = tl.program_id(0) * rows_per_prog
     r1 = tl.minimum(r0 + rows_per_prog, N)
     for start in range(r0, r1, BLOCK):
@@ -515,10 +531,10 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     kk = tl.arange(0, KP)
     cols = c * DC + tl.arange(0, DC)
     pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + cols[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
+    tl.atomic_add(pbase + kk[:, None] * D + cols[None, :], pa, sem="relaxed")
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb, sem="relaxed")
     if c == 0:
-        tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+        tl.atomic_add(pbase + 2 * KP * D + kk, pc, sem="relaxed")
 
 
 @triton.jit
@@ -528,9 +544,9 @@ def _add_param_sums(pg_ptr, h, pa, pb, pc, KP: tl.constexpr, D: tl.constexpr):
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd[None, :], pa)
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd[None, :], -0.5 * pb)
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc)
+    tl.atomic_add(pbase + kk[:, None] * D + dd[None, :], pa, sem="relaxed")
+    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd[None, :], -0.5 * pb, sem="relaxed")
+    tl.atomic_add(pbase + 2 * KP * D + kk, pc, sem="relaxed")
 
 
 @triton.jit
@@ -564,7 +580,7 @@ def _row_ptrs(base, rows, row_stride, W: tl.constexpr):
 
 @triton.jit
 def _param_grad_kernel(mu_ptr, ls_ptr, mix_ptr, pg_ptr, dmu_ptr, dls_ptr, dmix_ptr, K, inv_tau,
-                       KP: tl.constexpr, D: tl.constexpr):
+                       KP: tl.constexpr, D: tl.constexpr, GDC: tl.constexpr = False):
     """One program per head: chain the summed gradients of (a, b, c) to mu, log_sigma, mix_logits.
 
     pg holds per head [pa (KP*D), pb (KP*D), pc (KP)] with pa = dL/da, pb = dL/db, pc = dL/dc.
@@ -573,6 +589,7 @@ def _param_grad_kernel(mu_ptr, ls_ptr, mix_ptr, pg_ptr, dmu_ptr, dls_ptr, dmix_p
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     mu, ls, mix, kmask, offs = _load_mixture(mu_ptr, ls_ptr, mix_ptr, h, K, KP, D)
+    _gdc(GDC)
     base = pg_ptr + h * KP * (2 * D + 1)
     poffs = kk[:, None] * D + dd[None, :]
     pa = tl.load(base + poffs)

@@ -62,12 +62,15 @@ class KernelTooLarge(RuntimeError):
     one pipeline stage: the shape is too wide for these kernels on this GPU."""
 
 
-def _standard(kernel, grid, args, consts, warps, stages, maxnreg=0):
+def _standard(kernel, grid, args, consts, warps, stages, maxnreg=0, pdl=False):
     """Triton's own launch; a plan that needs more shared memory than the GPU has is retried
     with one pipeline stage (the returned kernel is the one that ran). maxnreg: a cap on
-    registers per thread (0: the compiler's choice)."""
+    registers per thread (0: the compiler's choice). pdl: a programmatic dependent launch (the
+    kernel may start before the one before it has finished; common._gdc)."""
     OutOfResources = triton.runtime.errors.OutOfResources
     opts = {"maxnreg": maxnreg} if maxnreg else {}
+    if pdl:
+        opts["launch_pdl"] = True
     try:
         try:
             return kernel[grid](*args, **consts, num_warps=warps, num_stages=stages, **opts)
@@ -87,36 +90,37 @@ def _raw_stream(dev: int) -> int:
     return torch._C._cuda_getCurrentRawStream(dev)
 
 
-def launch(kernel, grid, args, consts, warps, stages, maxnreg=0, memo=None, site=None):
-    """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages[, maxnreg=maxnreg]),
-    from the cache when this key was launched before. `args` are the kernel's leading parameters
-    in order, `consts` its remaining ones (the constexprs) by name. `memo`, `site`: a caller that
+def launch(kernel, grid, args, consts, warps, stages, maxnreg=0, memo=None, site=None, pdl=False):
+    """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages[, maxnreg=maxnreg]
+    [, launch_pdl=True]), from the cache when this key was launched before. `args` are the
+    kernel's leading parameters in order, `consts` its remaining ones (the constexprs) by name. `memo`, `site`: a caller that
     knows this launch's key cannot change between its calls (call.py: same kernel, constexprs and
     argument specialisation) keeps the compiled kernel in memo[site] and skips building the key."""
     if not ENABLED:
-        _standard(kernel, grid, args, consts, warps, stages, maxnreg)
+        _standard(kernel, grid, args, consts, warps, stages, maxnreg, pdl)
         return
     if memo is not None:
         kept = memo.get(site)
         if kept is not None and kept[0] is _EPOCH and not _hooks_set():
-            _run(kept[1], kernel, grid, args, consts, warps, stages, maxnreg)
+            _run(kept[1], kernel, grid, args, consts, warps, stages, maxnreg, pdl)
             return
     dev = torch.cuda.current_device()
-    key = (id(kernel), dev, warps, stages, maxnreg, tuple(consts.items()), tuple(map(arg_key, args)))
+    key = (id(kernel), dev, warps, stages, maxnreg, pdl, tuple(consts.items()),
+           tuple(map(arg_key, args)))
     hit = _CACHE.get(key)
     if hit is None or _hooks_set():
-        compiled = _standard(kernel, grid, args, consts, warps, stages, maxnreg)
+        compiled = _standard(kernel, grid, args, consts, warps, stages, maxnreg, pdl)
         if hasattr(compiled, "result"):     # an asynchronous compile's future
             compiled = compiled.result()
         tail = tuple(consts[name] for name in kernel.arg_names[len(args):])
         hit = _CACHE[key] = (compiled, compiled.function, compiled.packed_metadata, tail, dev)
     else:
-        _run(hit, kernel, grid, args, consts, warps, stages, maxnreg)
+        _run(hit, kernel, grid, args, consts, warps, stages, maxnreg, pdl)
     if memo is not None and ENABLED:
         memo[site] = (_EPOCH, hit)
 
 
-def _run(hit, kernel, grid, args, consts, warps, stages, maxnreg):
+def _run(hit, kernel, grid, args, consts, warps, stages, maxnreg, pdl):
     compiled, function, packed, tail, dev = hit
     stream = _raw_stream(dev)
     g1 = grid[1] if len(grid) > 1 else 1
@@ -125,7 +129,7 @@ def _run(hit, kernel, grid, args, consts, warps, stages, maxnreg):
         compiled.run(grid[0], g1, g2, stream, function, packed, None, None, None, *args, *tail)
     except (TypeError, AttributeError) as exc:   # a Triton whose launcher takes other arguments
         _disable(exc)
-        _standard(kernel, grid, args, consts, warps, stages, maxnreg)
+        _standard(kernel, grid, args, consts, warps, stages, maxnreg, pdl)
 
 
 def _disable(exc: Exception) -> None:

@@ -236,17 +236,17 @@ def test_fast_launches_match_standard_launches(causal, dtype, monkeypatch):
 @pytest.mark.parametrize("causal,dtype", [(False, torch.float32), (True, torch.bfloat16)],
                          ids=["bidir-fp32", "causal-bf16"])
 def test_dependent_launches_match_ordinary_launches(causal, dtype, monkeypatch):
-    # plan key pdl: each kernel after a call's first starts while the one before it ends and
-    # waits for it (common._gdc) before any load but the mixture's; the results must be those of
-    # ordinary launches, eagerly and replayed from a CUDA graph, at one segment per head and at
+    # plan key pdl (on by default): each kernel after a call's first starts while the one
+    # before it ends and waits for it (common._gdc) before any load but the mixture's; the
+    # results must be those of ordinary launches, eagerly and replayed from a CUDA graph, at one segment per head and at
     # many (the walks read the totals other kernels wrote), stored dl included (2^20 tokens)
     from gmabench.gma.triton import TUNING
     g = torch.Generator(device="cuda").manual_seed(6)
     for N in (1, 4133, 131072):
         ins = _gpu_inputs(g, N, dtype)
-        monkeypatch.setitem(TUNING, "pdl", None)
+        monkeypatch.setitem(TUNING, "pdl", 0)
         want = _gpu_run(ins, causal)
-        monkeypatch.setitem(TUNING, "pdl", 1)
+        monkeypatch.setitem(TUNING, "pdl", None)   # the default: on
         _assert_same(_gpu_run(ins, causal), want, causal)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -254,11 +254,14 @@ def test_wide_form_where_padded_components_times_head_size_exceed_8192():
 
 
 def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):
-    # pdl 1 takes effect on a CUDA device of compute capability 9 or more, never on the CPU
+    # pdl 1 (the default) takes effect on a CUDA device of compute capability 9 or more, never
+    # on the CPU; a knob or a plan file turns it off
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(gpu_rules, "_sm_count", lambda device: 132)
     caps = {"cap": (9, 0)}
     monkeypatch.setattr(gpu_rules.torch.cuda, "get_device_capability", lambda device: caps["cap"])
+    assert gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=True).PDL
+    gpu_rules.TUNING["pdl"] = 0
     assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
     gpu_rules.TUNING["pdl"] = 1
     assert gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL

@@ -55,17 +55,21 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # 4096, the pass's one column tile), not wide. aux_dl: 1 (the default) has the causal key side,
 # where both sides store dl, read the query side's d and dd from the dl buffer; 0 from their own
 # buffer, which stays through the key side (16 MiB more at B * H * N = 2^21; kept to time one
-# against the other: docs/kernels.md, Version 2.20). pdl: 1 launches every kernel of a call but
-# its first as a programmatic dependent launch (Hopper and later), so that it starts while the
-# kernel before it ends and waits for it only where it reads that kernel's results
-# (common._gdc; docs/kernels.md, Version 2.22).
+# against the other: docs/kernels.md, Version 2.20). pdl: 1 (the default) launches every kernel
+# of a call but its first as a programmatic dependent launch (Hopper and later), so that it
+# starts while the kernel before it ends and waits for it only where it reads that kernel's
+# results (common._gdc). Replayed from a CUDA graph on the H200 it took 2-5 us off every call
+# at N=2048 and 4096 (causal forward 40.6 -> 38.3 us, causal training 193.5 -> 186.4 at 2048)
+# and nothing at 131072 (results/2026-11-30-h200-pdl; docs/kernels.md, Version 2.22). With it
+# the profiler's per-kernel durations overlap (a dependent kernel's includes its wait), so
+# their sum is no longer a call's device time: time calls replayed.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
              "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
-         "dx_pass": 0, "aux_dl": 1, "pdl": 0}
+         "dx_pass": 0, "aux_dl": 1, "pdl": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans

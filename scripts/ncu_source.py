@@ -91,15 +91,19 @@ BRANCH = re.compile(r"\bBRA\s+(0x[0-9a-fA-F]+)")
 
 
 def _where(rows: list[dict], samples: str, total: float) -> str:
-    """Samples before, in and after the block loop: the backward branch executed most often (the
-    walk over blocks; what lies outside it is a kernel's fixed cost, its start and its end)."""
+    """Samples before, in and after the block loop: the widest backward branch that ran (the
+    walk over blocks; a branch that never ran, such as a fallback walk's, does not count, and
+    neither does a narrower loop inside a kernel's start that runs more often at small N, such
+    as the sum of the earlier segments' totals). What lies outside it is a kernel's fixed cost."""
     at = [int(r["Address"], 16) for r in rows]
-    loop, most = None, 0.0
+    loop = None
     for a, r in zip(at, rows):
         m = BRANCH.search(r["Source"])
-        ran = _num(r["Instructions Executed"])
-        if m and int(m.group(1), 16) < a and ran > most:
-            loop, most = (int(m.group(1), 16), a), ran
+        if not m or _num(r["Instructions Executed"]) <= 0:
+            continue
+        target = int(m.group(1), 16)
+        if target < a and (loop is None or a - target > loop[1] - loop[0]):
+            loop = (target, a)
     if loop is None:
         return "samples by place: no loop"
     parts = [0.0, 0.0, 0.0]

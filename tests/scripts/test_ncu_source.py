@@ -56,12 +56,14 @@ def test_stalls_by_reason_opcode_and_the_load_a_wait_is_on(tmp_path):
     assert len(top) == 3
 
 
-def test_samples_before_in_and_after_the_loop_branched_back_to_most(tmp_path):
-    # a loop 0x20-0x40 whose back edge ran 90 times, a wider one (0x10-0x50) that ran once and
-    # one that never ran: the block loop is the first, so 0x10 is before it and 0x50, 0x60 after
+def test_samples_before_in_and_after_the_widest_loop_that_ran(tmp_path):
+    # a block loop 0x20-0x40 whose back edge ran 4 times, a narrower one inside the start
+    # (0x10-0x20) that ran 15 times, and a wider one that never ran (a fallback walk's): the
+    # block loop is the first, so 0x10 is before it and 0x50, 0x60 after it
     rows = [list(r) for r in ROWS]
-    rows[2] = ["0030", "@P1 BRA 0x10", "0", "0", "1", "0", "0", "0", "0"]
-    rows[3] = ["0040", "@P2 BRA 0x20", "5", "3", "90", "0", "0", "5", "0"]
+    rows[1] = ["0020", "@P0 BRA 0x10", "5", "5", "15", "0", "0", "5", "0"]
+    rows[2] = ["0030", "@P1 BRA 0x18", "0", "0", "4", "0", "0", "0", "0"]
+    rows[3] = ["0040", "@P2 BRA 0x20", "5", "3", "4", "0", "0", "5", "0"]
     rows.append(["0070", "@P3 BRA 0x10", "0", "0", "0", "0", "0", "0", "0"])
     path = tmp_path / "loop.csv"
     with open(path, "w", newline="") as f:

@@ -93,9 +93,10 @@ def _raw_stream(dev: int) -> int:
 def launch(kernel, grid, args, consts, warps, stages, maxnreg=0, memo=None, site=None, pdl=False):
     """kernel[grid](*args, **consts, num_warps=warps, num_stages=stages[, maxnreg=maxnreg]
     [, launch_pdl=True]), from the cache when this key was launched before. `args` are the
-    kernel's leading parameters in order, `consts` its remaining ones (the constexprs) by name. `memo`, `site`: a caller that
-    knows this launch's key cannot change between its calls (call.py: same kernel, constexprs and
-    argument specialisation) keeps the compiled kernel in memo[site] and skips building the key."""
+    kernel's leading parameters in order, `consts` its remaining ones (the constexprs) by name.
+    `memo`, `site`: a caller that knows this launch's key cannot change between its calls
+    (call.py: same kernel, constexprs and argument specialisation) keeps the compiled kernel in
+    memo[site] and skips building the key. `pdl`: a programmatic dependent launch (_standard)."""
     if not ENABLED:
         _standard(kernel, grid, args, consts, warps, stages, maxnreg, pdl)
         return

@@ -134,15 +134,13 @@ def test_dependent_launches_compile_with_one_wait_each():
 def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     """The key pass runs 3 stages deep in every variant at the tuned shape, the other kernels as
     their variant says (bidirectional 3; the causal walk and backward 2: docs/kernels.md,
-    Version 2.7); shapes wider than the tuned ones keep 2 everywhere but the loopless kernels."""
+    Version 2.7); shapes wider than the tuned ones keep 2 everywhere."""
     stages = {}
     for x in _launches(causal, torch.bfloat16, 64, 64, 64):
         stages.setdefault(x["name"], set()).add(x["options"]["num_stages"])
     rest = 2 if causal else 3
     kind = "causal" if causal else "bidir"
     assert stages.pop("_param_grad_kernel") == {3}
-    if causal:   # the segments' starts: a loopless kernel, 1 stage
-        assert stages.pop("_prefix_kernel") == {1}
     assert stages == {"_state_kernel": {3}, f"_{kind}_out_kernel": {rest},
                       f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}}
     wide = {}
@@ -152,6 +150,4 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     # wide form's weights are made by a kernel without a loop (1 stage)
     assert wide.pop("_param_grad_kernel") == {3} and wide.pop("_dl_sums_kernel") == {3}
     assert wide.pop("_prep_weights_kernel") == {1}
-    if causal:
-        assert wide.pop("_prefix_kernel") == {1}
     assert set().union(*wide.values()) == {2}

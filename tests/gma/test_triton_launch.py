@@ -239,8 +239,8 @@ def test_dependent_launches_match_ordinary_launches(causal, dtype, monkeypatch):
     # plan key pdl (on by default): each kernel after a call's first starts while the one
     # before it ends and waits for it (common._gdc) before any load but the mixture's; the
     # results must be those of ordinary launches, eagerly and replayed from a CUDA graph, at one
-    # segment per head and at many (the walks read the totals and starts other kernels wrote),
-    # stored dl included (2^20 tokens)
+    # segment per head and at many (the walks read the totals other kernels wrote), stored dl
+    # included (2^20 tokens)
     from gmabench.gma.triton import TUNING
     g = torch.Generator(device="cuda").manual_seed(6)
     for N in (1, 4133, 131072):

@@ -57,7 +57,6 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"causal/fwd_bwd": {"dx_pass": 2}}), "causal/fwd_bwd.dx_pass = 2"),
     (json.dumps({"causal/fwd_bwd": {"aux_dl": 2}}), "causal/fwd_bwd.aux_dl = 2"),
     (json.dumps({"causal/fwd": {"pdl": 2}}), "causal/fwd.pdl = 2"),
-    (json.dumps({"causal/fwd": {"share_w": 2}}), "causal/fwd.share_w = 2"),
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),

@@ -1,12 +1,10 @@
 """The autograd Function that ties the fused GMA kernels together (launch plans: plan.py).
 
 Forward, bidirectional: key pass (atomic add into one KP x (DV+1) state per (b, h)) + query pass.
-Forward, causal: key pass storing each segment's total, a small kernel turning the totals into
-each segment's start (their prefix sums), chunk walk per segment; one segment per (b, h): the
-walk alone. Every program computes its head's Gaussian weights itself (no prep launch).
-Backward: a query-side and a key-side kernel for each variant (causal: the query side's G totals
-turned into the key side's starts between them), then one tiny kernel per head that chains the
-gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
+Forward, causal: key pass storing each segment's total + chunk walk per segment.
+Every program computes its head's Gaussian weights itself (no prep launch): two launches per
+forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
+per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
 N x K is saved; saved for backward are the inputs and the float32 states (tiny). A plan with
 `dl_store` (plan.py) has the backward's query side (or both sides) store its dl (N x KP float32
 per (b, h), one buffer) for a pass of its own that makes the parameter sums
@@ -30,10 +28,10 @@ import warnings
 import torch
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
-from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel, _prefix_kernel
+from .causal import _causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_out_kernel
 from .call import Call, fallback_key, prepare
 from .common import (PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel,
-                     fwd_weights_len, wide_weights_len)
+                     wide_weights_len)
 from .launch import KernelTooLarge
 from .launch import launch as _launch
 from .plan import beyond_table
@@ -67,14 +65,6 @@ def _pytorch(q, k, v, mu, log_sigma, mix_logits, causal, temperature, eps):
                        temperature=temperature, eps=eps)
 
 
-def _prefix(call: Call, totals, reverse: bool, site: str) -> None:
-    """Each causal segment's total (B*H, P, KP*(DV+1)) replaced by the sum of the totals before
-    it (reverse: after it), where a program of that segment starts (causal._prefix_kernel)."""
-    _launch(_prefix_kernel, call.prefix_grid, (totals, call.plan.P, call.state_len),
-            dict(call.prefix, REVERSE=reverse), 4, 1, memo=call.memo, site=site,
-            pdl=call.plan.PDL)
-
-
 def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
     """The forward launches of a prepared call (contiguous tensors); returns the output and the
     tensors a backward needs (the inputs and the float32 state)."""
@@ -84,28 +74,22 @@ def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
     o = torch.empty_like(v)
     mix = (mu, log_sigma, mix_logits)
     if call.causal:
-        w = mu   # a float32 placeholder where no weights are shared (no allocation)
         if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
             st = mu     # a float32 placeholder: the walk reads no total (no allocation)
         else:
             st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
-            if call.share_w:   # the key pass's weights for the walk (plan key share_w)
-                w = torch.empty(H * fwd_weights_len(pl.KP, D), device=q.device,
-                                dtype=torch.float32)
-            _launch(_state_kernel, grid, (k, v, *mix, st, w, N, H, K, inv_tau, pl.bps_key),
-                    call.state, pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
-            _prefix(call, st, False, "prefix")
+            _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
+                    pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
         # a dependent launch only after a kernel of this call (common._gdc: a kernel reads mu,
         # log_sigma and mix_logits before it waits, which the launch before the call may write)
-        _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, w, o, N, H, K, inv_tau, eps, pl.bps),
+        _launch(_causal_out_kernel, grid, (q, k, v, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
                 call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out",
                 pdl=pl.PDL and pl.P > 1)
     else:
         # the (b, h) states, then a flag per read-out program (RAW16: bidir._bidir_out_kernel)
         st = torch.zeros(B * H * (call.state_len + pl.P), device=q.device, dtype=torch.float32)
-        _launch(_state_kernel, grid, (k, v, *mix, st, st, N, H, K, inv_tau, pl.bps_key),
-                call.state, pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state",
-                pdl=pl.PDL)
+        _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
+                pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state", pdl=pl.PDL)
         _launch(_bidir_out_kernel, grid, (q, *mix, st, o, N, H, K, inv_tau, eps, pl.bps),
                 call.fwd, pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="out", pdl=pl.PDL)
     return o, (q, k, v, mu, log_sigma, mix_logits, st)
@@ -195,8 +179,6 @@ def _backward(call: Call, saved, do):
     dk = pg if dk_late else torch.empty_like(k)   # (a placeholder no store goes through)
     dv = torch.empty_like(v)
     if call.causal:
-        if pl.P > 1:   # each segment's start: the G totals of the segments after it
-            _prefix(call, gtot, True, "prefix_g")
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *gauss, aux, gtot, dk, dv, pg, dl, N, H,
                                              K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
                 pl.stages, memo=memo, site="bwd_k", pdl=dep)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc,
-                     _hi, _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
+                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
                      _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
-                     _split, _store_fwd_weights, _to_out, _wide_base, _wide_dx_weights,
+                     _split, _to_out, _wide_base, _wide_dx_weights,
                      _wide_logit_weights)
 
 
@@ -57,19 +57,16 @@ def _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
 
 
 @triton.jit
-def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, w_ptr, N, H, K, inv_tau, bps,
+def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
                   D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                   PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
-                  INTERP: tl.constexpr, RAW16: tl.constexpr = False, GDC: tl.constexpr = False,
-                  WOUT: tl.constexpr = False):
+                  INTERP: tl.constexpr, RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
     """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
 
     ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
     slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
     RAW16 (precision fp16): first with k and v converted to float16 as they are, again with tile
     scales if the weights or the result say that lost precision (common.py, RAW_LOGIT_ERR).
-    WOUT (precision fp16): the first program of each (b, h) also stores its head's logit weights
-    at w_ptr for the causal walk after it (common._store_fwd_weights; plan key share_w).
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -77,10 +74,6 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, w_ptr, N, H, K,
     h = bh % H
     c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     _gdc(GDC)
-    if WOUT:
-        if pid == 0:
-            if b == 0:
-                _store_fwd_weights(w_ptr, h, c2, a2h, a2l, b2h, b2l, KP, D)
     blk0, blk1 = _segment(N, bps, BLOCK)
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV

@@ -78,15 +78,8 @@ class Call:
         # split products even when the output pass takes fp16 ones (the parameter gradients
         # need it).
         state_prec = PRECISIONS["split"] if grad and prec == PRECISIONS["fp16"] else prec
-        # Causal inference in "fp16" products over several segments: the key pass stores its
-        # head's logit weights and the walk loads them (plan key share_w): the same precision
-        # on both sides, so the same values
-        self.share_w = (causal and not grad and prec == PRECISIONS["fp16"] and pl.P > 1
-                        and pl.SHARE_W)
         self.state = dict(consts(dtype, D, DV, pl, state_prec, pl.BLOCK_KEY), ATOMIC=not causal,
-                          RAW16=pl.RAW16, WOUT=self.share_w)
-        if causal:
-            self.fwd["WIN"] = self.share_w
+                          RAW16=pl.RAW16)
         # The backward runs split where the forward took fp16 products (a forward-only mode); its
         # blocks may be smaller than the forward's, over the same segments (plan.py).
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec
@@ -104,12 +97,6 @@ class Call:
         if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
-        # causal: the segments' totals turned into their starts (causal._prefix_kernel), a tile
-        # of P rows by up to 8192 / P columns per program (64 float32 registers per thread)
-        pp = triton.next_power_of_2(pl.P)
-        block_e = max(16, min(triton.next_power_of_2(self.state_len), 8192 // pp))
-        self.prefix = dict(PP=pp, BLOCK_E=block_e, GDC=pl.PDL)
-        self.prefix_grid = (triton.cdiv(self.state_len, block_e), B * H)
         self.memo: dict[str, tuple] = {}
 
     def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, dxp, sms):

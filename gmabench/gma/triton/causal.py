@@ -1,16 +1,14 @@
 """Causal GMA kernels: a chunk walk per segment of the sequence, forward and backward.
 
 The sequence of each (b, h) is cut into segments of `bps` chunks (a chunk is BLOCK tokens). The
-key pass of bidir.py (non-atomic) stores each segment's total state, and _prefix_kernel turns the
-totals into each segment's start, the sum of the earlier segments' totals. A forward program
-starts from its segment's and walks its chunks in order, keeping the running state
+key pass of bidir.py (non-atomic) stores each segment's total state. A forward program starts from
+the sum of the earlier segments' totals and walks its chunks in order, keeping the running state
 (KP x DV and KP masses, float32) in registers: per chunk the masked intra-chunk product
 A = R_q R_k^T (BLOCK x BLOCK) plus the inter-chunk read-out R_q S, then S += R_k^T V.
 
 Backward: a forward walk for the query side (dq; it also writes the per-row denominator d and
 dd = -(do.o)/d, and each segment's total of G = R_q^T dn, g = R_q^T dd), then a reverse walk for
-the key side (dk, dv) starting from the sum of the later segments' G totals (_prefix_kernel,
-REVERSE).
+the key side (dk, dv) starting from the sum of the later segments' G totals.
 """
 
 from __future__ import annotations
@@ -18,50 +16,24 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc,
-                     _hi, _input_grads, _load_fwd_weights, _lo, _mm, _opaque_zero, _param_init,
-                     _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
-                     _split, _to_out, _wide_base, _wide_dx_weights, _wide_logit_weights)
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
+                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out,
+                     _wide_base, _wide_dx_weights, _wide_logit_weights)
 
 
 @triton.jit
-def _load_start(st_ptr, bh, pid, P, KP: tl.constexpr, DV: tl.constexpr):
-    """The state the program of segment pid of (b, h) starts from: its slot of the segments'
-    prefix sums, which _prefix_kernel wrote over their totals; zero where (b, h) is one segment
-    (then there is no totals buffer to read)."""
+def _load_state_sum(st_ptr, bh, p0, p1, P, KP: tl.constexpr, DV: tl.constexpr):
+    """Sum of the stored segment states p0 <= p < p1 of (b, h)."""
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
-    lim = tl.where(P > 1, KP, 0)
-    base = st_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
-    S = tl.load(base + kk[:, None] * DV + ee[None, :], mask=kk[:, None] < lim, other=0.0)
-    s = tl.load(base + KP * DV + kk, mask=kk < lim, other=0.0)
+    S = tl.zeros((KP, DV), dtype=tl.float32)
+    s = tl.zeros((KP,), dtype=tl.float32)
+    for p in range(p0, p1):
+        base = st_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
+        S += tl.load(base + kk[:, None] * DV + ee[None, :])
+        s += tl.load(base + KP * DV + kk)
     return S, s
-
-
-@triton.jit
-def _prefix_kernel(st_ptr, P, L, PP: tl.constexpr, BLOCK_E: tl.constexpr,
-                   REVERSE: tl.constexpr, GDC: tl.constexpr = False):
-    """Per (b, h), the totals of its P segments (P x L float32, L = KP * (DV + 1)) replaced by
-    the sums a segment's program starts from: slot p gets the sum of the totals of the segments
-    before p (REVERSE: after p). Program (e, b*H + h) takes columns [e, e + 1) * BLOCK_E of all P
-    slots as one tile (PP >= P rows, every load in flight), shifted by one segment, and scans
-    it. The one total no program reads (the last segment's; REVERSE, the first's) is not read
-    here either: it may be unset. Before this kernel every program summed the totals before its
-    own, O(P^2) bytes from L2: 32 MB at N=2048, B*H=16 (docs/kernels.md, Version 2.23)."""
-    _gdc(GDC)
-    i = tl.arange(0, PP)
-    ee = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    base = st_ptr + tl.program_id(1).to(tl.int64) * P * L
-    if REVERSE:   # row i: slot P - 1 - i, which sums the totals of segments P - i .. P - 1
-        src = P - i
-        dst = P - 1 - i
-    else:         # row i: slot i, which sums the totals of segments 0 .. i - 1
-        src = i - 1
-        dst = i
-    cols = (ee < L)[None, :]
-    x = tl.load(base + src[:, None] * L + ee[None, :],
-                mask=((i >= 1) & (i < P))[:, None] & cols, other=0.0)
-    tl.store(base + dst[:, None] * L + ee[None, :], tl.cumsum(x, 0), mask=(i < P)[:, None] & cols)
 
 
 @triton.jit
@@ -115,29 +87,19 @@ def _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps,
 
 
 @triton.jit
-def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, w_ptr, o_ptr,
+def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_ptr,
                        N, H, K, inv_tau, eps, bps,
                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                        PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                       RAW16: tl.constexpr = False, GDC: tl.constexpr = False,
-                       WIN: tl.constexpr = False):
-    """The chunk walk of one segment (module docstring). WIN (precision fp16): the head's logit
-    weights loaded from w_ptr, where the key pass before stored them (its WOUT), instead of
-    made from the mixture again: at N=2048 making them was about a quarter of this kernel
-    (docs/kernels.md, Version 2.23)."""
+                       RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    if WIN:
-        _gdc(GDC)
-        c2, a2h, a2l, b2h, b2l = _load_fwd_weights(w_ptr, h, KP, D)
-    else:
-        c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D,
-                                              PREC)
-        _gdc(GDC)
-    S, s = _load_start(tot_ptr, bh, pid, P, KP, DV)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    _gdc(GDC)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)
     qbase = q_ptr + off * D
@@ -152,7 +114,7 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, w_
                                   True)
             ok = _raw_state_ok(S2, s2)
         if ok == 0:   # the start state loaded again rather than kept through the first walk
-            S1, s1 = _load_start(tot_ptr, bh, pid, P, KP, DV)
+            S1, s1 = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
             _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S1, s1, blk0, blk1, N, H, eps, c2,
                          a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False, 1)
     else:
@@ -182,7 +144,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
     _gdc(GDC)
-    S, s = _load_start(tot_ptr, bh, pid, P, KP, DV)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
     G = tl.zeros((KP, DV), dtype=tl.float32)
     g = tl.zeros((KP,), dtype=tl.float32)
     pa, pb, pc = _param_init(KP, D, DLST)
@@ -284,7 +246,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         c2, a2h, a2l, b2h, b2l, ah, al, bh_, bl = _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K,
                                                                inv_tau, KP, D, PREC, DXP)
     _gdc(GDC)
-    G, g = _load_start(gtot_ptr, bh, pid, P, KP, DV)
+    G, g = _load_state_sum(gtot_ptr, bh, pid + 1, P, P, KP, DV)
     pa, pb, pc = _param_init(KP, D, DLST)
     blk0, blk1 = _segment(N, bps, BLOCK)
     off = (b.to(tl.int64) * N * H + h)

@@ -266,41 +266,6 @@ def _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl
     return _logit_weights(a, b, c, PREC)
 
 
-def fwd_weights_len(KP: int, D: int) -> int:
-    """Floats per head of a forward's shared logit weights (_store_fwd_weights): the two fp16
-    tiles as float32, c2, the two scales, padded so that every head starts 64-byte aligned."""
-    return 2 * D * KP + KP + 16
-
-
-@triton.jit
-def _store_fwd_weights(w_ptr, h, c2, a2h, a2l, b2h, b2l, KP: tl.constexpr, D: tl.constexpr):
-    """Head h's logit weights in "fp16" precision (fp16 tiles (D, KP) and their scales, as
-    _logit_weights made them) stored for the causal walk of the same call to load rather than
-    make again (_load_fwd_weights: the same values, bit for bit)."""
-    kk = tl.arange(0, KP)
-    dd = tl.arange(0, D)
-    base = w_ptr + h.to(tl.int64) * (2 * D * KP + KP + 16)
-    tile = dd[:, None] * KP + kk[None, :]
-    tl.store(base + tile, a2h.to(tl.float32))
-    tl.store(base + D * KP + tile, b2h.to(tl.float32))
-    tl.store(base + 2 * D * KP + kk, c2)
-    tl.store(base + 2 * D * KP + KP, a2l)
-    tl.store(base + 2 * D * KP + KP + 1, b2l)
-
-
-@triton.jit
-def _load_fwd_weights(w_ptr, h, KP: tl.constexpr, D: tl.constexpr):
-    """What _store_fwd_weights stored for head h: (c2, a2h, a2l, b2h, b2l)."""
-    kk = tl.arange(0, KP)
-    dd = tl.arange(0, D)
-    base = w_ptr + h.to(tl.int64) * (2 * D * KP + KP + 16)
-    tile = dd[:, None] * KP + kk[None, :]
-    a2h = tl.load(base + tile).to(tl.float16)
-    b2h = tl.load(base + D * KP + tile).to(tl.float16)
-    c2 = tl.load(base + 2 * D * KP + kk)
-    return c2, a2h, tl.load(base + 2 * D * KP + KP), b2h, tl.load(base + 2 * D * KP + KP + 1)
-
-
 @triton.jit
 def _bwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP: tl.constexpr, D: tl.constexpr,
                  PREC: tl.constexpr, DXP: tl.constexpr):

@@ -6,8 +6,8 @@ device's ceilings, time the kernels against gma_reference and torch SDPA, and pr
 Sections (in order): ceil, check, time, overhead, hostparts (host time of a training call at
 N=2048 split into its parts), profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
-and wall time per call, and per kernel, at each --ns, with GMABENCH_SRC naming the source tree to
-time); peerdevtimes (device time per call of gma, cuDNN and flash SDPA at each --ns);
+and wall time per call, and per kernel, and the call replayed from a CUDA graph, at each --ns,
+with GMABENCH_SRC naming the source tree to time); peerdevtimes (device time per call of gma, cuDNN and flash SDPA at each --ns);
 stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
 of --plans, a JSON list of TUNING knobs, for the --modes given). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to

@@ -254,8 +254,8 @@ def test_wide_form_where_padded_components_times_head_size_exceed_8192():
 
 
 def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):
-    # pdl 1 (the default) takes effect on a CUDA device of compute capability 9 or more, never
-    # on the CPU; a knob or a plan file turns it off
+    # pdl 1 (the default) takes effect on a CUDA device of compute capability 9 or more with a
+    # Triton that has dependent launches, never on the CPU; a knob or a plan file turns it off
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(gpu_rules, "_sm_count", lambda device: 132)
     caps = {"cap": (9, 0)}
@@ -267,5 +267,9 @@ def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_ru
     assert gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
     assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, CPU, grad=False).PDL
     caps["cap"] = (8, 0)
+    gpu_rules._PLANS.clear()
+    assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
+    caps["cap"] = (9, 0)   # a Triton without griddepcontrol (before 3.4): none either
+    monkeypatch.setattr(gpu_rules, "HAS_GDC", False)
     gpu_rules._PLANS.clear()
     assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL

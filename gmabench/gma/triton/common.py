@@ -32,7 +32,20 @@ import os
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+try:   # Triton >= 3.4: programmatic dependent launch (launch_pdl, griddepcontrol)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAS_GDC = True
+except ImportError:   # older Triton: no dependent launches (plan.py never asks for them)
+    HAS_GDC = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
 
 # Read once, like triton.jit itself does: the env var must be set before this module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import triton
 
-from .common import INTERPRET
+from .common import HAS_GDC, INTERPRET
 
 VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # block: tokens per block (the chunk length for causal); block_bwd: the backward's block (0: the
@@ -234,9 +234,9 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _has_pdl(device: torch.device) -> bool:
-    """Programmatic dependent launch: CUDA GPUs from Hopper (compute capability 9) on; never
-    under the interpreter."""
-    return (device.type == "cuda" and not INTERPRET
+    """Programmatic dependent launch: CUDA GPUs from Hopper (compute capability 9) on, with a
+    Triton that has it (3.4 and later); never under the interpreter."""
+    return (device.type == "cuda" and HAS_GDC and not INTERPRET
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 

@@ -7,7 +7,8 @@ Sections (in order): ceil, check, time, overhead, hostparts (host time of a trai
 N=2048 split into its parts), profile, bwdsweep, sweep, extra; and ncu (each variant
 called once at N=131072, for `ncu` to profile: see gpu_session.sh's job profile); devtimes (device
 and wall time per call, and per kernel, and the call replayed from a CUDA graph, at each --ns,
-with GMABENCH_SRC naming the source tree to time); peerdevtimes (device time per call of gma, cuDNN and flash SDPA at each --ns);
+with GMABENCH_SRC naming the source tree to time); peerdevtimes (device time per call of gma,
+cuDNN and flash SDPA at each --ns);
 stagesweep (the same under 2, 3 and 4 pipeline stages); plansweep (the same under each plan
 of --plans, a JSON list of TUNING knobs, for the --modes given). A time budget
 (seconds) stops new work once spent; whatever was measured is still written to
@@ -511,7 +512,8 @@ def _graph_us(f):
     out and a programmatic dependent launch shortens; None where capture fails."""
     from gmabench.measure.timing import time_callable
     try:
-        return time_callable(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, graph=True).median_ms * 1e3
+        timed = time_callable(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, graph=True)
+        return timed.median_ms * 1e3
     except Exception as exc:   # noqa: BLE001 - a failed capture is a result, not an abort
         print(f"graph replay: {type(exc).__name__}: {str(exc)[:200]}")
         return None

@@ -29,8 +29,9 @@
 #                              per segment 4 (the table), 2 and 1
 #         | segsweep           device and wall time with 16 against 33 segments per head at
 #                              N=8192-131072
-#         | devtimes[@SRC]     device, wall and replayed (CUDA graph) time per call of every variant at N=2048, 4096
-#                              and 131072 with the table's plans; @SRC: of the gmabench source
+#         | devtimes[@SRC]     device, wall and replayed (CUDA graph) time per call of every
+#                              variant at N=2048, 4096 and 131072 with the table's plans; @SRC:
+#                              of the gmabench source
 #                              tree under SRC (an untracked copy, e.g. the last commit's, so that
 #                              two versions of the kernels are timed side by side in one call)
 #         | plansweep[@K[xD]]:NS:MODES:PLANS  device time (per kernel too) at the comma-separated

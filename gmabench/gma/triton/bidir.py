@@ -15,7 +15,7 @@ import triton.language as tl
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
                      _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
-                     _split, _to_out, _wide_base, _wide_dx_weights,
+                     _split, _sum_into, _to_out, _wide_base, _wide_dx_weights,
                      _wide_logit_weights)
 
 
@@ -102,8 +102,8 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         slot = bh * tl.num_programs(0) + pid
     base = st_ptr + slot.to(tl.int64) * (KP * (DV + 1))
     if ATOMIC:
-        tl.atomic_add(base + kk[:, None] * DV + ee[None, :], S, sem="relaxed")
-        tl.atomic_add(base + KP * DV + kk, s, sem="relaxed")
+        _sum_into(base + kk[:, None] * DV + ee[None, :], S)
+        _sum_into(base + KP * DV + kk, s)
     else:
         tl.store(base + kk[:, None] * DV + ee[None, :], S)
         tl.store(base + KP * DV + kk, s)
@@ -265,8 +265,8 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
         G = _mm(rth, _lo(rt, rth, PREC), dnh, _lo(dn, dnh, PREC), G, PREC, False, False, INTERP)
         g += tl.sum(r * ddv[:, None], 0)
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
-    tl.atomic_add(gbase + kk[:, None] * DV + ee[None, :], G, sem="relaxed")
-    tl.atomic_add(gbase + KP * DV + kk, g, sem="relaxed")
+    _sum_into(gbase + kk[:, None] * DV + ee[None, :], G)
+    _sum_into(gbase + KP * DV + kk, g)
     if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 

@@ -72,6 +72,16 @@ def _gdc(GDC: tl.constexpr):
 
 
 @triton.jit
+def _sum_into(ptrs, x):
+    """Add x into float32 sums that a later kernel reads (atomics). Relaxed: the sums need no
+    order with anything else a program does, and Triton's default, acq_rel, puts a GPU-wide
+    fence before each atomic and an L1 invalidation after it, a chain of 9-26 of them at the end
+    of every program that took 21% off bidirectional training at N=2048 when they went
+    (docs/kernels.md, Version 2.22)."""
+    tl.atomic_add(ptrs, x, sem="relaxed")
+
+
+@triton.jit
 def _dot16(a, b, acc, INTERP: tl.constexpr):
     # Triton's interpreter stores bfloat16 as raw uint16 and its dot multiplies the raw integers;
     # upcasting first gives the same exact products with float32 accumulation.
@@ -544,10 +554,10 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     kk = tl.arange(0, KP)
     cols = c * DC + tl.arange(0, DC)
     pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + cols[None, :], pa, sem="relaxed")
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb, sem="relaxed")
+    _sum_into(pbase + kk[:, None] * D + cols[None, :], pa)
+    _sum_into(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
     if c == 0:
-        tl.atomic_add(pbase + 2 * KP * D + kk, pc, sem="relaxed")
+        _sum_into(pbase + 2 * KP * D + kk, pc)
 
 
 @triton.jit
@@ -557,9 +567,9 @@ def _add_param_sums(pg_ptr, h, pa, pb, pc, KP: tl.constexpr, D: tl.constexpr):
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     pbase = pg_ptr + h * (KP * (2 * D + 1))
-    tl.atomic_add(pbase + kk[:, None] * D + dd[None, :], pa, sem="relaxed")
-    tl.atomic_add(pbase + KP * D + kk[:, None] * D + dd[None, :], -0.5 * pb, sem="relaxed")
-    tl.atomic_add(pbase + 2 * KP * D + kk, pc, sem="relaxed")
+    _sum_into(pbase + kk[:, None] * D + dd[None, :], pa)
+    _sum_into(pbase + KP * D + kk[:, None] * D + dd[None, :], -0.5 * pb)
+    _sum_into(pbase + 2 * KP * D + kk, pc)
 
 
 @triton.jit

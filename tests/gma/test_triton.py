@@ -495,6 +495,41 @@ def test_gpu_real_sizes(dtype, causal):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_fused_causal_inference_matches_two_kernels(dtype):
+    # plan key fuse_fwd: programs that publish their segment's total and wait for the earlier
+    # ones. Against the key pass and walk launched apart: the same output (within a rounding of
+    # the 16-bit output: the two builds may contract float32 products apart), one segment per
+    # head to more programs than the GPU holds at once (the tickets keep waits on started
+    # programs), every repeat and CUDA-graph replay the same bits, the counters left zero.
+    from gmabench.gma.triton import call as call_mod
+    for N, segments in ((1, None), (2048, None), (4133, None), (131072, None), (131072, 200)):
+        ins = [t.detach() for t in _inputs(2, N, 4, 64, 64, 64, dtype, seed=N % 97)]
+        TUNING.update(segments=segments, fuse_fwd=0)
+        try:
+            with torch.no_grad():
+                apart = gma_triton(*ins, causal=True)
+                TUNING.update(fuse_fwd=None)
+                fused = [gma_triton(*ins, causal=True) for _ in range(3)]
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = gma_triton(*ins, causal=True)
+                for _ in range(3):
+                    out.zero_()
+                    graph.replay()
+                    fused.append(out.clone())
+        finally:
+            TUNING.update(segments=None, fuse_fwd=None)
+        torch.cuda.synchronize()
+        for f in fused[1:]:
+            assert torch.equal(f, fused[0]), N
+        assert _rel(fused[0], apart.double()) < 1e-4, N
+        assert torch.isfinite(fused[0]).all(), N
+        assert not any(c.sync.any() for c in call_mod._CALLS.values() if c.sync is not None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("D,K,dl_store,dx_pass", [(64, 64, 1, 0), (64, 64, 2, 0), (128, 64, 2, 0),
                                                    (64, 256, 2, 0), (64, 64, 2, 1)],
@@ -662,26 +697,46 @@ def test_gma_mixer_records_precision_plan_source_and_launch_path(monkeypatch):
     assert GMAMixer("chunked").backend(q16, True) == "chunked"
 
 
-def test_causal_forward_with_one_segment_skips_the_key_pass(monkeypatch):
-    from gmabench.gma.triton import autograd
+def test_causal_inference_launches_by_segments_and_fuse_fwd(monkeypatch):
+    # one segment: the walk alone; several: the key pass and the walk in one kernel (plan key
+    # fuse_fwd, the default), or apart; all three the same output, bit for bit, call after call,
+    # and the fused kernel's counters and flags left zero for the next call
+    from gmabench.gma.triton import autograd, call as call_mod
     launched = []
     real = autograd._launch
     monkeypatch.setattr(autograd, "_launch",
                         lambda kernel, *a, **kw: launched.append(kernel.fn.__name__) or real(kernel, *a, **kw))
-    ins = _inputs(1, 40, 2, 16, 16, 4, torch.float32, seed=31)
-    outs = {}
-    for segments in (1, 3):
-        TUNING.update(segments=segments)
+    ins = _inputs(2, 40, 2, 16, 16, 4, torch.float32, seed=31)
+    outs, launches = {}, {}
+    for knobs in (dict(segments=1), dict(segments=3, fuse_fwd=0), dict(segments=3)):
+        TUNING.update(knobs)
         try:
-            launched.clear()
-            with torch.no_grad():
-                outs[segments] = gma_triton(*ins, causal=True)
-            outs[segments, "launches"] = list(launched)
+            for _ in range(2):
+                launched.clear()
+                with torch.no_grad():
+                    out = gma_triton(*ins, causal=True)
+                key = tuple(sorted(knobs.items()))
+                assert key not in outs or torch.equal(out, outs[key])
+                outs[key], launches[key] = out, list(launched)
         finally:
-            TUNING.update(segments=None)
-    assert outs[1, "launches"] == ["_causal_out_kernel"]
-    assert outs[3, "launches"] == ["_state_kernel", "_causal_out_kernel"]
-    assert _rel(outs[1], outs[3].double()) < 1e-5
+            TUNING.update({k: None for k in knobs})
+    one, apart, fused = (tuple(sorted(k.items())) for k in
+                         (dict(segments=1), dict(segments=3, fuse_fwd=0), dict(segments=3)))
+    assert launches[one] == ["_causal_out_kernel"]
+    assert launches[apart] == ["_state_kernel", "_causal_out_kernel"]
+    assert launches[fused] == ["_causal_fused_kernel"]
+    assert torch.equal(outs[fused], outs[apart])
+    assert _rel(outs[one], outs[fused].double()) < 1e-5
+    syncs = [c.sync for c in call_mod._CALLS.values() if c.sync is not None]
+    assert any(s.numel() == 2 + 2 * 2 * 3 for s in syncs) and not any(s.any() for s in syncs)
+    # a training call keeps the two kernels (its key pass and walk take other precisions)
+    launched.clear()
+    TUNING.update(segments=3)
+    try:
+        gma_triton(*ins, causal=True)
+    finally:
+        TUNING.update(segments=None)
+    assert launched == ["_state_kernel", "_causal_out_kernel"]
 
 
 def _too_large_for(names):

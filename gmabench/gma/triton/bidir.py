@@ -57,24 +57,14 @@ def _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
 
 
 @triton.jit
-def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
-                  D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                  PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
-                  INTERP: tl.constexpr, RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
-    """M = R_k^T V and s = R_k^T 1 over this program's segment of keys.
-
-    ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
-    slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
-    RAW16 (precision fp16): first with k and v converted to float16 as they are, again with tile
-    scales if the weights or the result say that lost precision (common.py, RAW_LOGIT_ERR).
-    """
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
-    _gdc(GDC)
-    blk0, blk1 = _segment(N, bps, BLOCK)
+def _segment_state(k_ptr, v_ptr, b, h, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l,
+                   D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                   PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                   RAW16: tl.constexpr, NST: tl.constexpr = None):
+    """(M, s) = (R_k^T V, R_k^T 1) over blocks [blk0, blk1) of (b, h). RAW16 (precision fp16):
+    first with k and v converted to float16 as they are, again with tile scales if the weights
+    or the result say that lost precision (common.py, RAW_LOGIT_ERR). NST: the block loop's
+    pipeline depth (None: the launch's)."""
     xbase = k_ptr + (b.to(tl.int64) * N * H + h) * D
     vbase = v_ptr + (b.to(tl.int64) * N * H + h) * DV
     if PREC == 3 and RAW16:
@@ -83,7 +73,7 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
         ok = _raw_gate(a2h, a2l, b2h, b2l)
         if ok == 1:
             S, sacc = _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV,
-                                    KP, BLOCK, PREC, X_EXACT, INTERP, True)
+                                    KP, BLOCK, PREC, X_EXACT, INTERP, True, NST)
             s = tl.sum(sacc, 0)
             ok = _raw_state_ok(S, s)
         if ok == 0:
@@ -92,8 +82,30 @@ def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_ta
             s = tl.sum(sacc, 0)
     else:
         S, sacc = _state_blocks(xbase, vbase, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV, KP,
-                                BLOCK, PREC, X_EXACT, INTERP, False)
+                                BLOCK, PREC, X_EXACT, INTERP, False, NST)
         s = tl.sum(sacc, 0)
+    return S, s
+
+
+@triton.jit
+def _state_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, st_ptr, N, H, K, inv_tau, bps,
+                  D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                  PREC: tl.constexpr, X_EXACT: tl.constexpr, ATOMIC: tl.constexpr,
+                  INTERP: tl.constexpr, RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
+    """M = R_k^T V and s = R_k^T 1 over this program's segment of keys (_segment_state).
+
+    ATOMIC: add into the one state of (b, h) (bidirectional); else store the segment's total at
+    slot (b*H + h) * n_segments + segment (causal: the chunk walk starts from their prefix sum).
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    _gdc(GDC)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    S, s = _segment_state(k_ptr, v_ptr, b, h, blk0, blk1, N, H, c2, a2h, a2l, b2h, b2l, D, DV,
+                          KP, BLOCK, PREC, X_EXACT, INTERP, RAW16)
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     if ATOMIC:

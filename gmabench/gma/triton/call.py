@@ -74,6 +74,13 @@ class Call:
         self.grid = (pl.P, B * H)
         self.state_len = pl.KP * (DV + 1)
         self.fwd = dict(consts(dtype, D, DV, pl, prec), RAW16=pl.RAW16)
+        # causal inference in one kernel (plan key fuse_fwd): its key pass's block and pipeline
+        # depth, and its int32 counters and flags (causal._causal_fused_kernel), made zero by the
+        # first call and left zero by every launch. One buffer per signature: two streams must
+        # not run calls of one signature at once.
+        self.fused = {k: v for k, v in self.fwd.items() if k != "GDC"}
+        self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key)
+        self.sync = None
         # The key pass's state is what the backward reads: before a backward it is made with
         # split products even when the output pass takes fp16 ones (the parameter gradients
         # need it).

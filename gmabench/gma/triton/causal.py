@@ -16,10 +16,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .bidir import _segment_state
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
-                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _split, _to_out,
-                     _wide_base, _wide_dx_weights, _wide_logit_weights)
+                     _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _segment_at, _split,
+                     _to_out, _wide_base, _wide_dx_weights, _wide_logit_weights)
 
 
 @triton.jit
@@ -87,20 +88,13 @@ def _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps,
 
 
 @triton.jit
-def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_ptr,
-                       N, H, K, inv_tau, eps, bps,
-                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
-                       RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
-    pid = tl.program_id(0)
-    P = tl.num_programs(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
-    _gdc(GDC)
-    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
-    blk0, blk1 = _segment(N, bps, BLOCK)
+def _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, b, h, bh, p, P, blk0, blk1, N, H,
+                  eps, c2, a2h, a2l, b2h, b2l, D: tl.constexpr, DV: tl.constexpr,
+                  KP: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr,
+                  X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr):
+    """Segment p's walk from the sum (S, s) of the earlier segments' totals. RAW16 (precision
+    fp16): first with q, k, v converted to float16 as they are, again with tile scales (the
+    start state loaded again) if the weights or the final state say that lost precision."""
     off = (b.to(tl.int64) * N * H + h)
     qbase = q_ptr + off * D
     kbase = k_ptr + off * D
@@ -114,12 +108,89 @@ def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_
                                   True)
             ok = _raw_state_ok(S2, s2)
         if ok == 0:   # the start state loaded again rather than kept through the first walk
-            S1, s1 = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
+            S1, s1 = _load_state_sum(tot_ptr, bh, 0, p, P, KP, DV)
             _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S1, s1, blk0, blk1, N, H, eps, c2,
                          a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False, 1)
     else:
         _walk_blocks(qbase, kbase, vbase, obase, o_ptr, S, s, blk0, blk1, N, H, eps, c2, a2h,
                      a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, False)
+
+
+@triton.jit
+def _causal_out_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, o_ptr,
+                       N, H, K, inv_tau, eps, bps,
+                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                       PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
+                       RAW16: tl.constexpr = False, GDC: tl.constexpr = False):
+    """The walk of segment program_id(0), after the key pass (bidir._state_kernel) stored the
+    segments' totals."""
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    bh = tl.program_id(1)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, bh % H, K, inv_tau, KP, D,
+                                          PREC)
+    _gdc(GDC)
+    S, s = _load_state_sum(tot_ptr, bh, 0, pid, P, KP, DV)
+    blk0, blk1 = _segment(N, bps, BLOCK)
+    _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, bh // H, bh % H, bh, pid, P, blk0,
+                  blk1, N, H, eps, c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT,
+                  INTERP, RAW16)
+
+
+@triton.jit
+def _causal_fused_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
+                         N, H, K, inv_tau, eps, bps, bps_key,
+                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                         BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
+                         X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
+                         NST_KEY: tl.constexpr):
+    """The key pass and the walk in one launch (causal inference; plan key fuse_fwd): each
+    program makes its segment's total as _state_kernel does, publishes it, waits until every
+    earlier segment of its (b, h) has published, then walks from their sum.
+
+    sync_ptr: int32 [ticket counter, done counter, one flag per (b, h, segment)], zero before
+    the launch and left zero by it. A program's (b, h, segment) is the ticket it draws (segments
+    of a (b, h) in the order their programs started), so a program waits only for programs that
+    have started: no deadlock whatever the grid, as in decoupled look-back scans. The last
+    program to finish zeroes the counters and flags for the next launch."""
+    P = tl.num_programs(0)
+    total = P * tl.num_programs(1)
+    t = tl.atomic_add(sync_ptr, 1, sem="relaxed")
+    p = t % P
+    bh = t // P
+    b = bh // H
+    h = bh % H
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    kb0, kb1 = _segment_at(p, N, bps_key, BLOCK_KEY)
+    S, s = _segment_state(k_ptr, v_ptr, b, h, kb0, kb1, N, H, c2, a2h, a2l, b2h, b2l, D, DV, KP,
+                          BLOCK_KEY, PREC, X_EXACT, INTERP, RAW16, NST_KEY)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    base = tot_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
+    tl.store(base + kk[:, None] * DV + ee[None, :], S)
+    tl.store(base + KP * DV + kk, s)
+    flags = sync_ptr + 2 + bh * P
+    tl.debug_barrier()   # every thread's stores of the total before the flag's release
+    tl.atomic_xchg(flags + p, 1, sem="release")
+    # the earlier segments' flags read together (one round trip, not one per segment), again
+    # until every one is set
+    jj = tl.arange(0, 128)
+    for j0 in range(0, p, 128):
+        m = j0 + jj < p
+        f = tl.min(tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"), 1), 0)
+        while f == 0:
+            f = tl.min(tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"), 1),
+                       0)
+    S, s = _load_state_sum(tot_ptr, bh, 0, p, P, KP, DV)
+    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
+    _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, b, h, bh, p, P, blk0, blk1, N, H, eps,
+                  c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, RAW16)
+    # the last program done (every flag read by then) leaves the buffer zero for the next launch
+    if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == total - 1:
+        for i in range(0, total, 1024):
+            idx = i + tl.arange(0, 1024)
+            tl.store(sync_ptr + 2 + idx, 0, mask=idx < total)
+        tl.store(sync_ptr + tl.arange(0, 2), 0)
 
 
 @triton.jit

@@ -589,8 +589,14 @@ def _to_out(x, ptr):
 @triton.jit
 def _segment(N, bps, BLOCK: tl.constexpr):
     """Block range [blk0, blk1) of this program's segment (program_id(0))."""
+    return _segment_at(tl.program_id(0), N, bps, BLOCK)
+
+
+@triton.jit
+def _segment_at(p, N, bps, BLOCK: tl.constexpr):
+    """Block range [blk0, blk1) of segment p."""
     nblk = tl.cdiv(N, BLOCK)
-    blk0 = tl.program_id(0) * bps
+    blk0 = p * bps
     blk1 = tl.minimum(blk0 + bps, nblk)
     return blk0, blk1
 

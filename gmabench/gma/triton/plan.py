@@ -62,14 +62,18 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # at N=2048 and 4096 (causal forward 40.6 -> 38.3 us, causal training 193.5 -> 186.4 at 2048)
 # and nothing at 131072 (results/2026-11-30-h200-pdl; docs/kernels.md, Version 2.22). With it
 # the profiler's per-kernel durations overlap (a dependent kernel's includes its wait), so
-# their sum is no longer a call's device time: time calls replayed.
+# their sum is no longer a call's device time: time calls replayed. fuse_fwd: 1 has causal
+# inference over several segments run the key pass and the walk in one kernel
+# (causal._causal_fused_kernel: each program publishes its segment's total and waits for the
+# earlier segments' before it walks), 0 launches them apart; training keeps them apart (its key
+# pass takes split products, its walk fp16 ones).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
-             "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl")
+             "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
-         "dx_pass": 0, "aux_dl": 1, "pdl": 1}
+         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -148,6 +152,7 @@ TUNING: dict[str, int | None] = {
     "dl_warps": None,
     "aux_dl": None,
     "pdl": None,
+    "fuse_fwd": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -180,6 +185,7 @@ class Plan:
     DX_PASS: bool = False  # the sums pass makes dq / dk of the sides that store dl (dx_pass)
     AUX_DL: bool = True  # causal, both sides storing dl: d, dd moved into its buffer (aux_dl)
     PDL: bool = False    # programmatic dependent launches (plan key pdl, where the GPU has them)
+    FUSE_FWD: bool = False   # causal inference: key pass and walk in one kernel (fuse_fwd)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -198,7 +204,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
-               "aux_dl": (0, 1), "pdl": (0, 1)}
+               "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -209,7 +215,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
                               "regs_fwd", "raw16", "dl_store", "dl_rows", "dl_block",
-                              "dl_warps", "dx_pass", "aux_dl", "pdl")   # 0: the default, or off
+                              "dl_warps", "dx_pass", "aux_dl", "pdl",
+                              "fuse_fwd")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:
@@ -347,7 +354,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bps * (block // block_key), block_bwd_k, bps * (block // block_bwd_k),
                 bool(row["raw16"]), int(row["dl_store"]), row["dl_rows"], row["dl_block"],
                 row["dl_warps"], dx_pass, bool(row["aux_dl"]),
-                bool(row["pdl"]) and _has_pdl(device))
+                bool(row["pdl"]) and _has_pdl(device),
+                bool(row["fuse_fwd"]) and causal and not grad and P > 1)
     _PLANS[key] = plan
     return plan
 

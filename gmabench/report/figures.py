@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 
 from gmabench.report.analysis import _as_frame, fit_scaling
@@ -90,6 +91,10 @@ def _slope_text(fit: pd.Series | None, x: str) -> str:
     return f" ({text})"
 
 
+def _floats(col) -> np.ndarray:
+    return np.asarray(col, dtype="float64")
+
+
 def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float = 1.0,
                   errors: bool = False, guides: tuple[int, ...] = (), slopes: bool = True,
                   extra_y: str | None = None, ceiling: tuple[str, float] | None = None) -> list[go.Figure]:
@@ -105,75 +110,98 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
     for _, g in _facets(frame, x):
         fits = fit_scaling(g, x=x, y=y, by=["series"]).set_index("series") if slopes else None
         colors = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sorted(g["series"].unique()))}
-        fig = go.Figure()
-        tops = []
+        ok = g[g["status"] == "ok"]
+        lines = dict(iter(ok.groupby("series", sort=False)))
+        traces, tops = [], []
         for series, color in colors.items():
-            rows = g[(g["series"] == series) & (g["status"] == "ok")].sort_values(x)
-            rows = rows[rows[y].astype("float64") > 0]
+            rows = lines.get(series)
+            if rows is None:
+                continue
+            rows = rows.sort_values(x)
+            rows = rows[_floats(rows[y]) > 0]
             if rows.empty:
                 continue
-            yv = rows[y].astype("float64") * scale
+            xv, yv = _floats(rows[x]), _floats(rows[y]) * scale
             fit = fits.loc[series] if fits is not None else None
-            trace = dict(x=rows[x].astype("float64"), y=yv, mode="lines+markers",
+            trace = dict(type="scatter", x=xv, y=yv, mode="lines+markers",
                          name=html.escape(series) + _slope_text(fit, x), legendgroup=series,
                          line=dict(color=color))
             if errors and rows["p20_ms"].notna().all() and rows["p80_ms"].notna().all():
-                trace["error_y"] = dict(type="data", symmetric=False,
-                                        array=(rows["p80_ms"] - rows[y]) * scale,
-                                        arrayminus=(rows[y] - rows["p20_ms"]) * scale)
-                tops.append(float((rows["p80_ms"] * scale).max()))
-            fig.add_trace(go.Scatter(**trace))
+                p20, p80, mid = _floats(rows["p20_ms"]), _floats(rows["p80_ms"]), _floats(rows[y])
+                trace["error_y"] = dict(type="data", symmetric=False, array=(p80 - mid) * scale,
+                                        arrayminus=(mid - p20) * scale)
+                tops.append(float(p80.max() * scale))
+            traces.append(trace)
             tops.append(float(yv.max()))
             if extra_y and rows[extra_y].notna().any():
-                ex = rows[rows[extra_y].astype("float64") > 0]
-                fig.add_trace(go.Scatter(
-                    x=ex[x].astype("float64"), y=ex[extra_y].astype("float64") * scale,
+                ex = rows[_floats(rows[extra_y]) > 0]
+                traces.append(dict(
+                    type="scatter", x=_floats(ex[x]), y=_floats(ex[extra_y]) * scale,
                     mode="lines+markers", line=dict(color=color, dash="dot"), legendgroup=series,
                     name=html.escape(f"{series} {extra_y.removesuffix('_bytes')}")))
-        _add_guides(fig, g, x, y, scale, guides)
+        traces += _guides(ok, x, y, scale, guides)
+        layout = dict(
+            xaxis=dict(type="log", title=dict(text=_X_TITLES.get(x, x))),
+            yaxis=dict(type="log", title=dict(text=y_title)),
+            legend=dict(font=dict(size=11)), template=_template(), height=480)
         if ceiling is not None:
             label, value = ceiling
-            fig.add_hline(y=value * scale, line=dict(color="black", dash="dot", width=1),
-                          annotation_text=html.escape(label), annotation_position="top left")
+            # a shape takes data values on a log axis, an annotation log10 ones (plotly.js)
+            layout["shapes"] = [dict(type="line", xref="x domain", x0=0, x1=1, yref="y",
+                                     y0=value * scale, y1=value * scale,
+                                     line=dict(color="black", dash="dot", width=1))]
+            layout["annotations"] = [dict(text=html.escape(label), showarrow=False, xref="x domain",
+                                          x=0, xanchor="left", yref="y",
+                                          y=math.log10(value * scale), yanchor="bottom")]
             tops.append(value * scale)
-        _add_failures(fig, g, x, colors, top=max(tops) * 1.8 if tops else 1.0)
-        fig.update_layout(
-            title=html.escape(f"{title} · {_facet_title(g, x)}".strip(" ·")),
-            xaxis=dict(type="log", title=_X_TITLES.get(x, x)),
-            yaxis=dict(type="log", title=y_title),
-            legend=dict(font=dict(size=11)), template="plotly_white", height=480)
-        figs.append(fig)
+        traces += _failures(g, x, colors, top=max(tops) * 1.8 if tops else 1.0)
+        layout["title"] = dict(text=html.escape(f"{title} · {_facet_title(g, x)}".strip(" ·")))
+        # plain dicts, built here and not checked again property by property: plotly's
+        # validation took most of a large report's time (results/2026-11-29-h200-paper-3, 636
+        # cells: `gmabench report` 13.6 -> 8.2 s on a 2-core CPU)
+        figs.append(go.Figure(data=traces, layout=layout, _validate=False))
     return figs
 
 
-def _add_guides(fig: go.Figure, g: pd.DataFrame, x: str, y: str, scale: float,
-                powers: tuple[int, ...]) -> None:
+_TEMPLATE: list = []
+
+
+def _template():
+    """plotly_white, resolved once (a template's name is resolved, and copied, per figure)."""
+    if not _TEMPLATE:
+        _TEMPLATE.append(pio.templates["plotly_white"])
+    return _TEMPLATE[0]
+
+
+def _guides(ok: pd.DataFrame, x: str, y: str, scale: float, powers: tuple[int, ...]) -> list[dict]:
     """Dashed O(x^p) lines from the smallest measured size, to read slopes by eye."""
-    ok = g[(g["status"] == "ok") & (g[y].astype("float64") > 0)]
+    ok = ok[_floats(ok[y]) > 0]
     if ok.empty or not powers:
-        return
+        return []
     x0, x1 = float(ok[x].min()), float(ok[x].max())
-    y0 = float(np.exp(np.log(ok.loc[ok[x] == ok[x].min(), y].astype("float64")).mean())) * scale
+    y0 = float(np.exp(np.log(_floats(ok.loc[ok[x] == ok[x].min(), y])).mean())) * scale
+    out = []
     for p in powers:
         label = f"O({x})" if p == 1 else f"O({x}{'²' if p == 2 else f'^{p}'})"
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y0 * (x1 / x0) ** p], mode="lines",
-                                 name=f"{label} guide", hoverinfo="skip",
-                                 line=dict(color="gray", dash="dash", width=1)))
+        out.append(dict(type="scatter", x=[x0, x1], y=[y0, y0 * (x1 / x0) ** p], mode="lines",
+                        name=f"{label} guide", hoverinfo="skip",
+                        line=dict(color="gray", dash="dash", width=1)))
+    return out
 
 
-def _add_failures(fig: go.Figure, g: pd.DataFrame, x: str, colors: dict, top: float) -> None:
+def _failures(g: pd.DataFrame, x: str, colors: dict, top: float) -> list[dict]:
     """Failed cells (oom, timeout, crash...) as markers at the top, so they stay visible. Skipped
     cells (a form the mixer does not have, a package missing) are listed in the tables instead."""
     bad = g[~g["status"].isin(["ok", "skipped"])].sort_values(["series", x])
     if bad.empty:
-        return
+        return []
     hover = [html.escape(f"{r.series} {x}={getattr(r, x)}: {r.status} {r.reason}".strip())
              for r in bad.itertuples()]
-    fig.add_trace(go.Scatter(
-        x=bad[x].astype("float64"), y=[top] * len(bad), mode="markers+text",
+    return [dict(
+        type="scatter", x=_floats(bad[x]), y=[top] * len(bad), mode="markers+text",
         text=[html.escape(s) for s in bad["status"]], textposition="bottom center",
         hovertext=hover, hoverinfo="text", name="failed (status shown at top)",
-        marker=dict(symbol="x", size=11, color=[colors.get(s, "black") for s in bad["series"]])))
+        marker=dict(symbol="x", size=11, color=[colors.get(s, "black") for s in bad["series"]]))]
 
 
 def latency_vs_n(df) -> list[go.Figure]:

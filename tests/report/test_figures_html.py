@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import plotly.offline
@@ -134,6 +135,9 @@ def test_achieved_bandwidth_and_flops_are_drawn_against_the_measured_ceilings(ma
     assert list(fl.data[0].y) == pytest.approx([300.0, 300.0, 300.0])
     assert "measured copy 4.27 TB/s" in bw.layout.annotations[0].text
     assert bw.layout.shapes[0].y0 == pytest.approx(4.27)
+    # on a log axis plotly.js places an annotation at 10**y, a shape at its data value
+    assert bw.layout.annotations[0].y == pytest.approx(math.log10(4.27))
+    assert fl.layout.annotations[0].y == pytest.approx(math.log10(686))
     assert "686 TFLOP/s" in fl.layout.annotations[0].text
 
 

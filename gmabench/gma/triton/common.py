@@ -480,15 +480,19 @@ def _x_pairs(x, PREC: tl.constexpr):
 @triton.jit
 def _param_products(dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr):
-    """pa += dl^T x, pb += dl^T x^2, pc += the column sums of dl, for a tile of dl (BLOCK, KP)
-    float32 and its x (BLOCK, D), in precision PREC."""
+    """pa += dl^T x, pb += dl^T x^2, pc += dl, for a tile of dl (BLOCK, KP) float32 and its x
+    (BLOCK, D), in precision PREC. pc is either the column sums (KP,) or, in a loop that sums
+    them once at its end, an elementwise (BLOCK, KP) accumulator."""
     dlh, dll = _split(dl, PREC)
     dlth = tl.trans(dlh)
     dltl = tl.trans(dll)
     xh, xl, x2h, x2l = _x_pairs(x, PREC)
     pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
     pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
-    pc += tl.sum(dl, 0)
+    if len(pc.shape) == 2:
+        pc += dl
+    else:
+        pc += tl.sum(dl, 0)
     return pa, pb, pc
 
 
@@ -532,7 +536,10 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     b = bh // H
     h = bh % H
     c = tl.program_id(2)
-    pa, pb, pc = _param_init(KP, DC, False)
+    pa, pb, _ = _param_init(KP, DC, False)
+    # dl's column sums elementwise, over rows once at the end: a sum across the rows of every
+    # block (shuffles, shared memory) held up the pass (docs/kernels.md, Version 2.25)
+    pcacc = tl.zeros((BLOCK, KP), dtype=tl.float32)
     xbase = x_ptr + (b.to(tl.int64) * N * H + h) * D + c * DC
     if DXPASS:
         a, b_, c_ = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
@@ -547,7 +554,7 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
         rm = rows < r1
         x = tl.load(_row_ptrs(xbase, rows, H * D, DC), mask=rm[:, None], other=0.0)
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
-        pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
+        pa, pb, pcacc = _param_products(dl, x, pa, pb, pcacc, PREC, X_EXACT, INTERP)
         if DXPASS:
             dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])
@@ -557,7 +564,7 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     _sum_into(pbase + kk[:, None] * D + cols[None, :], pa)
     _sum_into(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
     if c == 0:
-        _sum_into(pbase + 2 * KP * D + kk, pc)
+        _sum_into(pbase + 2 * KP * D + kk, tl.sum(pcacc, 0))
 
 
 @triton.jit

@@ -1,9 +1,10 @@
 """The autograd Function that ties the fused GMA kernels together (launch plans: plan.py).
 
 Forward, bidirectional: key pass (atomic add into one KP x (DV+1) state per (b, h)) + query pass.
-Forward, causal: key pass storing each segment's total + chunk walk per segment.
-Every program computes its head's Gaussian weights itself (no prep launch): two launches per
-forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
+Forward, causal: key pass storing each segment's total + chunk walk per segment; in inference
+over several segments both in one kernel (plan key fuse_fwd, causal._causal_fused_kernel).
+Every program computes its head's Gaussian weights itself (no prep launch): at most two
+launches per forward call. Backward: a query-side and a key-side kernel for each variant, then one tiny kernel
 per head that chains the gradients of a, b, c to mu, log_sigma, mix_logits. Nothing of size
 N x K is saved; saved for backward are the inputs and the float32 states (tiny). A plan with
 `dl_store` (plan.py) has the backward's query side (or both sides) store its dl (N x KP float32

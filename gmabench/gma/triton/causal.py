@@ -4,7 +4,9 @@ The sequence of each (b, h) is cut into segments of `bps` chunks (a chunk is BLO
 key pass of bidir.py (non-atomic) stores each segment's total state. A forward program starts from
 the sum of the earlier segments' totals and walks its chunks in order, keeping the running state
 (KP x DV and KP masses, float32) in registers: per chunk the masked intra-chunk product
-A = R_q R_k^T (BLOCK x BLOCK) plus the inter-chunk read-out R_q S, then S += R_k^T V.
+A = R_q R_k^T (BLOCK x BLOCK) plus the inter-chunk read-out R_q S, then S += R_k^T V. In
+inference both run in one kernel (_causal_fused_kernel): each program makes its segment's total
+and waits for the earlier segments' before it walks.
 
 Backward: a forward walk for the query side (dq; it also writes the per-row denominator d and
 dd = -(do.o)/d, and each segment's total of G = R_q^T dn, g = R_q^T dd), then a reverse walk for

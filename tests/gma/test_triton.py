@@ -789,13 +789,14 @@ def test_a_forward_over_shared_memory_runs_in_pytorch(monkeypatch):
     from gmabench.gma.triton import autograd
     from gmabench.gma.chunked import gma_chunked
     monkeypatch.setattr(autograd, "TOO_LARGE", {})
-    fake, launched = _too_large_for({"_causal_out_kernel"})
+    # (causal inference over several segments: one kernel, key pass and walk)
+    fake, launched = _too_large_for({"_causal_fused_kernel"})
     monkeypatch.setattr(autograd, "_launch", fake)
     ins = _inputs(1, 33, 1, 16, 16, 4, torch.bfloat16, seed=43)
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="Inference calls of this shape"):
         out = gma_triton(*ins, causal=True, temperature=0.7)
         ref = gma_chunked(*ins, causal=True, temperature=0.7)
-    assert launched[-1] == "_causal_out_kernel" and out.dtype == torch.bfloat16
+    assert launched == ["_causal_fused_kernel"] and out.dtype == torch.bfloat16
     assert torch.equal(out, ref)
     assert autograd.fallback_note(ins[0], ins[2], ins[3], True).startswith("inference in PyTorch")
 

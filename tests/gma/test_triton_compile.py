@@ -78,8 +78,12 @@ def test_launches_compile_for_sm90(causal, D, DV, K):
     launches = _launches(causal, torch.bfloat16, D, DV, K)
     names = {x["name"] for x in launches}
     assert len(names) >= 4, names  # prep, forward passes, backward passes, parameter gradients
-    # the key pass twice: fp16 products (inference) and split (training)
-    assert sum(x["name"] == "_state_kernel" for x in launches) == 2, launches
+    # the key pass twice, fp16 products (inference) and split (training); causal inference runs
+    # it inside the walk's kernel (plan key fuse_fwd)
+    count = {name: sum(x["name"] == name for x in launches)
+             for name in ("_state_kernel", "_causal_fused_kernel")}
+    assert count == ({"_state_kernel": 1, "_causal_fused_kernel": 1} if causal else
+                     {"_state_kernel": 2, "_causal_fused_kernel": 0}), launches
     _assert_all_compile(launches)
 
 
@@ -141,8 +145,11 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     rest = 2 if causal else 3
     kind = "causal" if causal else "bidir"
     assert stages.pop("_param_grad_kernel") == {3}
+    # (causal inference: key pass and walk in one kernel, the walk's depth, its key part 3
+    # through its NST_KEY argument)
+    fused = {"_causal_fused_kernel": {2}} if causal else {}
     assert stages == {"_state_kernel": {3}, f"_{kind}_out_kernel": {rest},
-                      f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}}
+                      f"_{kind}_bwd_q_kernel": {rest}, f"_{kind}_bwd_k_kernel": {rest}, **fused}
     wide = {}
     for x in _launches(causal, torch.bfloat16, 64, 64, 256):
         wide.setdefault(x["name"], set()).add(x["options"]["num_stages"])

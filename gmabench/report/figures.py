@@ -115,30 +115,10 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
         traces, tops = [], []
         for series, color in colors.items():
             rows = lines.get(series)
-            if rows is None:
-                continue
-            rows = rows.sort_values(x)
-            rows = rows[_floats(rows[y]) > 0]
-            if rows.empty:
-                continue
-            xv, yv = _floats(rows[x]), _floats(rows[y]) * scale
-            fit = fits.loc[series] if fits is not None else None
-            trace = dict(type="scatter", x=xv, y=yv, mode="lines+markers",
-                         name=html.escape(series) + _slope_text(fit, x), legendgroup=series,
-                         line=dict(color=color))
-            if errors and rows["p20_ms"].notna().all() and rows["p80_ms"].notna().all():
-                p20, p80, mid = _floats(rows["p20_ms"]), _floats(rows["p80_ms"]), _floats(rows[y])
-                trace["error_y"] = dict(type="data", symmetric=False, array=(p80 - mid) * scale,
-                                        arrayminus=(mid - p20) * scale)
-                tops.append(float(p80.max() * scale))
-            traces.append(trace)
-            tops.append(float(yv.max()))
-            if extra_y and rows[extra_y].notna().any():
-                ex = rows[_floats(rows[extra_y]) > 0]
-                traces.append(dict(
-                    type="scatter", x=_floats(ex[x]), y=_floats(ex[extra_y]) * scale,
-                    mode="lines+markers", line=dict(color=color, dash="dot"), legendgroup=series,
-                    name=html.escape(f"{series} {extra_y.removesuffix('_bytes')}")))
+            if rows is not None:
+                fit = fits.loc[series] if fits is not None else None
+                _add_line(traces, tops, rows.sort_values(x), series, color, fit, x, y, scale,
+                          errors, extra_y)
         traces += _guides(ok, x, y, scale, guides)
         layout = dict(
             xaxis=dict(type="log", title=dict(text=_X_TITLES.get(x, x))),
@@ -146,13 +126,7 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
             legend=dict(font=dict(size=11)), template=_template(), height=480)
         if ceiling is not None:
             label, value = ceiling
-            # a shape takes data values on a log axis, an annotation log10 ones (plotly.js)
-            layout["shapes"] = [dict(type="line", xref="x domain", x0=0, x1=1, yref="y",
-                                     y0=value * scale, y1=value * scale,
-                                     line=dict(color="black", dash="dot", width=1))]
-            layout["annotations"] = [dict(text=html.escape(label), showarrow=False, xref="x domain",
-                                          x=0, xanchor="left", yref="y",
-                                          y=math.log10(value * scale), yanchor="bottom")]
+            _add_ceiling(layout, label, value * scale)
             tops.append(value * scale)
         traces += _failures(g, x, colors, top=max(tops) * 1.8 if tops else 1.0)
         layout["title"] = dict(text=html.escape(f"{title} · {_facet_title(g, x)}".strip(" ·")))
@@ -161,6 +135,42 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
         # cells: `gmabench report` 13.6 -> 8.2 s on a 2-core CPU)
         figs.append(go.Figure(data=traces, layout=layout, _validate=False))
     return figs
+
+
+def _add_line(traces: list, tops: list, rows: pd.DataFrame, series: str, color: str, fit,
+              x: str, y: str, scale: float, errors: bool, extra_y: str | None) -> None:
+    """One series' line (ok cells with y > 0, sorted by x), its p20/p80 error bars and its
+    extra_y line; the heights it reaches go to tops."""
+    rows = rows[_floats(rows[y]) > 0]
+    if rows.empty:
+        return
+    yv = _floats(rows[y]) * scale
+    trace = dict(type="scatter", x=_floats(rows[x]), y=yv, mode="lines+markers",
+                 name=html.escape(series) + _slope_text(fit, x), legendgroup=series,
+                 line=dict(color=color))
+    if errors and rows["p20_ms"].notna().all() and rows["p80_ms"].notna().all():
+        p20, p80, mid = _floats(rows["p20_ms"]), _floats(rows["p80_ms"]), _floats(rows[y])
+        trace["error_y"] = dict(type="data", symmetric=False, array=(p80 - mid) * scale,
+                                arrayminus=(mid - p20) * scale)
+        tops.append(float(p80.max() * scale))
+    traces.append(trace)
+    tops.append(float(yv.max()))
+    if extra_y and rows[extra_y].notna().any():
+        ex = rows[_floats(rows[extra_y]) > 0]
+        traces.append(dict(
+            type="scatter", x=_floats(ex[x]), y=_floats(ex[extra_y]) * scale,
+            mode="lines+markers", line=dict(color=color, dash="dot"), legendgroup=series,
+            name=html.escape(f"{series} {extra_y.removesuffix('_bytes')}")))
+
+
+def _add_ceiling(layout: dict, label: str, value: float) -> None:
+    """A dotted horizontal line at a measured ceiling, labelled at its left end. On a log axis
+    plotly.js takes a shape's y as a data value and an annotation's as its log10."""
+    layout["shapes"] = [dict(type="line", xref="x domain", x0=0, x1=1, yref="y", y0=value,
+                             y1=value, line=dict(color="black", dash="dot", width=1))]
+    layout["annotations"] = [dict(text=html.escape(label), showarrow=False, xref="x domain", x=0,
+                                  xanchor="left", yref="y", y=math.log10(value),
+                                  yanchor="bottom")]
 
 
 _TEMPLATE: list = []

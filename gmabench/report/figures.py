@@ -132,7 +132,8 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
         layout["title"] = dict(text=html.escape(f"{title} · {_facet_title(g, x)}".strip(" ·")))
         # plain dicts, built here and not checked again property by property: plotly's
         # validation took most of a large report's time (results/2026-11-29-h200-paper-3, 636
-        # cells: `gmabench report` 13.6 -> 8.2 s on a 2-core CPU)
+        # cells: `gmabench report` 17.4 -> 10.1 s on a 2-core CPU, the better of two runs each,
+        # old and new alternating)
         figs.append(go.Figure(data=traces, layout=layout, _validate=False))
     return figs
 

@@ -7,6 +7,7 @@ labelled markers along the top of the plot.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 
@@ -111,7 +112,7 @@ def _sweep_figure(df, x: str, y: str, *, title: str, y_title: str, scale: float 
         fits = fit_scaling(g, x=x, y=y, by=["series"]).set_index("series") if slopes else None
         colors = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sorted(g["series"].unique()))}
         ok = g[g["status"] == "ok"]
-        lines = dict(iter(ok.groupby("series", sort=False)))
+        lines = dict(list(ok.groupby("series", sort=False)))
         traces, tops = [], []
         for series, color in colors.items():
             rows = lines.get(series)
@@ -174,14 +175,10 @@ def _add_ceiling(layout: dict, label: str, value: float) -> None:
                                   yanchor="bottom")]
 
 
-_TEMPLATE: list = []
-
-
+@functools.cache
 def _template():
     """plotly_white, resolved once (a template's name is resolved, and copied, per figure)."""
-    if not _TEMPLATE:
-        _TEMPLATE.append(pio.templates["plotly_white"])
-    return _TEMPLATE[0]
+    return pio.templates["plotly_white"]
 
 
 def _guides(ok: pd.DataFrame, x: str, y: str, scale: float, powers: tuple[int, ...]) -> list[dict]:

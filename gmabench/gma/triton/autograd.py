@@ -78,16 +78,16 @@ def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
     if call.causal:
         if pl.P == 1:   # one segment per (b, h): no earlier segment's total is ever read
             st = mu     # a float32 placeholder: the walk reads no total (no allocation)
-        elif pl.FUSE_FWD:   # inference: the key pass inside the walk's kernel
+        else:
             st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
+        if pl.FUSE_FWD:   # inference: the key pass inside the walk's kernel
             if call.sync is None:
                 call.sync = torch.zeros(2 + B * H * pl.P, device=q.device, dtype=torch.int32)
             _launch(_causal_fused_kernel, grid, (q, k, v, *mix, st, call.sync, o, N, H, K, inv_tau,
                                                  eps, pl.bps, pl.bps_key), call.fused,
                     pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="fused")
             return o, (q, k, v, mu, log_sigma, mix_logits, st)
-        else:
-            st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
+        if pl.P > 1:
             _launch(_state_kernel, grid, (k, v, *mix, st, N, H, K, inv_tau, pl.bps_key), call.state,
                     pl.warps_fwd, pl.stages_key, pl.regs_fwd, memo=memo, site="state")
         # a dependent launch only after a kernel of this call (common._gdc: a kernel reads mu,

@@ -78,8 +78,9 @@ class Call:
         # depth, and its int32 counters and flags (causal._causal_fused_kernel), made zero by the
         # first call and left zero by every launch. One buffer per signature: two streams must
         # not run calls of one signature at once.
-        self.fused = {k: v for k, v in self.fwd.items() if k != "GDC"}
-        self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key)
+        if pl.FUSE_FWD:   # (a call's first kernel: no dependent launch, no GDC)
+            self.fused = {k: v for k, v in self.fwd.items() if k != "GDC"}
+            self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key)
         self.sync = None
         # The key pass's state is what the backward reads: before a backward it is made with
         # split products even when the output pass takes fp16 ones (the parameter gradients

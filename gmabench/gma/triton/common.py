@@ -450,7 +450,8 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     if DLST:
         tl.store(dl_ptrs, dl, mask=rm[:, None])
     else:
-        pa, pb, pc = _param_products(dl, x, pa, pb, pc, PREC, X_EXACT, INTERP)
+        pa, pb = _param_products(dl, x, pa, pb, PREC, X_EXACT, INTERP)
+        pc += tl.sum(dl, 0)
     return dx, pa, pb, pc
 
 
@@ -478,22 +479,17 @@ def _x_pairs(x, PREC: tl.constexpr):
 
 
 @triton.jit
-def _param_products(dl, x, pa, pb, pc, PREC: tl.constexpr, X_EXACT: tl.constexpr,
+def _param_products(dl, x, pa, pb, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr):
-    """pa += dl^T x, pb += dl^T x^2, pc += dl, for a tile of dl (BLOCK, KP) float32 and its x
-    (BLOCK, D), in precision PREC. pc is either the column sums (KP,) or, in a loop that sums
-    them once at its end, an elementwise (BLOCK, KP) accumulator."""
+    """pa += dl^T x, pb += dl^T x^2 for a tile of dl (BLOCK, KP) float32 and its x (BLOCK, D),
+    in precision PREC (dl's column sums, the third parameter sum, are the caller's)."""
     dlh, dll = _split(dl, PREC)
     dlth = tl.trans(dlh)
     dltl = tl.trans(dll)
     xh, xl, x2h, x2l = _x_pairs(x, PREC)
     pa = _mm(dlth, dltl, xh, xl, pa, PREC, False, X_EXACT, INTERP)
     pb = _mm(dlth, dltl, x2h, x2l, pb, PREC, False, False, INTERP)
-    if len(pc.shape) == 2:
-        pc += dl
-    else:
-        pc += tl.sum(dl, 0)
-    return pa, pb, pc
+    return pa, pb
 
 
 @triton.jit
@@ -554,7 +550,8 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
         rm = rows < r1
         x = tl.load(_row_ptrs(xbase, rows, H * D, DC), mask=rm[:, None], other=0.0)
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
-        pa, pb, pcacc = _param_products(dl, x, pa, pb, pcacc, PREC, X_EXACT, INTERP)
+        pa, pb = _param_products(dl, x, pa, pb, PREC, X_EXACT, INTERP)
+        pcacc += dl
         if DXPASS:
             dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])

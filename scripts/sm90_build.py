@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import re
@@ -109,10 +110,15 @@ def _ptxas_stats(ptx: str, ptxas: str) -> dict:
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
         sass = subprocess.run([str(Path(ptxas).with_name("cuobjdump")), "-sass",
                                str(Path(tmp) / "k.cubin")], capture_output=True, text=True).stdout
-    if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per kernel (--sass-dir)
-        name = re.search(r"\.entry\s+(\w+)", ptx)
-        name = name.group(1) if name else "kernel"
-        Path(os.environ["SM90_SASS_DIR"], f"{name}.sass").write_text(sass)
+    if os.environ.get("SM90_SASS_DIR"):   # the SASS kept, one file per launch (--sass-dir):
+        name = re.search(r"\.entry\s+(\w+)", ptx)   # NAME.sass, a kernel's later launches
+        name = name.group(1) if name else "kernel"   # with other constants NAME-2.sass, ...
+        out = Path(os.environ["SM90_SASS_DIR"], f"{name}.sass")
+        for i in itertools.count(2):
+            if not out.exists():
+                break
+            out = out.with_name(f"{name}-{i}.sass")
+        out.write_text(sass)
     text = done.stdout + done.stderr
     regs = re.search(r"Used (\d+) registers", text)
     stores = re.search(r"(\d+) bytes spill stores", text)

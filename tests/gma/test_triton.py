@@ -546,6 +546,34 @@ def test_gpu_stored_dl_meets_spec(causal, D, K, dl_store, dx_pass):
     _assert_spec(errs, base, torch.bfloat16)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+def test_gpu_d_and_dd_moved_by_the_sums_pass_are_the_ones_read_from_their_own_buffer():
+    # AUXCP: the causal query side's sums pass writes each row's d, dd over the dl it has just
+    # read, for the key side to read there; with aux_dl 0 the key side reads them from their own
+    # buffer, nothing moved. Any row written before all of its dl was read would change dq's
+    # parameter sums or the key side's dk, dv: at a size with many programs per (b, h) and
+    # repeated, o, dq, dk, dv bit for bit, the parameter gradients to float32 summation order
+    ins = _inputs(1, 65536 + 37, 4, 64, 64, 64, torch.bfloat16, seed=47)
+    do = (0.5 * torch.randn(1, 65536 + 37, 4, 64, generator=torch.Generator().manual_seed(48))
+          ).to(device=ins[0].device, dtype=torch.bfloat16)
+    runs = {}
+    for aux_dl in (0, 1, 1):
+        TUNING.update(dl_store=2, aux_dl=aux_dl)
+        try:
+            runs.setdefault(aux_dl, []).append(
+                _run(lambda *a: gma_triton(*a, causal=True), ins, do))
+        finally:
+            TUNING.update(dl_store=None, aux_dl=None)
+    (own,), moved = runs[0], runs[1]
+    for run in moved:
+        for name, x, y in zip(NAMES, run, own):
+            if name in ("mu", "log_sigma", "mix_logits"):
+                assert _rel(x, y.double()) < 1e-5, name
+            else:
+                assert torch.equal(x, y), name
+
+
 def test_float32_inputs_take_tf32x3_products_at_the_tuned_shapes():
     # beyond K (padded) = 64 or D, Dv = 64 tf32x3's split operands overflow an H200 block's
     # shared memory (up to 458 KB; ieee's fit), so float32 keeps exact products there

@@ -90,6 +90,29 @@ def test_a_dx_pass_sums_on_the_blocks_of_each_sides_walk(monkeypatch):
     assert call.dl_sums["DXP"] == PRECISIONS["fp16"]
 
 
+@pytest.mark.parametrize("causal,K,aux_dl,moved", [(True, 64, 1, True), (True, 140, 1, False),
+                                                   (True, 64, 0, False), (False, 64, 1, False)])
+def test_the_query_sides_pass_moves_d_and_dd_only_where_it_reads_whole_rows(
+        monkeypatch, causal, K, aux_dl, moved):
+    # AUXCP: the causal query side's sums pass writes each row's d, dd into the dl buffer for
+    # the key side (aux_dl), where one program reads the row's whole dl (one tile of x's
+    # columns: not at K=140, whose 256 padded components split x into 16-column tiles);
+    # elsewhere a copy between the passes does it, and the key side's pass never does
+    from gmabench.gma.triton import plan as plan_mod
+    monkeypatch.setattr(plan_mod, "INTERPRET", False)
+    monkeypatch.setattr(plan_mod, "_PLANS", {})
+    call_mod.clear()
+    TUNING.update(dl_store=2, aux_dl=aux_dl)
+    try:
+        call, _ = _prepare(_inputs(N=4096, D=64, DV=64, K=K, dtype=torch.bfloat16), grad=True,
+                           prec=PRECISIONS["fp16"], causal=causal)
+    finally:
+        TUNING.update(dl_store=None, aux_dl=None)
+        call_mod.clear()
+    assert call.dl_sums["AUXCP"] is moved and call.dl_sums_k["AUXCP"] is False
+    assert call.dl_sums["DC"] == (16 if K == 140 else 64)
+
+
 def test_alignment_contiguity_and_the_plan_are_part_of_the_signature():
     call_mod.clear()
     ts = _inputs()

@@ -146,8 +146,8 @@ def _backward(call: Call, saved, do):
     # a programmatic dependent launch (plan key pdl; common._gdc)
     dep = pl.PDL
 
-    def dl_sums(x, dx, dl_consts, site):   # the parameter sums (dx_pass: and dx) of a side
-        _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, dx, *mix, N, H, K, inv_tau,
+    def dl_sums(x, dx, aux, dl_consts, site):   # the parameter sums (dx_pass: and dx) of a side
+        _launch(_dl_sums_kernel, call.dl_grid, (x, dl, pg, dx, aux, *mix, N, H, K, inv_tau,
                                                 call.dl_rows), dl_consts, call.dl_warps, 3,
                 memo=memo, site=site, pdl=dep)
 
@@ -175,13 +175,15 @@ def _backward(call: Call, saved, do):
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
                 memo=memo, site="bwd_q", pdl=dep)
     if pl.DL_STORE:
-        dl_sums(q, dq, call.dl_sums, "dl_q")
+        dl_sums(q, dq, aux if call.causal else pg, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
         elif call.bwd_k.get("AUXDL"):
             # the key side reads each row's d and dd from the first two columns of that row's dl
-            # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated
-            dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))
+            # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated.
+            # The pass moved them there where it could (AUXCP), else a copy does.
+            if not call.dl_sums["AUXCP"]:
+                dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))
             aux = dl
     # dk made by the sums pass (dx_pass, both sides storing dl): allocated after the key side,
     # whose buffers go first, so that dk and the key side's dl buffer only meet in that pass
@@ -201,7 +203,7 @@ def _backward(call: Call, saved, do):
             if call.causal:
                 del aux, gtot
             dk = torch.empty_like(k)
-        dl_sums(k, dk, call.dl_sums_k, "dl_k")
+        dl_sums(k, dk, pg, call.dl_sums_k, "dl_k")
     dmu = torch.empty_like(mu)
     dls = torch.empty_like(log_sigma)
     dmix = torch.empty_like(mix_logits)

@@ -128,8 +128,12 @@ class Call:
         self.dl_rows = rows
         self.dl_warps = pl.DL_WARPS or 4
         self.dl_sums = {k: v for k, v in consts(dtype, D, 0, pl, prec, block).items() if k != "DV"}
-        self.dl_sums.update(DC=DC, DXPASS=pl.DX_PASS, DXP=dxp)
-        self.dl_sums_k = dict(self.dl_sums, BLOCK=pl.BLOCK_BWD_K if pl.DX_PASS else block)
+        # the causal query side's d, dd moved into the dl buffer by its pass (AUXCP) where one
+        # program reads each row's whole dl; else by a copy between the passes (autograd.py)
+        self.dl_sums.update(DC=DC, DXPASS=pl.DX_PASS, DXP=dxp,
+                            AUXCP=bool(self.bwd_k.get("AUXDL")) and DC == D)
+        self.dl_sums_k = dict(self.dl_sums, BLOCK=pl.BLOCK_BWD_K if pl.DX_PASS else block,
+                              AUXCP=False)
 
 
 def prepare(tensors, causal, temperature, eps, prec, grad):

@@ -515,11 +515,11 @@ def _dl_rows(dl_ptr, bh, N, rows, KP: tl.constexpr):
 
 
 @triton.jit
-def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K, inv_tau,
-                    rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
+def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_ptr, N, H, K,
+                    inv_tau, rows_per_prog, D: tl.constexpr, DC: tl.constexpr, KP: tl.constexpr,
                     BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                     INTERP: tl.constexpr, DXPASS: tl.constexpr,
-                    DXP: tl.constexpr, GDC: tl.constexpr = False):
+                    DXP: tl.constexpr, GDC: tl.constexpr = False, AUXCP: tl.constexpr = False):
     """The parameter sums of one side of a backward that stored its dl (DLST). Program
     (i, b*H + h, c) takes rows [i, i + 1) * rows_per_prog of (b, h) and x's columns
     [c, c + 1) * DC: pa = sum dl^T x, pb = sum dl^T x^2 over its rows (and, for c = 0,
@@ -527,7 +527,11 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
     sums with atomics as _add_param_sums does. Its own grid, not the walk's segments: the sums
     have no order to keep, and many short programs keep the loads of dl and x in flight.
     DXPASS (DC = D, BLOCK the side's walk block): each block also makes dx = dl a - x (dl b)
-    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr."""
+    (_dl_dx, the walk's products on the walk's tiles) and stores it through dx_ptr.
+    AUXCP (the causal query side's pass, where the key side reads the query side's per-row d and
+    dd from the dl buffer, x's columns in one tile): once a block's dl is read, its rows' d and
+    dd (aux_ptr: (B*H, 2, N) float32) go into their first two columns (docs/kernels.md,
+    Version 2.26), and no copy between the passes moves them."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -552,6 +556,18 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, mu_ptr, ls_ptr, mix_ptr, N, H
         dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
         pa, pb = _param_products(dl, x, pa, pb, PREC, X_EXACT, INTERP)
         pcacc += dl
+        if AUXCP:
+            abase = aux_ptr + bh.to(tl.int64) * 2 * N + rows
+            d = tl.load(abase, mask=rm, other=0.0)
+            dd = tl.load(abase + N, mask=rm, other=0.0)
+            two = tl.arange(0, 2)[None, :]
+            # after the products: dl reached them through shared memory behind a barrier of
+            # every thread (the loop's pipelined loads, or the operands' staging), so no thread
+            # writes a row before every thread has read it. (A tl.debug_barrier here stopped
+            # Triton 3.6 from pipelining the loop's loads; the GPU tests of stored dl compare dk
+            # and dv with the register form's bit for bit.)
+            tl.store(dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64))[:, None] * KP + two,
+                     tl.where(two == 0, d[:, None], dd[:, None]), mask=rm[:, None])
         if DXPASS:
             dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])

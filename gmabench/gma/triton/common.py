@@ -564,8 +564,8 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_
             # after the products: dl reached them through shared memory behind a barrier of
             # every thread (the loop's pipelined loads, or the operands' staging), so no thread
             # writes a row before every thread has read it. (A tl.debug_barrier here stopped
-            # Triton 3.6 from pipelining the loop's loads; the GPU tests of stored dl compare dk
-            # and dv with the register form's bit for bit.)
+            # Triton 3.6 from pipelining the loop's loads; a GPU test compares o, dq, dk, dv bit
+            # for bit with the form that reads d, dd from their own buffer.)
             tl.store(dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64))[:, None] * KP + two,
                      tl.where(two == 0, d[:, None], dd[:, None]), mask=rm[:, None])
         if DXPASS:

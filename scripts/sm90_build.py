@@ -63,7 +63,7 @@ def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | 
     original = InterpretedFunction.run
 
     def recording_run(self, *args, grid, warmup, **kwargs):
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
         names = self.arg_names
         bound = dict(zip(names, args), **kwargs)
         bound = {k: (False if k == "INTERP" else v) for k, v in bound.items()}   # the GPU build

@@ -221,6 +221,16 @@ def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=False).regs_fwd == 0
     gpu_rules.TUNING.update(regs_fwd=128)
     assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True).regs_fwd == 128
+    # the backward's own cap (regs_bwd), apart from the forward's
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True).regs_bwd == 0
+    path.write_text(json.dumps({"causal/fwd_bwd": {"regs_bwd": 128, "warps_bwd": 8}}))
+    gpu_rules.load_plan_file(path)
+    plan = gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, True, CPU, grad=True)
+    assert (plan.regs_bwd, plan.warps_bwd, plan.regs_fwd) == (128, 8, 128)
+    assert gpu_rules.make_plan(1, 8192, 4, 64, 64, 64, False, CPU, grad=True).regs_bwd == 0
+    path.write_text(json.dumps({"causal/fwd_bwd": {"regs_bwd": 300}}))
+    with pytest.raises(ValueError, match="regs_bwd = 300"):
+        gpu_rules.load_plan_file(path)
 
 
 def test_raw_float16_is_on_unless_the_file_or_a_knob_turns_it_off(gpu_rules, tmp_path):

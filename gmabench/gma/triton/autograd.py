@@ -169,11 +169,11 @@ def _backward(call: Call, saved, do):
     if call.causal:
         _launch(_causal_bwd_q_kernel, grid, (q, k, v, do, *gauss, st, dq, aux, gtot, pg, dl, N, H,
                                              K, inv_tau, eps, bps), consts, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_q", pdl=dep)
+                pl.stages, pl.regs_bwd, memo=memo, site="bwd_q", pdl=dep)
     else:
         _launch(_bidir_bwd_q_kernel, grid, (q, do, *gauss, st, dq, gbuf, pg, dl, N, H, K, inv_tau,
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
-                memo=memo, site="bwd_q", pdl=dep)
+                pl.regs_bwd, memo=memo, site="bwd_q", pdl=dep)
     if pl.DL_STORE:
         dl_sums(q, dq, aux if call.causal else pg, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
@@ -193,11 +193,11 @@ def _backward(call: Call, saved, do):
     if call.causal:
         _launch(_causal_bwd_k_kernel, grid, (q, k, v, do, *gauss, aux, gtot, dk, dv, pg, dl, N, H,
                                              K, inv_tau, pl.bps_bwd_k), call.bwd_k, pl.warps_bwd,
-                pl.stages, memo=memo, site="bwd_k", pdl=dep)
+                pl.stages, pl.regs_bwd, memo=memo, site="bwd_k", pdl=dep)
     else:
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *gauss, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
-                memo=memo, site="bwd_k", pdl=dep)
+                pl.regs_bwd, memo=memo, site="bwd_k", pdl=dep)
     if pl.DL_STORE >= 2:
         if dk_late:
             if call.causal:

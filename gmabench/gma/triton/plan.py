@@ -38,7 +38,8 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # programs per SM (segments are chosen so that B*H*segments ~ waves * SMs); min_bps: fewest
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
-# run, 128 four, at the price of spills); raw16: 1 lets the fp16 forward kernels convert q, k
+# run, 128 four, at the price of spills); regs_bwd: the same cap on the backward's two walks
+# (with 8 backward warps, 128 lets two programs share an SM, 16 warps; untimed); raw16: 1 lets the fp16 forward kernels convert q, k
 # and v to float16 with no tile scale, a segment redone with scales where a check finds that
 # lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales;
 # dl_store: the backward's query side (1) or both sides (2) store dl (B*H*N*KP float32, one
@@ -68,10 +69,12 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # earlier segments' before it walks), 0 launches them apart; training keeps them apart (its key
 # pass takes split products, its walk fp16 ones).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
-             "stages_key", "waves", "min_bps", "regs_fwd", "raw16", "dl_store", "dl_rows",
+             "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
+             "dl_rows",
              "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
+         "regs_bwd": 0,
          "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
@@ -144,6 +147,7 @@ TUNING: dict[str, int | None] = {
     "waves": None,
     "min_bps": None,
     "regs_fwd": None,
+    "regs_bwd": None,
     "raw16": None,
     "dl_store": None,
     "dl_rows": None,
@@ -186,6 +190,7 @@ class Plan:
     AUX_DL: bool = True  # causal, both sides storing dl: d, dd moved into its buffer (aux_dl)
     PDL: bool = False    # programmatic dependent launches (plan key pdl, where the GPU has them)
     FUSE_FWD: bool = False   # causal inference: key pass and walk in one kernel (fuse_fwd)
+    regs_bwd: int = 0    # register cap of the backward's two walks (0: none)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -201,7 +206,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
     allowed = {"block": (16, 32, 64, 128), "block_bwd": (0, 16, 32, 64, 128),
                "block_key": (0, 16, 32, 64, 128), "block_bwd_k": (0, 16, 32, 64, 128),
                "warps_fwd": (2, 4, 8, 16), "warps_bwd": (2, 4, 8, 16), "stages": (1, 2, 3, 4),
-               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)), "raw16": (0, 1),
+               "stages_key": (0, 1, 2, 3, 4), "regs_fwd": (0, *range(24, 256)),
+               "regs_bwd": (0, *range(24, 256)), "raw16": (0, 1),
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
                "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1)}
@@ -214,7 +220,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
             zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
-                              "regs_fwd", "raw16", "dl_store", "dl_rows", "dl_block",
+                              "regs_fwd", "regs_bwd", "raw16", "dl_store", "dl_rows",
+                              "dl_block",
                               "dl_warps", "dx_pass", "aux_dl", "pdl",
                               "fuse_fwd")   # 0: the default, or off
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
@@ -355,7 +362,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bool(row["raw16"]), int(row["dl_store"]), row["dl_rows"], row["dl_block"],
                 row["dl_warps"], dx_pass, bool(row["aux_dl"]),
                 bool(row["pdl"]) and _has_pdl(device),
-                bool(row["fuse_fwd"]) and causal and not grad and P > 1)
+                bool(row["fuse_fwd"]) and causal and not grad and P > 1, row["regs_bwd"])
     _PLANS[key] = plan
     return plan
 

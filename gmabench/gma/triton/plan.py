@@ -39,7 +39,8 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # blocks per segment; regs_fwd: a cap on registers per thread in the forward kernels (0: the
 # compiler's choice, which is 255 for all of them: two 4-warp programs per SM; 168 lets three
 # run, 128 four, at the price of spills); regs_bwd: the same cap on the backward's two walks
-# (with 8 backward warps, 128 lets two programs share an SM, 16 warps; untimed); raw16: 1 lets the fp16 forward kernels convert q, k
+# (with 8 backward warps, 128 lets two programs share an SM, 16 warps: 1.5-2.6x slower training
+# at N=131072, results/2026-11-30-h200-bwd-cap); raw16: 1 lets the fp16 forward kernels convert q, k
 # and v to float16 with no tile scale, a segment redone with scales where a check finds that
 # lost precision (common.py, RAW_LOGIT_ERR; docs/kernels.md, Version 2.9), 0 always scales;
 # dl_store: the backward's query side (1) or both sides (2) store dl (B*H*N*KP float32, one

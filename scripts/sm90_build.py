@@ -239,6 +239,8 @@ def main(argv=None) -> int:
         os.environ["SM90_PYTHON"] = args.python
     if args.sass_dir:   # read by the compiling subprocess, which inherits the environment
         Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
+        for old in Path(args.sass_dir).glob("*.sass"):   # numbered per build: none left over
+            old.unlink()
         os.environ["SM90_SASS_DIR"] = str(Path(args.sass_dir).resolve())
     if args.compile_stdin:
         rows, failures = _compile_all(json.loads(sys.stdin.read()), args.stats)

@@ -71,12 +71,10 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # pass takes split products, its walk fp16 ones).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
-             "dl_rows",
-             "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd")
+             "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
-         "regs_bwd": 0,
-         "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
+         "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
@@ -220,11 +218,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
             raise ValueError(f"GMA Triton plan file {path}: unknown variant {variant!r} "
                              f"(expected one of {VARIANTS})")
         for key, value in entry.items():
-            zero_ok = key in ("block_bwd", "block_bwd_k", "block_key", "stages_key",
-                              "regs_fwd", "regs_bwd", "raw16", "dl_store", "dl_rows",
-                              "dl_block",
-                              "dl_warps", "dx_pass", "aux_dl", "pdl",
-                              "fuse_fwd")   # 0: the default, or off
+            # 0 (the default, or off) where the allowed values have it; waves, min_bps >= 1
+            zero_ok = 0 in allowed.get(key, ())
             ok = (key in PLAN_KEYS and isinstance(value, int) and not isinstance(value, bool)
                   and value >= (0 if zero_ok else 1))
             if ok and key in allowed:

@@ -2,11 +2,13 @@
 
     TRITON_INTERPRET=1 python scripts/sm90_build.py --d 128 --k 64 --causal \
         --knobs '{"warps_fwd": 8}' [--dtype bf16] [--inference-only] [--sass-dir DIR] \
-        [--python /path/to/venv-with-the-GPU's-triton/bin/python]
+        [--plan-shape 1,131072,16] [--python /path/to/venv-with-the-GPU's-triton/bin/python]
 
 A training call (and an inference call before it) of a small shape is run under Triton's CPU
 interpreter with the launch plan an H200 would get for the shape (plan.py; the knobs are
-plan.TUNING's), each kernel launch is recorded, and every distinct launch is compiled ahead of
+plan.TUNING's; with --plan-shape B,N,H the plan of that shape, whose rules can differ from the
+small one's: at the table's shapes from B*H*N = 2^20 tokens the backward stores dl and walks
+32-token query blocks), each kernel launch is recorded, and every distinct launch is compiled ahead of
 time for sm_90a in a subprocess where the kernels are ordinary JIT functions. Printed per kernel:
 warps, stages, registers per thread, spill bytes (ptxas -v), shared memory and the SASS's
 instruction counts, the block loop's apart (sass_counts). What the GPU would
@@ -29,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMEM = 232448   # bytes of shared memory one block may use on sm_90
+H200_SMS = 132   # the GPU whose plans --plan-shape builds
 TYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32",
          "torch.int32": "i32"}
 
@@ -46,16 +49,45 @@ def _describe(value):
     return {"kind": "other", "value": value}
 
 
+def _plan_at(plan_mod, shape: tuple[int, int, int], sms: int = H200_SMS):
+    """plan_mod.make_plan giving the plan of the shape (B, N, H) on a GPU of `sms` SMs instead of
+    the call's own, with the call's own segments (P, blocks per segment) so that it runs under
+    the interpreter: the kernels' constants, warps and stages are the larger shape's."""
+    import dataclasses
+
+    import triton
+    make_plan = plan_mod.make_plan
+
+    def at_shape(B, N, H, K, D, DV, causal, device, grad=True, split_dx=False):
+        count = plan_mod._sm_count
+        plan_mod._sm_count = lambda device: sms   # the segments, and what rests on them
+        try:
+            big = make_plan(*shape, K, D, DV, causal, device, grad, split_dx)
+        finally:
+            plan_mod._sm_count = count
+        own = make_plan(B, N, H, K, D, DV, causal, device, grad, split_dx)
+        bps = triton.cdiv(triton.cdiv(N, big.BLOCK), own.P)
+        P = triton.cdiv(triton.cdiv(N, big.BLOCK), bps)
+        return dataclasses.replace(
+            big, P=P, bps=bps, bps_bwd=bps * (big.BLOCK // big.BLOCK_BWD),
+            bps_key=bps * (big.BLOCK // big.BLOCK_KEY),
+            bps_bwd_k=bps * (big.BLOCK // big.BLOCK_BWD_K), FUSE_FWD=big.FUSE_FWD and P > 1)
+    return at_shape
+
+
 def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | None = None,
-                    inference_only: bool = False, N: int = 200) -> list[dict]:
+                    inference_only: bool = False, N: int = 200,
+                    plan_shape: tuple[int, int, int] | None = None) -> list[dict]:
     """The distinct kernel launches of an inference call and (unless inference_only) a training
     call at (B=1, N, H=1, D, DV, K), with the plans a GPU would get. Needs TRITON_INTERPRET=1 set
     before triton is imported. N=200 is long enough for the causal plans to take several segments
     (a key pass); at every shape the tests build, it records the same launches as N=600 did
-    (kernels, constants, warps, stages), 2.5-3x sooner under the interpreter."""
+    (kernels, constants, warps, stages), 2.5-3x sooner under the interpreter. plan_shape:
+    (B, N, H) whose plan the call takes (_plan_at)."""
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 
+    from gmabench.gma.triton import call as call_mod
     from gmabench.gma.triton import gma_triton
     from gmabench.gma.triton import plan as plan_mod
 
@@ -71,8 +103,11 @@ def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | 
                          "options": options, "args": [_describe(bound[n]) for n in names]})
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
-    saved = (InterpretedFunction.run, plan_mod.INTERPRET, dict(plan_mod.TUNING))
+    saved = (InterpretedFunction.run, plan_mod.INTERPRET, dict(plan_mod.TUNING),
+             call_mod.make_plan)
     InterpretedFunction.run = recording_run
+    if plan_shape:
+        call_mod.make_plan = _plan_at(plan_mod, plan_shape)
     plan_mod.INTERPRET = False     # the GPU's plan (the interpreter's picks block 16, 1 stage)
     plan_mod._PLANS.clear()
     plan_mod.TUNING.update(knobs or {})
@@ -92,7 +127,7 @@ def record_launches(causal: bool, dtype, D: int, DV: int, K: int, knobs: dict | 
             out = gma_triton(*inputs, causal=causal)   # training: forward and backward
             out.float().sum().backward()
     finally:
-        InterpretedFunction.run, plan_mod.INTERPRET = saved[0], saved[1]
+        InterpretedFunction.run, plan_mod.INTERPRET, call_mod.make_plan = saved[0], saved[1], saved[3]
         plan_mod.TUNING.clear()
         plan_mod.TUNING.update(saved[2])
         plan_mod._PLANS.clear()
@@ -219,6 +254,15 @@ def compile_launches(launches: list[dict], stats: bool = False, timeout: int = 9
     return done.returncode, rows, done.stdout[-4000:] + done.stderr[-4000:]
 
 
+def _shape(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--plan-shape wants B,N,H (positive integers), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compile-stdin", action="store_true", help=argparse.SUPPRESS)
@@ -230,11 +274,17 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--knobs", default="{}", help="plan.TUNING knobs as JSON")
     ap.add_argument("--inference-only", action="store_true")
+    ap.add_argument("--plan-shape", help="B,N,H: build the kernels with the plan of that shape "
+                    "(e.g. 1,131072,16, the targets'), not the small recorded call's")
     ap.add_argument("--sass-dir", help="keep each kernel's SASS there (NAME.sass)")
     ap.add_argument("--python", help="build with this Python (and its Triton), e.g. a virtual "
                     "environment with the GPU machine's Triton version; the launches are "
                     "still recorded under this one's interpreter")
     args = ap.parse_args(argv)
+    try:
+        plan_shape = _shape(args.plan_shape)
+    except ValueError as e:
+        ap.error(str(e))   # exit code 2
     if args.python:   # read by compile_launches
         os.environ["SM90_PYTHON"] = args.python
     if args.sass_dir:   # read by the compiling subprocess, which inherits the environment
@@ -253,7 +303,8 @@ def main(argv=None) -> int:
     import torch
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     launches = record_launches(args.causal, dtype, args.d, args.dv or args.d, args.k,
-                               json.loads(args.knobs), args.inference_only)
+                               json.loads(args.knobs), args.inference_only,
+                               plan_shape=plan_shape)
     code, rows, output = compile_launches(launches, stats=True)
     for r in rows:
         print(f"{r['name']:26s} warps {r.get('num_warps')} stages {r.get('num_stages')}: "

@@ -166,3 +166,23 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
     assert wide.pop("_param_grad_kernel") == {3} and wide.pop("_dl_sums_kernel") == {3}
     assert wide.pop("_prep_weights_kernel") == {1}
     assert set().union(*wide.values()) == {2}
+
+
+def test_builds_take_the_plan_of_the_shape_asked_for():
+    """sm90_build --plan-shape: the kernels of a small recorded call built with the constants of
+    a larger shape's plan. At the targets' B*H*N (2^21 tokens, over the table's 2^20 rule) the
+    causal backward's query side stores dl for both sides and walks 32-token blocks; the small
+    call's own plan does neither. A build of the small plan's kernels, believed to be the
+    target's, once misled a prediction (docs/kernels.md, Version 2.28)."""
+    def backward(plan_shape):
+        launches = sm90.record_launches(True, torch.bfloat16, 16, 16, 16, plan_shape=plan_shape)
+        found = {}
+        for x in launches:
+            if x["name"] in ("_causal_bwd_q_kernel", "_causal_bwd_k_kernel"):
+                names = list(inspect.signature(_kernel(x).fn).parameters)
+                found[x["name"][8:13]] = tuple(x["args"][names.index(n)]["value"]
+                                               for n in ("BLOCK", "DLST"))
+        return found
+
+    assert backward(None) == {"bwd_q": (16, False), "bwd_k": (32, False)}
+    assert backward((1, 131072, 16)) == {"bwd_q": (32, True), "bwd_k": (32, True)}

@@ -87,7 +87,7 @@ def test_key_pass_block_covers_the_same_segments(gpu_rules):
     assert (t.BLOCK_BWD_K, t.bps_bwd_k) == (t.BLOCK_BWD, t.bps_bwd)
     gpu_rules.PLAN_TABLE["causal/fwd_bwd"].update(block_bwd=16, block_bwd_k=32)
     gpu_rules._PLANS.clear()
-    t = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
+    t = gpu_rules.make_plan(1, 1024, 16, 64, 64, 64, True, CPU, grad=True)   # (dl not stored)
     assert (t.BLOCK_BWD, t.BLOCK_BWD_K) == (16, 32) and t.bps_bwd_k * 32 == t.bps * t.BLOCK
 
 
@@ -98,8 +98,11 @@ def test_split_dx_products_walk_the_key_side_in_the_query_sides_block(gpu_rules)
     # 2^21 tokens: dl stored, and the query side walks 32-token blocks unless its products split
     assert (fp16_dx.BLOCK_BWD, fp16_dx.BLOCK_BWD_K) == (32, 32)
     assert (split.BLOCK_BWD, split.BLOCK_BWD_K) == (16, 16) and split.bps_bwd_k == split.bps_bwd
-    below = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
+    below = gpu_rules.make_plan(1, 1024, 16, 64, 64, 64, True, CPU, grad=True)
     assert (below.DL_STORE, below.BLOCK_BWD, below.BLOCK_BWD_K) == (0, 16, 32)
+    # split products store dl only from 2^20 tokens, the fp16 ones from 2^15 (causal)
+    small = [gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, True, s) for s in (0, 1)]
+    assert [(p.DL_STORE, p.BLOCK_BWD) for p in small] == [(2, 32), (0, 16)]
     assert split.BLOCK == fp16_dx.BLOCK and split.P == fp16_dx.P      # the same segments
     # inference has no backward; a knob still decides over the rule
     assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=False, split_dx=True) == \
@@ -193,6 +196,19 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
         assert gpu_rules.make_plan(1, 10000, 1, 200, 32, 32, causal_, CPU, grad=False).warps_fwd == 8
 
 
+def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
+    """bf16 training at the table's shapes (docs/kernels.md Version 2.30): causal stores dl on
+    both sides from B*H*N = 2^15 tokens, bidirectional on the query side from 2^16, both with
+    32-token query blocks; the bidirectional sums pass makes dq only from 2^20."""
+    def at(N, causal):
+        p = gpu_rules.make_plan(1, N, 16, 64, 64, 64, causal, CPU, grad=True)
+        return p.DL_STORE, p.BLOCK_BWD if p.DL_STORE else None, p.DX_PASS
+    assert [at(N, True) for N in (1024, 2048, 131072)] == [(0, None, False), (2, 32, False),
+                                                          (2, 32, False)]
+    assert [at(N, False) for N in (2048, 4096, 65536)] == [(0, None, False), (1, 32, False),
+                                                          (1, 32, True)]
+
+
 def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
     # causal: off by default (both sides store dl there); on only where a side stores dl and the
     # sums pass takes x in one column tile (KP x D <= 4096), not in the wide form; refused in a
@@ -205,7 +221,7 @@ def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
     assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, False, CPU, grad=True).DX_PASS
     gpu_rules.TUNING["dx_pass"] = 1
     assert gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
-    assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
+    assert not gpu_rules.make_plan(1, 1024, 16, 64, 64, 64, True, CPU, grad=True).DX_PASS
     assert not gpu_rules.make_plan(1, 131072, 16, 128, 64, 64, True, CPU, grad=True).DX_PASS
     assert not gpu_rules.make_plan(1, 16384, 16, 256, 64, 64, True, CPU, grad=True).DX_PASS
     gpu_rules.TUNING["dl_store"] = 2

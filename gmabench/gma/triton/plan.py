@@ -135,7 +135,8 @@ DL_STORE_TOKENS = 1 << 20
 # causal training, both sides storing and 32-token query blocks, 186.7 -> 171.0 us at N=2048,
 # 321.6 -> 277.2 at 4096, 581.8 -> 490.1 at 8192, 1101.7 -> 912.9 at 16384; bidirectional, the
 # query side storing, 32-token blocks, 165.0 -> 159.8 at 4096, 290.6 -> 275.7 at 8192, 541.0 ->
-# 504.2 at 16384, and 101.4 -> 104.6 at 2048 (lost: it starts at 2^16).
+# 504.2 at 16384, and 101.4 -> 104.6 at 2048 (lost: it starts at 2^16); with dq made by the
+# sums pass (dx_pass) 4.6-6.8% faster again (-dl-small-n-2, Version 2.32).
 DL_STORE_TOKENS_CAUSAL = 1 << 15
 DL_STORE_TOKENS_BIDIR = 1 << 16
 PLAN_SOURCE = "built-in"
@@ -328,14 +329,15 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             row["block_bwd"] = 32
             # N=131072 (Version 2.20; device time of the call, against the plans before in one
             # call, results/2026-11-30-h200-auxdl): bidirectional, the query side's dq made by
-            # the sums pass (3830 -> 3714 us; from 2^20 tokens: below, not timed); causal, both
+            # the sums pass (3830 -> 3714 us; at 4096-16384, replayed, 4.6-6.8% faster:
+            # 160.1 -> 152.8 us at 4096, 510.9 -> 476.3 at 16384, -dl-small-n-2); causal, both
             # sides storing dl (7698 -> 7073 us, peak 1049 -> 1545 MiB; dx_pass there was
             # slower: -dx-pass), with the query side's d, dd kept in the dl buffer so that the
             # peak stays under SDPA flash's at N=131072 (below 2^20 tokens the buffer adds its
             # size to the peak: 41.6 -> 57.1 MiB at N=4096, B * H = 16)
             if causal:
                 row["dl_store"] = 2
-            elif B * H * N >= DL_STORE_TOKENS:
+            else:
                 row["dx_pass"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill

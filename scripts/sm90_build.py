@@ -6,9 +6,9 @@
 
 A training call (and an inference call before it) of a small shape is run under Triton's CPU
 interpreter with the launch plan an H200 would get for the shape (plan.py; the knobs are
-plan.TUNING's; with --plan-shape B,N,H the plan of that shape, whose rules can differ from the
-small one's: at the table's shapes from B*H*N = 2^20 tokens the backward stores dl and walks
-32-token query blocks), each kernel launch is recorded, and every distinct launch is compiled ahead of
+plan.TUNING's; with --plan-shape B,N,H the plan of that shape on an H200, whose rules can
+differ from the small one's: at the table's shapes from B*H*N = 2^15 tokens (2^16, 2^20: plan.py)
+the backward stores dl and walks 32-token query blocks), each kernel launch is recorded, and every distinct launch is compiled ahead of
 time for sm_90a in a subprocess where the kernels are ordinary JIT functions. Printed per kernel:
 warps, stages, registers per thread, spill bytes (ptxas -v), shared memory and the SASS's
 instruction counts, the block loop's apart (sass_counts). What the GPU would

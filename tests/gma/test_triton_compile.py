@@ -170,9 +170,9 @@ def test_each_kernel_gets_its_plans_pipeline_depth(causal):
 
 def test_builds_take_the_plan_of_the_shape_asked_for():
     """sm90_build --plan-shape: the kernels of a small recorded call built with the constants of
-    a larger shape's plan. At the targets' B*H*N (2^21 tokens, over the table's 2^20 rule) the
-    causal backward's query side stores dl for both sides and walks 32-token blocks; the small
-    call's own plan does neither. A build of the small plan's kernels, believed to be the
+    a larger shape's plan. At the targets' B*H*N (2^21 tokens, over plan.py's thresholds) the
+    causal backward stores dl on both sides and walks 32-token query blocks; the small call's
+    own plan (200 tokens) does neither. A build of the small plan's kernels, believed to be the
     target's, once misled a prediction (docs/kernels.md, Version 2.28)."""
     def backward(plan_shape):
         launches = sm90.record_launches(True, torch.bfloat16, 16, 16, 16, plan_shape=plan_shape)

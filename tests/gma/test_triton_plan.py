@@ -210,7 +210,7 @@ def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
     # the plans from before, for a smaller peak (README): knobs come after the rules
     gpu_rules.TUNING.update(dl_store=0, block_bwd=16)
     old = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)
-    assert (old.DL_STORE, old.BLOCK_BWD, old.BLOCK_BWD_K, old.DX_PASS) == (0, 16, 32, False)
+    assert (old.DL_STORE, old.BLOCK_BWD, old.DX_PASS) == (0, 16, False)
 
 
 def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):

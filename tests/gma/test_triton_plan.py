@@ -100,9 +100,9 @@ def test_split_dx_products_walk_the_key_side_in_the_query_sides_block(gpu_rules)
     assert (split.BLOCK_BWD, split.BLOCK_BWD_K) == (16, 16) and split.bps_bwd_k == split.bps_bwd
     below = gpu_rules.make_plan(1, 1024, 16, 64, 64, 64, True, CPU, grad=True)
     assert (below.DL_STORE, below.BLOCK_BWD, below.BLOCK_BWD_K) == (0, 16, 32)
-    # split products store dl only from 2^20 tokens, the fp16 ones from 2^15 (causal)
+    # from 2^15 tokens both store dl on both sides, split products in their 16-token blocks
     small = [gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, True, s) for s in (0, 1)]
-    assert [(p.DL_STORE, p.BLOCK_BWD) for p in small] == [(2, 32), (0, 16)]
+    assert [(p.DL_STORE, p.BLOCK_BWD) for p in small] == [(2, 32), (2, 16)]
     assert split.BLOCK == fp16_dx.BLOCK and split.P == fp16_dx.P      # the same segments
     # inference has no backward; a knob still decides over the rule
     assert gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=False, split_dx=True) == \
@@ -176,11 +176,11 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     assert gpu_rules.make_plan(1, 10000, 1, 64, 128, 128, True, CPU, grad=True).DL_STORE == 2
     assert narrow.DL_STORE == 0
     # ...where causal training stores both sides' dl, bidirectional the query side's, whose
-    # dq the sums pass makes (Version 2.20); split dq, dk, dv products: the query side's alone
+    # dq the sums pass makes (Version 2.20); split dq, dk, dv products: both sides' (Version 2.34)
     at_2e20 = [gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, c, CPU, grad=True, split_dx=s)
                for c in (True, False) for s in (False, True)]
-    assert [(p.DL_STORE, p.DX_PASS) for p in at_2e20] == [(2, False), (1, False), (1, True),
-                                                          (1, False)]
+    assert [(p.DL_STORE, p.DX_PASS) for p in at_2e20] == [(2, False), (2, False), (1, True),
+                                                          (2, False)]
     assert gpu_rules.make_plan(1, 1 << 16, 16, 64, 64, 64, True, CPU, grad=False).DL_STORE == 0
     assert gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=False).DL_STORE == 0
     # bidirectional inference at D = 128 walks 64-token blocks, the causal one 32
@@ -197,9 +197,9 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
 
 
 def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
-    """bf16 training at the table's shapes (docs/kernels.md Versions 2.30, 2.32): causal stores
-    dl on both sides from B*H*N = 2^15 tokens, bidirectional on the query side from 2^16, whose
-    dq the sums pass makes, both with 32-token query blocks."""
+    """Training at the table's shapes (docs/kernels.md Versions 2.30, 2.32, 2.34): in bf16,
+    causal stores dl on both sides from B*H*N = 2^15 tokens, bidirectional on the query side
+    from 2^16, whose dq the sums pass makes, both with 32-token query blocks."""
     def at(N, causal):
         p = gpu_rules.make_plan(1, N, 16, 64, 64, 64, causal, CPU, grad=True)
         return p.DL_STORE, p.BLOCK_BWD if p.DL_STORE else None, p.DX_PASS
@@ -207,6 +207,13 @@ def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
                                                           (2, 32, False)]
     assert [at(N, False) for N in (2048, 4096, 65536)] == [(0, None, False), (1, 32, True),
                                                           (1, 32, True)]
+    # float16 inputs (split products): both sides in both variants, from 2^15; float32 inputs
+    # only from 2^20 (not timed below)
+    split = [gpu_rules.make_plan(1, N, 16, 64, 64, 64, False, CPU, True, True).DL_STORE
+             for N in (1024, 2048)]
+    f32 = [gpu_rules.make_plan(1, N, 16, 64, 64, 64, True, CPU, True, f32=True).DL_STORE
+           for N in (32768, 65536)]
+    assert (split, f32) == ([0, 2], [0, 2])
     # the plans from before, for a smaller peak (README): knobs come after the rules
     gpu_rules.TUNING.update(dl_store=0, block_bwd=16)
     old = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)

@@ -124,21 +124,23 @@ _WIDE_TRAINING = {"bidir/fwd_bwd": {"block_bwd": 0, "warps_fwd": 4, "warps_bwd":
 # ... and every wide shape the 2 stages and the one backward block they were measured with (a third
 # buffer of the wider tiles can overflow shared memory, and the launcher's retry then takes 1 stage)
 _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
-# Tokens (B * H * N) from which a training call at the table's shapes stores the query side's dl:
-# at B * H = 16, N = 131072 it took causal training 9.12 -> 8.78 ms and bidirectional 4.12 -> 4.02
-# (results/2026-11-29-h200-dl-store-2; another call, with a slower sums pass: 9.06 -> 8.82 and
-# 4.08 -> 4.11, -dl-defaults); at N <= 16384 bidirectional training lost 2-5% with it then.
-DL_STORE_TOKENS = 1 << 20
-# ... and, in calls whose dq, dk, dv products are fp16 (not split_dx), from these on: since the
-# sums pass's grid rule and dependent launches (Versions 2.22, 2.25), stored dl pays at small N
-# too. Replayed at B * H = 16 (results/2026-11-30-h200-dl-small-n, docs/kernels.md Version 2.30):
-# causal training, both sides storing and 32-token query blocks, 186.7 -> 171.0 us at N=2048,
-# 321.6 -> 277.2 at 4096, 581.8 -> 490.1 at 8192, 1101.7 -> 912.9 at 16384; bidirectional, the
-# query side storing, 32-token blocks, 165.0 -> 159.8 at 4096, 290.6 -> 275.7 at 8192, 541.0 ->
-# 504.2 at 16384, and 101.4 -> 104.6 at 2048 (lost: it starts at 2^16); with dq made by the
-# sums pass (dx_pass) 4.6-6.8% faster again (-dl-small-n-2, Version 2.32).
-DL_STORE_TOKENS_CAUSAL = 1 << 15
+# Tokens (B * H * N) from which a training call at the table's shapes stores dl. First 2^20, the
+# query side's: at B * H = 16, N = 131072 it took causal training 9.12 -> 8.78 ms and
+# bidirectional 4.12 -> 4.02 (results/2026-11-29-h200-dl-store-2; at N <= 16384 bidirectional
+# training lost 2-5% with it then). Since the sums pass's grid rule and dependent launches
+# (Versions 2.22, 2.25) stored dl pays at small N too. Replayed at B * H = 16
+# (results/2026-11-30-h200-dl-small-n, docs/kernels.md Version 2.30), bf16 inputs: causal
+# training, both sides storing and 32-token query blocks, 186.7 -> 171.0 us at N=2048, 321.6 ->
+# 277.2 at 4096, 581.8 -> 490.1 at 8192, 1101.7 -> 912.9 at 16384; bidirectional, the query side
+# storing, 32-token blocks, 165.0 -> 159.8 at 4096, 290.6 -> 275.7 at 8192, 541.0 -> 504.2 at
+# 16384, and 101.4 -> 104.6 at 2048 (lost: it starts at 2^16); with dq made by the sums pass
+# (dx_pass) 4.6-6.8% faster again (-dl-small-n-2, Version 2.32). Float16 inputs (split dq, dk, dv
+# products; -fp16-dl, Version 2.34), both sides storing in both variants: causal 311.2 -> 248.0
+# us at 2048, 2108.7 -> 1521.4 at 16384, 12.99 -> 11.75 ms at 131072 (against the query side
+# alone); bidirectional 152.2 -> 132.8, 964.0 -> 690.0, 6.37 -> 5.01 ms.
+DL_STORE_TOKENS_CAUSAL = 1 << 15   # (and float16 inputs in both variants)
 DL_STORE_TOKENS_BIDIR = 1 << 16
+DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -281,11 +283,13 @@ def wide_training(K: int, D: int, DV: int) -> bool:
 
 
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
-              device: torch.device, grad: bool = True, split_dx: bool = False) -> Plan:
+              device: torch.device, grad: bool = True, split_dx: bool = False,
+              f32: bool = False) -> Plan:
     """split_dx: the backward's dq, dk, dv products are split too (float16 inputs, or
     precision "split"), not scaled fp16 as in bf16 training; the key side then walks the query
-    side's block (below)."""
-    key = (B, N, H, K, D, DV, causal, grad, split_dx, device.type, device.index,
+    side's block (below). f32: float32 inputs, whose training stores dl only from
+    DL_STORE_TOKENS_F32 (the small-N thresholds were measured in 16-bit)."""
+    key = (B, N, H, K, D, DV, causal, grad, split_dx, f32, device.type, device.index,
            tuple(TUNING.values()))
     plan = _PLANS.get(key)
     if plan is not None:
@@ -317,14 +321,15 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # bidirectional inference at D = 128: 64-token blocks (1.386 -> 0.834 ms at K = 64,
             # N = 131072; the causal walk was slower so, results/2026-11-29-h200-d128-plans)
             row["block"] = 64
-    elif grad and B * H * N >= (DL_STORE_TOKENS if split_dx else
-                                DL_STORE_TOKENS_CAUSAL if causal else DL_STORE_TOKENS_BIDIR):
-        # the table's shapes: the query side's dl stored, where it gains (causal) and adds
-        # nothing to the peak at D = Dv = K = 64 (docs/kernels.md Version 2.17); with its
-        # register sums gone the query side walks 32-token blocks (N=131072, device time of the
-        # call: bidirectional 3981 -> 3819 us, causal 7720 -> 7619; at 2048, without dl stored,
-        # 32 took the causal call 200 -> 244 us; results/2026-11-30-h200-causal-q, Version 2.19)
-        row["dl_store"] = 1
+    elif grad and B * H * N >= (DL_STORE_TOKENS_F32 if f32 else DL_STORE_TOKENS_CAUSAL
+                                if causal or split_dx else DL_STORE_TOKENS_BIDIR):
+        # the table's shapes (thresholds above): dl stored, in bf16 calls by the query side in
+        # the bidirectional variant, where it adds nothing to the peak at D = Dv = K = 64
+        # (docs/kernels.md Version 2.17); with its register sums gone the query side walks
+        # 32-token blocks (N=131072, device time of the call: bidirectional 3981 -> 3819 us,
+        # causal 7720 -> 7619; at 2048, without dl stored, 32 took the causal call 200 -> 244 us;
+        # results/2026-11-30-h200-causal-q, Version 2.19)
+        row["dl_store"] = 2   # float16 inputs: both sides, in their 16-token blocks (below)
         if not split_dx:   # (split dq, dk, dv products: not measured at 32, below)
             row["block_bwd"] = 32
             # N=131072 (Version 2.20; device time of the call, against the plans before in one
@@ -335,9 +340,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # slower: -dx-pass), with the query side's d, dd kept in the dl buffer so that the
             # peak stays under SDPA flash's at N=131072 (below 2^20 tokens the buffer adds its
             # size to the peak: 41.6 -> 57.1 MiB at N=4096, B * H = 16)
-            if causal:
-                row["dl_store"] = 2
-            else:
+            if not causal:
+                row["dl_store"] = 1
                 row["dx_pass"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill

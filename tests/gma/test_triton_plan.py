@@ -214,6 +214,8 @@ def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
     f32 = [gpu_rules.make_plan(1, N, 16, 64, 64, 64, True, CPU, True, f32=True).DL_STORE
            for N in (32768, 65536)]
     assert (split, f32) == ([0, 2], [0, 2])
+    # float32 in split precision (a twin for tests): the query side's, as before Version 2.34
+    assert gpu_rules.make_plan(1, 65536, 16, 64, 64, 64, True, CPU, True, True, True).DL_STORE == 1
     # the plans from before, for a smaller peak (README): knobs come after the rules
     gpu_rules.TUNING.update(dl_store=0, block_bwd=16)
     old = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU, grad=True)

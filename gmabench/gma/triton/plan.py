@@ -329,8 +329,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # 32-token blocks (N=131072, device time of the call: bidirectional 3981 -> 3819 us,
         # causal 7720 -> 7619; at 2048, without dl stored, 32 took the causal call 200 -> 244 us;
         # results/2026-11-30-h200-causal-q, Version 2.19)
-        row["dl_store"] = 2   # float16 inputs: both sides, in their 16-token blocks (below)
-        if not split_dx:   # (split dq, dk, dv products: not measured at 32, below)
+        if split_dx:   # (split dq, dk, dv products: not measured at 32, below)
+            # float16 inputs: both sides, in their 16-token blocks; float32 inputs in split
+            # precision (a twin for tests) keep the query side's, as before
+            row["dl_store"] = 1 if f32 else 2
+        else:
             row["block_bwd"] = 32
             # N=131072 (Version 2.20; device time of the call, against the plans before in one
             # call, results/2026-11-30-h200-auxdl): bidirectional, the query side's dq made by
@@ -340,8 +343,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # slower: -dx-pass), with the query side's d, dd kept in the dl buffer so that the
             # peak stays under SDPA flash's at N=131072 (below 2^20 tokens the buffer adds its
             # size to the peak: 41.6 -> 57.1 MiB at N=4096, B * H = 16)
+            row["dl_store"] = 2 if causal else 1
             if not causal:
-                row["dl_store"] = 1
                 row["dx_pass"] = 1
     if grad and split_dx:
         # The key side's 32-token block was tuned with fp16 dv products; split ones there spill

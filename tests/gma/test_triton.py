@@ -525,7 +525,57 @@ def test_gpu_fused_causal_inference_matches_two_kernels(dtype):
             assert torch.equal(f, fused[0]), N
         assert _rel(fused[0], apart.double()) < 1e-4, N
         assert torch.isfinite(fused[0]).all(), N
-        assert not any(c.sync.any() for c in call_mod._CALLS.values() if c.sync is not None)
+        assert not any(b.any() for c in call_mod._CALLS.values() for b in c.sync_buffers())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+def test_gpu_fused_causal_inference_on_two_streams_at_once():
+    # Two calls of one signature running at the same time, eagerly on two streams and as two
+    # CUDA graphs replayed on two streams: each launch takes a counters-and-flags buffer no
+    # other running launch uses (Call.sync_buffer; with one buffer per signature, tickets drawn
+    # by both launches named segments past the grid). 8 segments per head, 64 programs a
+    # launch, so that the two launches fit on the GPU together. Every output the bits of the
+    # same input's call alone, every buffer left zero.
+    from gmabench.gma.triton import call as call_mod
+    a, b = ([t.detach() for t in _inputs(2, 4133, 4, 64, 64, 64, torch.bfloat16, seed=s)]
+            for s in (5, 6))
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    TUNING.update(segments=8)
+    try:
+        with torch.no_grad():
+            alone = [gma_triton(*x, causal=True) for x in (a, b)]
+            torch.cuda.synchronize()
+            eager = []
+            for _ in range(20):
+                for x, st in zip((a, b), streams):
+                    st.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(st):
+                        eager.append(gma_triton(*x, causal=True))
+            torch.cuda.synchronize()
+            graphs, outs = [], []
+            for x in (a, b):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    outs.append(gma_triton(*x, causal=True))
+                graphs.append(g)
+            replayed = []
+            for _ in range(20):
+                for g, o, st in zip(graphs, outs, streams):
+                    st.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(st):
+                        g.replay()
+                        replayed.append(o.clone())
+            torch.cuda.synchronize()
+    finally:
+        TUNING.update(segments=None)
+    call = next(c for c in call_mod._CALLS.values() if c.dims == (2, 4133, 4, 64, 64, 64)
+                and c.plan.FUSE_FWD and c.plan.P == 8)
+    assert len(call.syncs) >= 2 and len(call.captured) == 2
+    assert len({x.data_ptr() for x in call.sync_buffers()}) == len(call.sync_buffers())
+    for i, o in enumerate(eager + replayed):
+        assert torch.equal(o, alone[i % 2]), i
+    assert not any(x.any() for x in call.sync_buffers())
 
 
 @pytest.mark.gpu
@@ -755,7 +805,7 @@ def test_causal_inference_launches_by_segments_and_fuse_fwd(monkeypatch):
     assert launches[fused] == ["_causal_fused_kernel"]
     assert torch.equal(outs[fused], outs[apart])
     assert _rel(outs[one], outs[fused].double()) < 1e-5
-    syncs = [c.sync for c in call_mod._CALLS.values() if c.sync is not None]
+    syncs = [b for c in call_mod._CALLS.values() for b in c.sync_buffers()]
     assert any(s.numel() == 2 + 2 * 2 * 3 for s in syncs) and not any(s.any() for s in syncs)
     # a training call keeps the two kernels (its key pass and walk take other precisions)
     launched.clear()

@@ -81,9 +81,8 @@ def _forward(call: Call, q, k, v, mu, log_sigma, mix_logits):
         else:
             st = torch.empty(B * H * pl.P * call.state_len, device=q.device, dtype=torch.float32)
         if pl.FUSE_FWD:   # inference: the key pass inside the walk's kernel
-            if call.sync is None:
-                call.sync = torch.zeros(2 + B * H * pl.P, device=q.device, dtype=torch.int32)
-            _launch(_causal_fused_kernel, grid, (q, k, v, *mix, st, call.sync, o, N, H, K, inv_tau,
+            sync = call.sync_buffer(q.device)
+            _launch(_causal_fused_kernel, grid, (q, k, v, *mix, st, sync, o, N, H, K, inv_tau,
                                                  eps, pl.bps, pl.bps_key), call.fused,
                     pl.warps_fwd, pl.stages, pl.regs_fwd, memo=memo, site="fused")
             return o, (q, k, v, mu, log_sigma, mix_logits, st)

@@ -20,6 +20,7 @@ from .plan import Plan, _sm_count, make_plan, padded_components
 FLOAT32_PRECISIONS = (PRECISIONS["ieee"], PRECISIONS["tf32x3"])   # float32 operands throughout
 _DIMS: dict[tuple, tuple] = {}     # signature -> (B, N, H, D, DV, K), once its shapes passed check
 _CALLS: dict[tuple, "Call"] = {}
+_CAPTURED: list = []   # every graph's fused-kernel buffer (Call.sync_buffer), for its replays
 
 
 def check(q, k, v, mu, log_sigma, mix_logits):
@@ -75,13 +76,13 @@ class Call:
         self.state_len = pl.KP * (DV + 1)
         self.fwd = dict(consts(dtype, D, DV, pl, prec), RAW16=pl.RAW16)
         # causal inference in one kernel (plan key fuse_fwd): its key pass's block and pipeline
-        # depth, and its int32 counters and flags (causal._causal_fused_kernel), made zero by the
-        # first call and left zero by every launch. One buffer per signature: two streams must
-        # not run calls of one signature at once.
+        # depth; its int32 counters and flags come from sync_buffer
         if pl.FUSE_FWD:   # (a call's first kernel: no dependent launch, no GDC)
             self.fused = {k: v for k, v in self.fwd.items() if k != "GDC"}
             self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key)
-        self.sync = None
+        self.syncs: dict = {}      # per stream (eager launches)
+        self.captured: list = []   # one per CUDA graph captured (its launches hold the address)
+        self.spare = None          # made zero by an eager call, for the next graph captured
         # The key pass's state is what the backward reads: before a backward it is made with
         # split products even when the output pass takes fp16 ones (the parameter gradients
         # need it).
@@ -106,6 +107,37 @@ class Call:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
         self.memo: dict[str, tuple] = {}
+
+    def sync_buffer(self, device) -> torch.Tensor:
+        """The fused causal kernel's counters and flags (causal._causal_fused_kernel) for one
+        launch: zero before it (every launch leaves its buffer zero) and used by no launch that
+        can run at the same time, since tickets drawn from one counter by two launches at once
+        would name segments of neither. Eager launches take their stream's buffer (launches on
+        one stream run one after another); a graph being captured takes one of its own, so that
+        graphs replayed on different streams share none: the spare made zero by the last eager
+        call (torch.cuda.graph synchronises before it captures), else a new one, whose zero fill
+        the graph then replays before the kernel."""
+        n = 2 + self.dims[0] * self.dims[2] * self.plan.P
+        cuda = device.type == "cuda"
+        if cuda and torch.cuda.is_current_stream_capturing():
+            buf, self.spare = self.spare, None
+            if buf is None:
+                buf = torch.zeros(n, device=device, dtype=torch.int32)
+            self.captured.append(buf)
+            _CAPTURED.append(buf)   # kept for the graph's replays even if clear() drops this call
+            return buf
+        key = torch.cuda.current_stream(device).cuda_stream if cuda else None
+        buf = self.syncs.get(key)
+        if buf is None:
+            buf = self.syncs[key] = torch.zeros(n, device=device, dtype=torch.int32)
+        if cuda and self.spare is None:
+            self.spare = torch.zeros(n, device=device, dtype=torch.int32)
+        return buf
+
+    def sync_buffers(self) -> list:
+        """Every counters-and-flags buffer this call has made (tests check they are left zero)."""
+        return [*self.syncs.values(), *self.captured] + ([self.spare] if self.spare is not None
+                                                          else [])
 
     def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, dxp, sms):
         """Grid and constants of the parameter sums' pass over a stored dl (common.

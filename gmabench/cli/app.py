@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gmabench.cli.compare import compare
+from gmabench.cli.history import history
 from gmabench.cli.listing import mixers, suites
 from gmabench.cli.report import report
 from gmabench.cli.run import run
@@ -16,6 +17,7 @@ app.command()(report)
 app.command()(mixers)
 app.command()(suites)
 app.command()(compare)
+app.command()(history)
 
 
 def main() -> None:

@@ -64,6 +64,18 @@ def series_label(mixer: str, causal: bool, mode: str, dtype: str, scope: str = "
     return " ".join(parts)
 
 
+def cell_label(r: dict[str, Any]) -> str:
+    """One cell in words: its series (series_label, without the device) and its shape, e.g.
+    "gma causal fwd bf16 B=1 N=131072 H=16 D=64 K=64"."""
+    shape = f"B={r['B']} N={r['N']} H={r['H']} D={r['D']}"
+    if r.get("Dv") not in (None, r["D"]):
+        shape += f" Dv={r['Dv']}"
+    if r.get("k_applies", True):
+        shape += f" K={r['K']}"
+    return series_label(r["mixer"], r["causal"], r["mode"], r["dtype"], r.get("scope", "core"),
+                        "") + " " + shape
+
+
 def records_frame(records: Iterable[dict[str, Any]], env: dict | None = None) -> pd.DataFrame:
     """All records (every status) as a typed DataFrame with `series` and throughput columns."""
     defaults = _defaults()

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from scipy.stats import mannwhitneyu
 
-from gmabench.report.analysis import host_bound
+from gmabench.report.analysis import cell_label, host_bound
 from gmabench.results.schema import cell_key
 
 
@@ -38,12 +38,6 @@ class CellChange:
     new_status: str
     verdict: str                    # "regressed", "improved", "same", "new", "gone"
     why: str = ""
-
-
-def _label(r: dict[str, Any]) -> str:
-    kind = "causal" if r["causal"] else "bidir"
-    k = f" K={r['K']}" if r.get("k_applies", True) else ""
-    return f"{r['mixer']} {kind} {r['mode']} {r['dtype']} N={r['N']} H={r['H']} D={r['D']}{k}"
 
 
 def _latest(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -88,7 +82,7 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
         rb, rn = b.get(key), n.get(key)
         ref = rn or rb
         if rb is None or rn is None:
-            changes.append(CellChange(key, _label(ref), None, None, None, None, None, None, None,
+            changes.append(CellChange(key, cell_label(ref), None, None, None, None, None, None, None,
                                       rb["status"] if rb else "", rn["status"] if rn else "",
                                       "new" if rb is None else "gone"))
             continue
@@ -119,7 +113,7 @@ def compare_runs(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], 
         if timed_apart and rb["status"] == rn["status"] == "ok":
             why = "; ".join(filter(None, [why, f"times not compared: timed by {timers[0]} in the base "
                                                f"run and by {timers[1]} in this one"]))
-        changes.append(CellChange(key, _label(rn), rb.get("median_ms"), rn.get("median_ms"), tr, p,
+        changes.append(CellChange(key, cell_label(rn), rb.get("median_ms"), rn.get("median_ms"), tr, p,
                                   rb.get("peak_bytes"), rn.get("peak_bytes"), mr, rb["status"], rn["status"],
                                   verdict, why))
     return changes

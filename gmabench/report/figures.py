@@ -267,3 +267,28 @@ def all_figures(df, ceilings: dict | None = None) -> list[tuple[str, go.Figure]]
     if "tflops_per_s" in frame and frame["tflops_per_s"].notna().any():
         out.extend(("Achieved FLOP/s vs N", fig) for fig in flops_vs_n(frame, ceilings))
     return out
+
+
+def history_figure(history) -> go.Figure:
+    """Each cell of a report.history.History over its runs: median time against the run, on a
+    log axis, one line per cell and timer (a line never joins an eager time to a replayed one);
+    cells that did not run ok leave a gap."""
+    names = [run.name for run in history.runs]
+    commits = {run.name: run.commit for run in history.runs}
+    traces = []
+    for i, key in enumerate(history.cells):
+        points = history.points(key)
+        for timer in dict.fromkeys(p.timer for p in points):
+            pts = [p for p in points if p.timer == timer]
+            traces.append(go.Scatter(
+                x=[p.run for p in pts], y=[p.median_ms for p in pts], mode="lines+markers",
+                name=html.escape(history.labels[key] + (f" ({timer})" if timer else "")),
+                line=dict(color=PALETTE[i % len(PALETTE)], dash="solid" if timer != "cuda_graph" else "dash"),
+                customdata=[[commits[p.run], p.status, timer or "not recorded"] for p in pts],
+                hovertemplate="%{x}<br>commit %{customdata[0]}<br>%{y:.4g} ms (%{customdata[1]}, "
+                              "%{customdata[2]})<extra>%{fullData.name}</extra>"))
+    layout = dict(template=_template(), title="Median time per run, oldest run first",
+                  xaxis=dict(title="run", categoryorder="array", categoryarray=names, type="category"),
+                  yaxis=dict(title="median (ms)", type="log"), legend=dict(orientation="h", y=-0.35),
+                  height=620)
+    return go.Figure(data=traces, layout=layout)

@@ -1,0 +1,65 @@
+"""`gmabench history DIR...`: each cell's time and peak memory across many runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from gmabench.cli.common import console, fail, split_list
+
+MIB = 2**20
+
+
+def history(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each holding results.jsonl or results.jsonl.gz), in any order.")],
+    mixers: Annotated[Optional[str], typer.Option(help="Comma-separated mixers to keep (default: all).")] = None,
+    seq_lens: Annotated[Optional[str], typer.Option(help="Comma-separated N to keep (default: all).")] = None,
+    dtypes: Annotated[Optional[str], typer.Option(help="Comma-separated dtypes to keep, e.g. bfloat16 (default: all).")] = None,
+    modes: Annotated[Optional[str], typer.Option(help="Comma-separated modes to keep: fwd, fwd_bwd (default: both).")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Also write this HTML file: the medians against the run (plotly, offline).")] = None,
+) -> None:
+    """Show how each cell moved from run to run (runs ordered by when they started); exit 2 on bad input."""
+    from gmabench.report.history import build_history
+    from gmabench.results.store import CorruptResultsError, load_records
+
+    keep = dict(mixers=split_list("--mixers", mixers), seq_lens=split_list("--seq-lens", seq_lens, int),
+                dtypes=split_list("--dtypes", dtypes), modes=split_list("--modes", modes))
+    for m in keep["modes"] or []:
+        if m not in ("fwd", "fwd_bwd"):
+            fail(f"--modes: {m!r} is not a mode (fwd, fwd_bwd)")
+    runs = []
+    for path in run_dirs:
+        if not path.is_dir():
+            fail(f"DIR: {path} is not a directory")
+        try:
+            records = load_records(path)
+        except CorruptResultsError as exc:
+            fail(str(exc))
+        if not records:
+            fail(f"DIR: {path} holds no run")
+        runs.append((path.name, records))
+    hist = build_history(runs, **keep)
+    if not hist.cells:
+        fail("no cell of these runs passes --mixers, --seq-lens, --dtypes and --modes")
+    devices = {d for run in hist.runs for d in run.devices}
+    if len(devices) > 1:
+        console.print(f"[yellow]note:[/] the runs name {len(devices)} devices ({', '.join(sorted(devices))}): "
+                      "times of different machines are not versions of one another")
+    for key in hist.cells:
+        table = Table(title=hist.labels[key], title_justify="left")
+        for col in ("run", "commit", "timer", "median ms", "vs previous", "peak MiB", "status"):
+            table.add_column(col, justify="left" if col in ("run", "commit", "timer", "status") else "right")
+        for p in hist.points(key):
+            table.add_row(p.run, p.commit[:7], p.timer or "not recorded",
+                          "" if p.median_ms is None else f"{p.median_ms:.4g}",
+                          "" if p.change is None else f"{p.change:.3f}x",
+                          "" if p.peak_bytes is None else f"{p.peak_bytes / MIB:.1f}", p.status)
+        console.print(table)
+    if html is not None:
+        from gmabench.report.figures import history_figure
+        html.parent.mkdir(parents=True, exist_ok=True)
+        history_figure(hist).write_html(html, include_plotlyjs=True, full_html=True)
+        console.print(f"history: {html}", soft_wrap=True)

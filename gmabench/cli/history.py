@@ -20,6 +20,7 @@ def history(
     dtypes: Annotated[Optional[str], typer.Option(help="Comma-separated dtypes to keep, e.g. bfloat16 (default: all).")] = None,
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated modes to keep: fwd, fwd_bwd (default: both).")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Also write this HTML file: the medians against the run (plotly, offline).")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print one Markdown table (a row per run, a column per cell) instead of a table per cell.")] = False,
 ) -> None:
     """Show how each cell moved from run to run (runs ordered by when they started); exit 2 on bad input."""
     from gmabench.report.history import build_history
@@ -48,7 +49,10 @@ def history(
     if len(devices) > 1:
         console.print(f"[yellow]note:[/] the runs name {len(devices)} devices ({', '.join(sorted(devices))}): "
                       "times of different machines are not versions of one another")
-    for key in hist.cells:
+    if markdown:
+        from gmabench.report.history import markdown_table
+        print(markdown_table(hist))
+    for key in hist.cells if not markdown else []:
         table = Table(title=hist.labels[key], title_justify="left")
         for col in ("run", "commit", "timer", "median ms", "vs previous", "peak MiB", "status"):
             table.add_column(col, justify="left" if col in ("run", "commit", "timer", "status") else "right")

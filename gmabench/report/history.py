@@ -95,3 +95,20 @@ def build_history(runs: Iterable[tuple[str, list[dict[str, Any]]]], *,
         built.append(run)
     built.sort(key=lambda run: (run.started, run.name))
     return History(built, cells, labels)
+
+
+def markdown_table(history: History) -> str:
+    """The history as one Markdown table: a row per run (oldest first), a column per cell, its
+    median in ms ('-' where the run has no ok record of it); the run's commits and timers in
+    their own columns, since times of different timers are not comparable."""
+    head = ["run", "commit", "timer"] + [history.labels[k] for k in history.cells]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in history.runs:
+        recs = [run.cells.get(k) for k in history.cells]
+        if not any(recs):
+            continue
+        timers = sorted({r.get("timer") or "not recorded" for r in recs if r})
+        vals = ["-" if r is None or r.get("status") != "ok" or r.get("median_ms") is None
+                else f"{r['median_ms']:.4g}" for r in recs]
+        lines.append("| " + " | ".join([run.name, run.commit, ", ".join(timers), *vals]) + " |")
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ from typer.testing import CliRunner
 
 from gmabench.cli.app import app
 from gmabench.report.figures import history_figure
-from gmabench.report.history import build_history
+from gmabench.report.history import build_history, markdown_table
 from gmabench.results.schema import Record
 from gmabench.results.store import ResultStore
 
@@ -89,3 +89,16 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
         res = CliRunner().invoke(app, ["history", *args, "--html", str(out)])
         assert res.exit_code == 2, (args, res.output)
         assert not out.exists()
+
+
+def test_markdown_table_has_a_row_per_run_and_a_column_per_cell(tmp_path):
+    h = build_history(_runs(), mixers=["gma"])
+    assert markdown_table(h).splitlines() == [
+        "| run | commit | timer | gma causal fwd bf16 B=1 N=64 H=2 D=16 K=4 "
+        "| gma causal fwd bf16 B=1 N=128 H=2 D=16 K=4 |",
+        "|---|---|---|---|---|",
+        "| early | aaa | cuda_events | 4 | - |",
+        "| middle | bbb | cuda_events | 2 | - |",
+        "| late | ccc | cuda_events, cuda_graph | 1.5 | 2 |"]
+    res = CliRunner().invoke(app, ["history", *_write(tmp_path, _runs()), "--mixers", "gma", "--markdown"])
+    assert res.output.strip() == markdown_table(h)

@@ -31,7 +31,7 @@ import torch
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import (_causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_fused_kernel,
                      _causal_out_kernel)
-from .call import Call, fallback_key, prepare
+from .call import Call, check, fallback_key, prepare
 from .common import (PRECISIONS, _dl_sums_kernel, _param_grad_kernel, _prep_weights_kernel,
                      wide_weights_len)
 from .launch import KernelTooLarge
@@ -247,6 +247,9 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     tensors = (q, k, v, mu, log_sigma, mix_logits)
+    if q.numel() == 0 or v.numel() == 0:   # no token (B, N or H zero): nothing to launch, and
+        check(*tensors)                     # the plans divide by the tokens; shapes still checked
+        return _pytorch(*tensors, bool(causal), float(temperature), float(eps))
     # Will a backward follow? Inference and training calls differ in launch plan (plan.py) and
     # in the forward's default precision.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -479,6 +479,19 @@ def test_rejects_unsupported_shapes():
         gma_triton(*ins[:3], torch.zeros(H, 300, D), torch.zeros(H, 300, D), torch.zeros(H, 300))
 
 
+def test_a_second_derivative_raises_instead_of_dropping_the_kernels_part():
+    # A gradient penalty through gma and another op, then .backward() as training does: the
+    # kernels' gradients have no graph, so differentiating them again must fail loudly, not
+    # leave the other op's part alone in q.grad. (torch.autograd.grad with `inputs` skips the
+    # error node, which lies on no path to them: a limit of once_differentiable.)
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 9, 2, 16, 16, 3, torch.float32, seed=4)[:3])
+    mu, ls, mix = _inputs(1, 9, 2, 16, 16, 3, torch.float32, seed=4)[3:]
+    o = gma_triton(q, k, v, mu, ls, mix)
+    (g,) = torch.autograd.grad(o.square().sum() + q.pow(3).sum(), (q,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("B,N,H", [(1, 0, 2), (0, 5, 2), (2, 3, 0)])
 def test_no_tokens_gives_an_empty_output_and_zero_parameter_gradients(B, N, H, causal):

@@ -27,6 +27,7 @@ import os
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .bidir import _bidir_bwd_k_kernel, _bidir_bwd_q_kernel, _bidir_out_kernel, _state_kernel
 from .causal import (_causal_bwd_k_kernel, _causal_bwd_q_kernel, _causal_fused_kernel,
@@ -113,6 +114,7 @@ class GMATritonFunction(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable   # the kernels' gradients have no graph: a second derivative raises
     def backward(ctx, do):
         saved = ctx.saved_tensors
         call = ctx.call

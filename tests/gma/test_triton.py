@@ -493,6 +493,21 @@ def test_a_second_derivative_raises_instead_of_dropping_the_kernels_part():
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_under_torch_compile_the_call_runs_eagerly_with_its_gradients(causal):
+    # torch.compile cannot trace the launches (cached launchers, per-signature host state):
+    # gma_triton runs eagerly between the compiled graphs, the same output and gradients
+    torch._dynamo.reset()
+    ins = _inputs(1, 40, 2, 16, 16, 4, torch.float32, seed=9)
+    step = torch.compile(lambda *a: gma_triton(*a, causal=causal).square() * 2, backend="aot_eager")
+    out = step(*ins)
+    grads = torch.autograd.grad(out.sum(), ins)
+    ref = gma_triton(*ins, causal=causal).square() * 2
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), ins)):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("B,N,H", [(1, 0, 2), (0, 5, 2), (2, 3, 0)])
 def test_no_tokens_gives_an_empty_output_and_zero_parameter_gradients(B, N, H, causal):
     # an empty batch, sequence or head set launches nothing (the plans divide by the tokens):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -47,7 +48,15 @@ def triton_available(device: torch.device | str) -> tuple[bool, str]:
     return True, ""
 
 
-def resolve_impl(impl: str, device: torch.device | str, causal: bool = False) -> str:
+def triton_deterministic(causal: bool, grad: bool) -> bool:
+    """Whether the fused kernels give the same bits call after call: only causal inference does
+    (its segments' totals are summed in a fixed order); the bidirectional state and every
+    backward's parameter sums are float32 atomic adds, in whatever order they arrive."""
+    return causal and not grad
+
+
+def resolve_impl(impl: str, device: torch.device | str, causal: bool = False,
+                 grad: bool = True) -> str:
     """The concrete implementation `impl` means on `device`: "auto" becomes "triton" on CUDA when
     the kernels import, otherwise "chunked" for causal and "reference" for bidirectional GMA (a
     shape whose kernels exceed the GPU's shared memory then runs through gma_chunked inside
@@ -55,12 +64,15 @@ def resolve_impl(impl: str, device: torch.device | str, causal: bool = False) ->
     wide shapes (plan.wide_training) trained in gma_chunked, then 1.9-2.4x faster; since their
     backward loads weights made once per head, the kernels train them 2.0x (bidirectional) and
     1.2x (causal) faster than gma_chunked, at a sixth of its memory or less
-    (results/2026-11-30-h200-wide-auto-2, -3; docs/kernels.md, Version 2.18). Explicit names are
+    (results/2026-11-30-h200-wide-auto-2, -3; docs/kernels.md, Version 2.18). With
+    torch.use_deterministic_algorithms(True), "auto" takes the kernels only where they are
+    deterministic (causal inference; `grad`: whether a backward may follow). Explicit names are
     returned unchanged (after checking they exist)."""
     _check_impl(impl)
     if impl != "auto":
         return impl
-    if triton_available(device)[0]:
+    if triton_available(device)[0] and (not torch.are_deterministic_algorithms_enabled()
+                                        or triton_deterministic(causal, grad)):
         return "triton"
     return "chunked" if causal else "reference"
 
@@ -125,7 +137,9 @@ def gma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.T
     _validate(q, k, v, mu, log_sigma, mix_logits, temperature, eps)
     kwargs = dict(causal=bool(causal), temperature=float(temperature), eps=float(eps))
 
-    chosen = resolve_impl(impl, q.device, causal=bool(causal))
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, mu, log_sigma, mix_logits))
+    chosen = resolve_impl(impl, q.device, causal=bool(causal), grad=grad)
     if chosen == "reference":
         return gma_reference(q, k, v, mu, log_sigma, mix_logits, **kwargs)
     if chosen == "chunked":
@@ -140,4 +154,13 @@ def gma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.T
     except Exception as exc:
         raise RuntimeError(f"impl='triton' is unavailable: importing gmabench.gma.triton failed "
                            f"({type(exc).__name__}: {exc})") from exc
+    if torch.are_deterministic_algorithms_enabled() and not triton_deterministic(bool(causal), grad):
+        # as PyTorch's own nondeterministic ops do: raise, or warn in warn_only mode
+        message = ("impl='triton' does not have a deterministic implementation here (float32 "
+                   "atomic sums: the bidirectional state and every backward's parameter sums; "
+                   "only causal inference is deterministic), but torch.use_deterministic_algorithms"
+                   "(True) is set. Use impl='auto' (it then picks PyTorch) or 'chunked'.")
+        if not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(message)
+        warnings.warn(message, stacklevel=2)
     return gma_triton(q, k, v, mu, log_sigma, mix_logits, **kwargs)

@@ -141,6 +141,45 @@ def test_triton_impl_forwards_its_arguments(monkeypatch, gma_make_inputs):
     assert calls == [dict(causal=True, temperature=0.5, eps=1e-3)]
 
 
+@pytest.fixture
+def deterministic():
+    def set_mode(on: bool, warn_only: bool = False):
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    yield set_mode
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_deterministic_mode_keeps_auto_off_the_atomic_kernels(monkeypatch, deterministic):
+    # Only causal inference runs without float atomics in the kernels: under
+    # torch.use_deterministic_algorithms(True), "auto" takes PyTorch for everything else
+    monkeypatch.setattr(gma_api, "_import_gma_triton", lambda: object())   # kernels "available"
+    deterministic(True)
+    assert resolve_impl("auto", "cuda", causal=True, grad=False) == "triton"
+    assert resolve_impl("auto", "cuda", causal=True, grad=True) == "chunked"
+    assert resolve_impl("auto", "cuda", causal=False, grad=False) == "reference"
+    assert resolve_impl("triton", "cuda", causal=False) == "triton"   # explicit: unchanged
+    deterministic(False)
+    assert resolve_impl("auto", "cuda", causal=False, grad=True) == "triton"
+
+
+def test_explicit_triton_in_deterministic_mode_raises_or_warns(monkeypatch, gma_make_inputs,
+                                                                deterministic):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(gma_api, "_import_gma_triton",
+                        lambda: lambda q, k, v, *rest, **kw: v)
+    x = _valid_inputs(gma_make_inputs)
+    deterministic(True)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        gma_attention(**x, impl="triton")
+    with torch.no_grad():   # causal inference is deterministic: no complaint
+        assert gma_attention(**x, causal=True, impl="triton") is x["v"]
+    deterministic(True, warn_only=True)
+    with pytest.warns(UserWarning, match="deterministic"):
+        assert gma_attention(**x, impl="triton") is x["v"]
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_attention_dispatches_to_the_named_impl(causal, gma_make_inputs):
     x = _valid_inputs(gma_make_inputs)

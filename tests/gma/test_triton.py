@@ -576,6 +576,27 @@ def test_gpu_fused_causal_inference_matches_two_kernels(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_gpu_deterministic_mode_repeats_training_bit_for_bit(causal):
+    # torch.use_deterministic_algorithms(True): impl="auto" leaves the kernels' atomic sums for
+    # PyTorch, so two training calls give the same bits, output and every gradient
+    from gmabench.gma import gma_attention
+    ins = _inputs(2, 1000, 4, 64, 64, 64, torch.bfloat16, seed=21)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            o = gma_attention(*ins, causal=causal)
+            runs.append([o, *torch.autograd.grad(o.float().square().sum(), ins)])
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_fused_causal_inference_on_two_streams_at_once():
     # Two calls of one signature running at the same time, eagerly on two streams and as two
     # CUDA graphs replayed on two streams: each launch takes a counters-and-flags buffer no

@@ -512,17 +512,17 @@ def test_under_torch_compile_the_call_runs_eagerly_with_its_gradients(causal):
 def test_no_tokens_gives_an_empty_output_and_zero_parameter_gradients(B, N, H, causal):
     # an empty batch, sequence or head set launches nothing (the plans divide by the tokens):
     # the output is empty, the mixture's gradients zero, and bad shapes are still refused
-    q, k = (torch.randn(B, N, H, 16) for _ in range(2))
-    v = torch.randn(B, N, H, 32, requires_grad=True)
-    mu, ls = (torch.randn(H, 3, 16, requires_grad=True) for _ in range(2))
-    mix = torch.randn(H, 3, requires_grad=True)
+    q, k = (torch.randn(B, N, H, 16, device=DEVICE) for _ in range(2))
+    v = torch.randn(B, N, H, 32, device=DEVICE, requires_grad=True)
+    mu, ls = (torch.randn(H, 3, 16, device=DEVICE, requires_grad=True) for _ in range(2))
+    mix = torch.randn(H, 3, device=DEVICE, requires_grad=True)
     o = gma_triton(q, k, v, mu, ls, mix, causal=causal)
     assert o.shape == (B, N, H, 32) and o.dtype == v.dtype
     grads = torch.autograd.grad(o.sum() + 0 * (mu.sum() + ls.sum() + mix.sum()), (v, mu, ls, mix))
     assert [tuple(g.shape) for g in grads] == [(B, N, H, 32), (H, 3, 16), (H, 3, 16), (H, 3)]
     assert not any(g.any() for g in grads)
     with pytest.raises(ValueError, match="Dv must be"):
-        gma_triton(q, k, torch.randn(B, N, H, 24), mu, ls, mix, causal=causal)
+        gma_triton(q, k, torch.randn(B, N, H, 24, device=DEVICE), mu, ls, mix, causal=causal)
 
 
 @pytest.mark.gpu

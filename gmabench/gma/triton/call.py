@@ -76,10 +76,10 @@ class Call:
         self.state_len = pl.KP * (DV + 1)
         self.fwd = dict(consts(dtype, D, DV, pl, prec), RAW16=pl.RAW16)
         # causal inference in one kernel (plan key fuse_fwd): its key pass's block and pipeline
-        # depth; its int32 counters and flags come from sync_buffer
+        # depth; its ticket counter and flags come from sync_buffer
         if pl.FUSE_FWD:   # (a call's first kernel: no dependent launch, no GDC)
             self.fused = {k: v for k, v in self.fwd.items() if k != "GDC"}
-            self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key)
+            self.fused.update(BLOCK_KEY=pl.BLOCK_KEY, NST_KEY=pl.stages_key, PREFETCH=pl.PREFETCH)
         self.syncs: dict = {}      # per stream (eager launches)
         self.captured: list = []   # one per CUDA graph captured (its launches hold the address)
         self.spare = None          # made zero by an eager call, for the next graph captured
@@ -109,14 +109,15 @@ class Call:
         self.memo: dict[str, tuple] = {}
 
     def sync_buffer(self, device) -> torch.Tensor:
-        """The fused causal kernel's counters and flags (causal._causal_fused_kernel) for one
-        launch: zero before it (every launch leaves its buffer zero) and used by no launch that
-        can run at the same time, since tickets drawn from one counter by two launches at once
-        would name segments of neither. Eager launches take their stream's buffer (launches on
-        one stream run one after another); a graph being captured takes one of its own, so that
-        graphs replayed on different streams share none: the spare made zero by the last eager
-        call (torch.cuda.graph synchronises before it captures), else a new one, whose zero fill
-        the graph then replays before the kernel."""
+        """The fused causal kernel's ticket counter and flags (causal._causal_fused_kernel) for
+        one launch: zero when made, then kept consistent by the launches themselves (tickets run
+        on from launch to launch), and used by no launch that can run at the same time, since
+        tickets drawn from one counter by two launches at once would name segments of neither.
+        Eager launches take their stream's buffer (launches on one stream run one after
+        another); a graph being captured takes one of its own, so that graphs replayed on
+        different streams share none: the spare made zero by the last eager call
+        (torch.cuda.graph synchronises before it captures), else a new one, whose zero fill the
+        graph then replays before the kernel."""
         n = 2 + self.dims[0] * self.dims[2] * self.plan.P
         cuda = device.type == "cuda"
         if cuda and torch.cuda.is_current_stream_capturing():
@@ -135,7 +136,7 @@ class Call:
         return buf
 
     def sync_buffers(self) -> list:
-        """Every counters-and-flags buffer this call has made (tests check they are left zero)."""
+        """Every ticket-and-flags buffer this call has made (tests check their consistency)."""
         return [*self.syncs.values(), *self.captured] + ([self.spare] if self.spare is not None
                                                           else [])
 

@@ -20,7 +20,8 @@ import triton.language as tl
 
 from .bidir import _segment_state
 from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
-                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _raw_gate, _raw_state_ok,
+                     _input_grads, _lo, _mm, _opaque_zero, _param_init, _prefetch_rows, _raw_gate,
+                     _raw_state_ok,
                      _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _segment_at, _split,
                      _to_out, _wide_base, _wide_dx_weights, _wide_logit_weights)
 
@@ -145,25 +146,37 @@ def _causal_fused_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, 
                          D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                          BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
                          X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
-                         NST_KEY: tl.constexpr):
+                         NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
     """The key pass and the walk in one launch (causal inference; plan key fuse_fwd): each
     program makes its segment's total as _state_kernel does, publishes it, waits until every
     earlier segment of its (b, h) has published, then walks from their sum.
 
-    sync_ptr: int32 [ticket counter, done counter, one flag per (b, h, segment)], zero before
-    the launch and left zero by it. A program's (b, h, segment) is the ticket it draws (segments
-    of a (b, h) in the order their programs started), so a program waits only for programs that
-    have started: no deadlock whatever the grid, as in decoupled look-back scans. The last
-    program to finish zeroes the counters and flags for the next launch."""
+    sync_ptr: int32 [a 64-bit ticket counter, one flag per (b, h, segment)], zero when made
+    (Call.sync_buffer) and never reset. Tickets go on from launch to launch: ticket t is
+    program t mod T of launch t div T (T programs a launch), and a program's (b, h, segment) is
+    the former (segments of a (b, h) in the order their programs started), so a program waits
+    only for programs that have started: no deadlock whatever the grid, as in decoupled
+    look-back scans. A flag set in launch e holds e mod 2^30 + 1, never 0 and never the value
+    of the launch before, so nothing has to zero the buffer between launches (CUDA graphs
+    replay it as it is)."""
     P = tl.num_programs(0)
     total = P * tl.num_programs(1)
-    t = tl.atomic_add(sync_ptr, 1, sem="relaxed")
+    t = tl.atomic_add(sync_ptr.to(tl.pointer_type(tl.int64)), 1, sem="relaxed")
+    epoch = t // total
+    t = (t - epoch * total).to(tl.int32)
+    mark = (epoch % 1073741824).to(tl.int32) + 1   # this launch's flag value
     p = t % P
     bh = t // P
     b = bh // H
     h = bh % H
-    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     kb0, kb1 = _segment_at(p, N, bps_key, BLOCK_KEY)
+    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
+    if PREFETCH:   # the key part's and the walk's first rows, while the weights are made
+        off = b.to(tl.int64) * N * H + h
+        _prefetch_rows(k_ptr + off * D, kb0 * BLOCK_KEY, N, H * D, D, 128, INTERP)
+        _prefetch_rows(v_ptr + off * DV, kb0 * BLOCK_KEY, N, H * DV, DV, 128, INTERP)
+        _prefetch_rows(q_ptr + off * D, blk0 * BLOCK, N, H * D, D, 128, INTERP)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
     S, s = _segment_state(k_ptr, v_ptr, b, h, kb0, kb1, N, H, c2, a2h, a2l, b2h, b2l, D, DV, KP,
                           BLOCK_KEY, PREC, X_EXACT, INTERP, RAW16, NST_KEY)
     kk = tl.arange(0, KP)
@@ -173,26 +186,20 @@ def _causal_fused_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, 
     tl.store(base + KP * DV + kk, s)
     flags = sync_ptr + 2 + bh * P
     tl.debug_barrier()   # every thread's stores of the total before the flag's release
-    tl.atomic_xchg(flags + p, 1, sem="release")
+    tl.atomic_xchg(flags + p, mark, sem="release")
     # the earlier segments' flags read together (one round trip, not one per segment), again
-    # until every one is set
+    # until every one holds this launch's mark
     jj = tl.arange(0, 128)
     for j0 in range(0, p, 128):
         m = j0 + jj < p
-        f = tl.min(tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"), 1), 0)
+        f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"), mark)
+                    == mark).to(tl.int32), 0)
         while f == 0:
-            f = tl.min(tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"), 1),
-                       0)
+            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+                                 mark) == mark).to(tl.int32), 0)
     S, s = _load_state_sum(tot_ptr, bh, 0, p, P, KP, DV)
-    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
     _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, b, h, bh, p, P, blk0, blk1, N, H, eps,
                   c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, RAW16)
-    # the last program done (every flag read by then) leaves the buffer zero for the next launch
-    if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == total - 1:
-        for i in range(0, total, 1024):
-            idx = i + tl.arange(0, 1024)
-            tl.store(sync_ptr + 2 + idx, 0, mask=idx < total)
-        tl.store(sync_ptr + tl.arange(0, 2), 0)
 
 
 @triton.jit

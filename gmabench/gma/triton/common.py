@@ -622,6 +622,25 @@ def _segment_at(p, N, bps, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_rows(base, row0, N, row_stride, W: tl.constexpr, ROWS: tl.constexpr,
+                   INTERP: tl.constexpr):
+    """Ask L2 for rows [row0, row0 + ROWS) of W elements (clamped to the N rows), one
+    `prefetch.global.L2` per 128-byte line: nothing waits for it and no register holds it. A
+    program issues it before its start (its head's weights), so that its first blocks' loads
+    find their lines in L2 rather than in memory (docs/kernels.md, Version 2.36). No-op under
+    the interpreter, which runs no PTX."""
+    if not INTERP:
+        bits: tl.constexpr = base.dtype.element_ty.primitive_bitwidth
+        STEP: tl.constexpr = 1024 // bits                 # elements in a 128-byte line
+        LINES: tl.constexpr = (W + STEP - 1) // STEP
+        r = tl.minimum(row0 + tl.arange(0, ROWS), N - 1)
+        ptrs = (base + r.to(tl.int64)[:, None] * row_stride
+                + (tl.arange(0, LINES) * STEP)[None, :])
+        tl.inline_asm_elementwise("mov.u32 $0, 0;\n\tprefetch.global.L2 [$1];", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _row_ptrs(base, rows, row_stride, W: tl.constexpr):
     cols = tl.arange(0, W)
     return base + rows.to(tl.int64)[:, None] * row_stride + cols[None, :]

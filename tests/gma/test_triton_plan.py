@@ -312,3 +312,16 @@ def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_ru
     monkeypatch.setattr(gpu_rules, "HAS_GDC", False)
     gpu_rules._PLANS.clear()
     assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, cuda, grad=False).PDL
+
+
+def test_fused_causal_inference_prefetches_from_2_18_tokens(gpu_rules):
+    # Version 2.36: asking L2 for the first rows paid at N=16384 and 131072 (B*H=16), cost
+    # 0.4-0.5 us at 2048 and 4096; a knob turns it either way
+    def at(B, N, H):
+        return gpu_rules.make_plan(B, N, H, 64, 64, 64, True, CPU, grad=False).PREFETCH
+    assert [at(1, N, 16) for N in (8192, 16384, 131072)] == [False, True, True]
+    assert at(16, 1024, 16) and not at(1, 1024, 16)
+    gpu_rules.TUNING["prefetch"] = 1
+    assert at(1, 2048, 16)
+    gpu_rules.TUNING["prefetch"] = 0
+    assert not at(1, 131072, 16)

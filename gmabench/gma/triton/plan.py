@@ -70,14 +70,14 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # earlier segments' before it walks), 0 launches them apart; training keeps them apart (its key
 # pass takes split products, its walk fp16 ones). prefetch: 1 has the fused causal inference
 # kernel ask L2 for its first rows of q, k and v before it makes its head's weights
-# (common._prefetch_rows; docs/kernels.md, Version 2.36).
+# (common._prefetch_rows; docs/kernels.md, Version 2.36), from PREFETCH_TOKENS.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
-         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 0}
+         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -143,6 +143,11 @@ _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 DL_STORE_TOKENS_CAUSAL = 1 << 15   # (and float16 inputs in both variants)
 DL_STORE_TOKENS_BIDIR = 1 << 16
 DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
+# The fused causal inference kernel asks L2 for its first rows (plan key prefetch) from 2^18
+# tokens (B * H * N). Replayed, twice each, B=1, H=16, bf16 (results/2026-11-30-h200-prefetch,
+# Version 2.36): 900.7-904.4 -> 886.3-889.4 us at N=131072, 133.9-134.2 -> 133.3-133.6 at
+# 16384, the same at 8192, 49.9 -> 50.4 at 4096 and 36.2 -> 36.6 at 2048.
+PREFETCH_TOKENS = 1 << 18
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -356,6 +361,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # split form's causal fwd_bwd at N=131072 took 15.89 ms at 32, 11.65 at 16; bidirectional
         # 5.91 and 4.79 (results/2026-11-29-h200-split-plan, docs/kernels.md Version 2.12)
         row["block_bwd_k"] = 0
+    if B * H * N < PREFETCH_TOKENS:
+        row["prefetch"] = 0
     if INTERPRET:
         row.update(block=16, block_key=0, block_bwd_k=0, min_bps=1, stages=1, stages_key=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}

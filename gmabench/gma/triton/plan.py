@@ -144,9 +144,10 @@ DL_STORE_TOKENS_CAUSAL = 1 << 15   # (and float16 inputs in both variants)
 DL_STORE_TOKENS_BIDIR = 1 << 16
 DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
 # The fused causal inference kernel asks L2 for its first rows (plan key prefetch) from 2^18
-# tokens (B * H * N). Replayed, twice each, B=1, H=16, bf16 (results/2026-11-30-h200-prefetch,
-# Version 2.36): 900.7-904.4 -> 886.3-889.4 us at N=131072, 133.9-134.2 -> 133.3-133.6 at
-# 16384, the same at 8192, 49.9 -> 50.4 at 4096 and 36.2 -> 36.6 at 2048.
+# tokens (B * H * N). Replayed, twice each, B=1, H=16, bf16 (Version 2.36,
+# results/2026-11-30-h200-fused-start-end): 900.7-904.4 -> 886.3-889.4 us at N=131072,
+# 133.9-134.2 -> 133.3-133.6 at 16384, the same at 8192, 49.9 -> 50.4 at 4096, 36.2 -> 36.6
+# at 2048.
 PREFETCH_TOKENS = 1 << 18
 PLAN_SOURCE = "built-in"
 

@@ -32,6 +32,7 @@ def history(
         if m not in ("fwd", "fwd_bwd"):
             fail(f"--modes: {m!r} is not a mode (fwd, fwd_bwd)")
     runs = []
+    names = [p.name for p in run_dirs]
     for path in run_dirs:
         if not path.is_dir():
             fail(f"DIR: {path} is not a directory")
@@ -41,7 +42,8 @@ def history(
             fail(str(exc))
         if not records:
             fail(f"DIR: {path} holds no run")
-        runs.append((path.name, records))
+        # a run is named by its folder, or by its path where two folders share a name
+        runs.append((path.name if names.count(path.name) == 1 else str(path), records))
     hist = build_history(runs, **keep)
     if not hist.cells:
         fail("no cell of these runs passes --mixers, --seq-lens, --dtypes and --modes")

@@ -102,3 +102,11 @@ def test_markdown_table_has_a_row_per_run_and_a_column_per_cell(tmp_path):
         "| late | ccc | cuda_events, cuda_graph | 1.5 | 2 |"]
     res = CliRunner().invoke(app, ["history", *_write(tmp_path, _runs()), "--mixers", "gma", "--markdown"])
     assert res.output.strip() == markdown_table(h)
+
+
+def test_cli_names_runs_by_path_where_folders_share_a_name(tmp_path):
+    (a,), (b,) = (_write(tmp_path / side, _runs()[1:2]) for side in ("x", "y"))
+    res = CliRunner().invoke(app, ["history", a, b, "--markdown"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split(" | ")[0].lstrip("| ") for line in res.output.splitlines()[2:]]
+    assert sorted(rows) == sorted([a, b])

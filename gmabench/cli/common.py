@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -34,3 +35,19 @@ def split_list(option: str, text: str | None, kind: type = str) -> list | None:
                 fail(f"{option}: {t!r} is not an integer")
         return out
     return items
+
+
+def load_run(path: Path, what: str = "DIR") -> list[dict]:
+    """The records of the run directory `path`; bad input (not a directory, a corrupt results
+    file, no record) exits 2 with a message naming `what`."""
+    from gmabench.results.store import CorruptResultsError, load_records
+
+    if not path.is_dir():
+        fail(f"{what}: {path} is not a directory")
+    try:
+        records = load_records(path)
+    except CorruptResultsError as exc:
+        fail(str(exc))
+    if not records:
+        fail(f"{what}: {path} holds no run (no records in {path / 'results.jsonl'})")
+    return records

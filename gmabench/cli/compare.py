@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gmabench.cli.common import console, fail
+from gmabench.cli.common import console, fail, load_run
 
 STYLE = {"regressed": "red", "improved": "green", "same": "", "new": "cyan", "gone": "yellow"}
 
@@ -24,7 +24,6 @@ def compare(
 ) -> None:
     """Compare two runs cell by cell; exit 1 when any cell regressed, 2 on bad input."""
     from gmabench.report.compare import compare_runs
-    from gmabench.results.store import CorruptResultsError, load_records
 
     if threshold <= 0:
         fail(f"--threshold: must be positive, got {threshold}")
@@ -34,15 +33,7 @@ def compare(
         fail(f"--error-ratio: must be above 1, got {error_ratio}")
     if error_floor < 0:
         fail(f"--error-floor: must not be negative, got {error_floor}")
-    runs = []
-    for name, path in (("BASE", base), ("NEW", new)):
-        try:
-            recs = load_records(path) if path.is_dir() else []
-        except CorruptResultsError as exc:
-            fail(str(exc))
-        if not recs:
-            fail(f"{name}: {path} holds no run")
-        runs.append(recs)
+    runs = [load_run(path, name) for name, path in (("BASE", base), ("NEW", new))]
     changes = compare_runs(runs[0], runs[1], threshold=threshold, alpha=alpha,
                            error_ratio=error_ratio, error_floor=error_floor)
     table = Table(title=f"{new} against {base} (threshold {threshold:.0%})")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from gmabench.cli.common import console, fail, split_list
+from gmabench.cli.common import console, fail, load_run, split_list
 
 MIB = 2**20
 
@@ -24,7 +24,6 @@ def history(
 ) -> None:
     """Show how each cell moved from run to run (runs ordered by when they started); exit 2 on bad input."""
     from gmabench.report.history import build_history
-    from gmabench.results.store import CorruptResultsError, load_records
 
     keep = dict(mixers=split_list("--mixers", mixers), seq_lens=split_list("--seq-lens", seq_lens, int),
                 dtypes=split_list("--dtypes", dtypes), modes=split_list("--modes", modes))
@@ -34,14 +33,7 @@ def history(
     runs = []
     names = [p.name for p in run_dirs]
     for path in run_dirs:
-        if not path.is_dir():
-            fail(f"DIR: {path} is not a directory")
-        try:
-            records = load_records(path)
-        except CorruptResultsError as exc:
-            fail(str(exc))
-        if not records:
-            fail(f"DIR: {path} holds no run")
+        records = load_run(path)
         # a run is named by its folder, or by its path where two folders share a name
         runs.append((path.name if names.count(path.name) == 1 else str(path), records))
     hist = build_history(runs, **keep)

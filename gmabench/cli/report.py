@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gmabench.cli.common import console, fail
+from gmabench.cli.common import console, fail, load_run
 
 
 def _read_json(path: Path) -> dict:
@@ -38,14 +38,8 @@ def _unrecorded(suite: dict, records: list[dict]) -> list[dict]:
 def render_report(run_dir: Path, baseline: str | None = None, shared_js: bool = False) -> Path:
     from gmabench.report import accuracy_table, failures_table, summary_table, write_report
     from gmabench.report.table import growth_table, speedup_summary, unrecorded_table
-    from gmabench.results.store import CorruptResultsError, load_records
 
-    try:
-        records = load_records(run_dir)
-    except CorruptResultsError as exc:
-        fail(str(exc))
-    if not records:
-        fail(f"DIR: {run_dir} holds no run (no records in {run_dir / 'results.jsonl'})")
+    records = load_run(run_dir)
     env = _read_json(run_dir / "environment.json")
     suite = _read_json(run_dir / "suite.json")
     if baseline is not None:
@@ -78,6 +72,4 @@ def report(
                                             "for a folder of many runs such as a repository's results/.")] = False,
 ) -> None:
     """Write DIR/report.html (offline plotly figures, fitted log-log slopes) and print a summary."""
-    if not run_dir.is_dir():
-        fail(f"DIR: {run_dir} is not a directory")
     render_report(run_dir, baseline, shared_js)

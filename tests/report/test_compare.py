@@ -105,5 +105,8 @@ def test_cli_exit_codes(tmp_path):
     assert slow.exit_code == 1 and "regressed: 1," in slow.output and "1.500" in slow.output
     bad = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "same"), "--error-ratio", "1"])
     assert bad.exit_code == 2 and "--error-ratio: must be above 1" in bad.output
-    empty = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "nothing")])
-    assert empty.exit_code == 2 and "NEW" in empty.output and "holds no run" in empty.output
+    missing = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "NEW" in missing.output and "not a directory" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["compare", str(tmp_path / "empty"), str(tmp_path / "base")])
+    assert empty.exit_code == 2 and "BASE" in empty.output and "holds no run" in empty.output

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gmabench.gma.reference import _accumulation_dtype, gma_reference, gma_responsibilities
+from gmabench.gma.reference import (_accumulation_dtype, gma_reference, gma_responsibilities,
+                                    spec_numerics)
 
 __all__ = ["gma_chunked"]
 
@@ -26,6 +27,7 @@ def _exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([head, inclusive.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
 
 
+@spec_numerics
 def gma_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.Tensor,
                 log_sigma: torch.Tensor, mix_logits: torch.Tensor, *, causal: bool = False,
                 temperature: float = 1.0, eps: float = 1e-6, chunk_size: int = 64) -> torch.Tensor:

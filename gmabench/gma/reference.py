@@ -11,9 +11,26 @@ Three functions live here:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["gma_spec_float64", "gma_responsibilities", "gma_reference"]
+
+
+def spec_numerics(fn):
+    """Run fn with torch.autocast off on its first tensor argument's device: the SPEC's numerics (float32
+    logits, softmax and sums, whatever the inputs) hold inside an autocast region too, where the
+    einsums would otherwise run in bfloat16 or float16 (gma_reference's error on float32 inputs
+    under bfloat16 autocast: 3e-7 -> 5e-3). Outside autocast, one check per call."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        x = next(t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        if not torch.is_autocast_enabled(x.device.type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -22,6 +39,7 @@ def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 # ---- the yardstick ----------------------------------------------------------------------------
+@spec_numerics
 def gma_spec_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.Tensor,
                      log_sigma: torch.Tensor, mix_logits: torch.Tensor, *, causal: bool = False,
                      temperature: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
@@ -67,6 +85,7 @@ def gma_spec_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torc
 
 
 # ---- float32-accumulating building blocks ------------------------------------------------------
+@spec_numerics
 def gma_responsibilities(x: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
                          mix_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """r(x) for x (B, N, H, D): a (B, N, H, K) probability vector over the K components.
@@ -85,6 +104,7 @@ def gma_responsibilities(x: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Ten
     return torch.softmax(log_lik / temperature, dim=-1)
 
 
+@spec_numerics
 def gma_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mu: torch.Tensor,
                   log_sigma: torch.Tensor, mix_logits: torch.Tensor, *, causal: bool = False,
                   temperature: float = 1.0, eps: float = 1e-6) -> torch.Tensor:

@@ -174,3 +174,22 @@ def test_extreme_inputs_finite_on_triton(causal, gma_make_inputs):
     x["log_sigma"].fill_(-4.0)
     out = gma_attention(**x, causal=causal, impl="triton")
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_autocast_does_not_change_the_pytorch_implementations(causal):
+    # The SPEC's float32 logits, softmax and sums hold inside torch.autocast too: without the
+    # guard, bfloat16 autocast ran the einsums in bfloat16 (error 3e-7 -> 5e-3 on float32 inputs)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 300, 2, 32, generator=g) * 0.5 for _ in range(3))
+    mu = torch.randn(2, 16, 32, generator=g) * 0.5
+    ls = torch.randn(2, 16, 32, generator=g) * 0.1
+    mix = torch.randn(2, 16, generator=g)
+    calls = [lambda: gma_reference(q, k, v, mu, ls, mix, causal=causal),
+             lambda: gma_chunked(q=q, k=k, v=v, mu=mu, log_sigma=ls, mix_logits=mix, causal=causal),
+             lambda: gma_attention(q, k, v, mu, ls, mix, causal=causal)]
+    for call in calls:
+        plain = call()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = call()
+        assert inside.dtype == torch.float32 and torch.equal(inside, plain)

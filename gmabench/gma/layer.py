@@ -66,6 +66,11 @@ class GMA(nn.Module):
             self.log_sigma.zero_()
             self.mix_logits.zero_()
 
+    def reset_parameters(self) -> None:
+        """The layer's own parameters (the mixture), by the name that a meta-device
+        initialisation calls on every module (the projections reset their own)."""
+        self.reset_mixture_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, N, d_model={self.d_model}); got {tuple(x.shape)}")

@@ -232,6 +232,29 @@ def test_layer_parameters_have_the_documented_shapes():
     assert GMA(d_model=12, n_heads=3, n_components=2).head_dim == 4
 
 
+def test_layer_built_on_the_meta_device_initialises_like_a_direct_one():
+    # meta-device construction, to_empty, then reset_parameters() on every module that has
+    # parameters of its own (as FSDP's default initialisation does): the mixture must come out
+    # initialised, not left as whatever the empty memory held
+    torch.manual_seed(0)
+    direct = GMA(d_model=32, n_heads=4, n_components=6, causal=True)
+    with torch.device("meta"):
+        lazy = GMA(d_model=32, n_heads=4, n_components=6, causal=True)
+    lazy = lazy.to_empty(device="cpu")
+    with torch.no_grad():
+        lazy.log_sigma.fill_(float("nan"))   # what empty memory may hold
+        lazy.mix_logits.fill_(float("nan"))
+    torch.manual_seed(0)
+    for module in lazy.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            module.reset_parameters()
+    assert torch.equal(lazy.log_sigma, torch.zeros(4, 6, 8))
+    assert torch.equal(lazy.mix_logits, torch.zeros(4, 6))
+    assert torch.isfinite(lazy.mu).all() and 0.3 < float(lazy.mu.detach().std()) < 0.7
+    x = torch.randn(2, 10, 32)
+    assert torch.isfinite(lazy(x)).all() and lazy(x).shape == direct(x).shape
+
+
 def test_layer_matches_the_functional_op():
     torch.manual_seed(1)
     layer = GMA(d_model=16, n_heads=2, n_components=4, causal=True, temperature=0.7, impl="chunked")

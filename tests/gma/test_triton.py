@@ -608,6 +608,27 @@ def test_gpu_deterministic_mode_repeats_training_bit_for_bit(causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_gpu_inputs_on_another_device_than_the_current_one(causal):
+    # The launches take the current device's stream: a call with every tensor on cuda:1 while
+    # cuda:0 is current must run on cuda:1 and give what the call made there gives (to the
+    # order of float32 atomic sums)
+    ins = [t.detach().to("cuda:1").requires_grad_() for t in
+           _inputs(2, 3000, 4, 64, 64, 64, torch.bfloat16, seed=41)]
+    with torch.cuda.device(1):
+        there = gma_triton(*ins, causal=causal)
+        grads_there = torch.autograd.grad(there.float().square().sum(), ins)
+    with torch.cuda.device(0):
+        here = gma_triton(*ins, causal=causal)
+        grads_here = torch.autograd.grad(here.float().square().sum(), ins)
+    torch.cuda.synchronize(0), torch.cuda.synchronize(1)
+    assert here.device == torch.device("cuda", 1)
+    for a, b in zip([here, *grads_here], [there, *grads_there]):
+        assert a.device == b.device and torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_fused_causal_inference_on_two_streams_at_once():
     # Two calls of one signature running at the same time, eagerly on two streams and as two

@@ -249,6 +249,11 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     if torch.compiler.is_compiling():   # under torch.compile: run eagerly, a graph break
         return _gma_triton_eager(q, k, v, mu, log_sigma, mix_logits, causal=causal,
                                  temperature=temperature, eps=eps, precision=precision)
+    if q.is_cuda and q.device.index != torch.cuda.current_device():
+        # the launches go to the current device's stream: make it the inputs' device
+        with torch.cuda.device(q.device):
+            return gma_triton(q, k, v, mu, log_sigma, mix_logits, causal=causal,
+                              temperature=temperature, eps=eps, precision=precision)
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     tensors = (q, k, v, mu, log_sigma, mix_logits)

@@ -246,9 +246,14 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     precision: None (see precision_name), "fp16", "split", "fast", "tf32x3" or "ieee"; see
     common.py.
     """
-    if torch.compiler.is_compiling():   # under torch.compile: run eagerly, a graph break
-        return _gma_triton_eager(q, k, v, mu, log_sigma, mix_logits, causal=causal,
-                                 temperature=temperature, eps=eps, precision=precision)
+    if torch.compiler.is_compiling():
+        # Under torch.compile the call runs eagerly between the compiled graphs (a graph break):
+        # its cached launchers, plans and per-signature state are host code that Dynamo cannot
+        # trace with fake tensors. The disabled twin is made here, where Dynamo is loaded
+        # already; made at import it would cost every caller Dynamo's import (1.8 s here).
+        return torch.compiler.disable(gma_triton, recursive=True)(
+            q, k, v, mu, log_sigma, mix_logits, causal=causal, temperature=temperature, eps=eps,
+            precision=precision)
     if q.is_cuda and q.device.index != torch.cuda.current_device():
         # the launches go to the current device's stream: make it the inputs' device
         with torch.cuda.device(q.device):
@@ -275,10 +280,3 @@ def gma_triton(q, k, v, mu, log_sigma, mix_logits, *, causal: bool = False,
     except KernelTooLarge as exc:
         _note_too_large(call.fallback_key, exc)
         return _pytorch(*tensors, call.causal, float(temperature), call.eps)
-
-
-# What torch.compile calls instead of tracing the launches (their cached launchers, plans and
-# per-signature state are host code that Dynamo cannot trace with fake tensors): the call itself,
-# run eagerly between the compiled graphs. Checked in eager calls only when compiling (one
-# is_compiling() a call).
-_gma_triton_eager = torch.compiler.disable(gma_triton, recursive=True)

@@ -297,7 +297,34 @@ def test_wide_backward_form_meets_spec_in_bf16(causal):
     _assert_spec(errs, base, torch.bfloat16)
 
 
-def test_wide_form_weights_buffer_holds_the_logit_weights():
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("precision", ["split", "fast"])
+def test_wide_form_split_pairs_give_the_float32_buffers_results(causal, precision):
+    # wide_pairs: the wide form's weights buffer holds each weight's bf16 hi and lo parts, which
+    # the blocks load as they are instead of splitting float32 weights again (the exact twin,
+    # wide_pairs 0). The same operands reach the same products: o and all six gradients bit for
+    # bit, on fresh random inputs, in split products and in single bf16 ones.
+    from gmabench.gma.triton import plan
+    ins = _inputs(2, 45, 2, 32, 16, 12, torch.bfloat16, seed=71)
+    do = (0.5 * torch.randn(2, 45, 2, 16, generator=torch.Generator().manual_seed(72))).to(
+        device=ins[0].device, dtype=torch.bfloat16)
+    outs = []
+    for pairs in (0, 1):
+        TUNING.update(wide=1, wide_pairs=pairs)
+        try:
+            o = gma_triton(*ins, causal=causal, precision=precision)
+            pl = plan.make_plan(2, 45, 2, 12, 32, 16, causal, ins[0].device)
+            assert pl.WIDE and pl.WIDE_PAIRS == bool(pairs)
+            outs.append([o.detach()] + list(torch.autograd.grad(o, ins, do)))
+        finally:
+            TUNING.update(wide=None, wide_pairs=None)
+    for name, x, y in zip(NAMES, *outs):
+        assert torch.equal(x, y), name
+    assert outs[0][5].abs().max() > 0   # the mu gradient went through the weights
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["float32", "pairs"])
+def test_wide_form_weights_buffer_holds_the_logit_weights(pairs):
     # The wide form's blocks load their logit weights from a buffer made once per head
     # (_prep_weights_kernel) instead of making them again from mu, log_sigma, mix_logits: A2, B2
     # (D, KP), the same untransposed (KP, D), and c2; padded components weigh nothing and have
@@ -310,6 +337,19 @@ def test_wide_form_weights_buffer_holds_the_logit_weights():
     w = torch.full((H * common.wide_weights_len(KP, D),), float("nan"))
     mu, ls, mix, w = (t.to(DEVICE) for t in (mu, ls, mix, w))
     common._prep_weights_kernel[(H,)](mu, ls, mix, w, K, 1.0 / tau, KP=KP, D=D)
+    if pairs:   # each float32 tile as its split: bf16 hi (round to nearest even), then lo
+        w2 = torch.full_like(w, float("nan"))
+        common._prep_weights_kernel[(H,)](mu, ls, mix, w2, K, 1.0 / tau, KP=KP, D=D, PAIRS=True)
+        n = KP * D
+        f, p = w.cpu().view(H, -1), w2.cpu().view(H, -1)
+        for h in range(H):
+            for i in range(4):
+                tile = f[h, i * n:(i + 1) * n]
+                hi, lo = p[h, i * n:(i + 1) * n].view(torch.bfloat16).view(2, n)
+                assert torch.equal(hi, tile.to(torch.bfloat16))
+                assert torch.equal(lo, (tile - hi.float()).to(torch.bfloat16))
+                assert (hi.float() + lo.float() - tile).abs().max() <= tile.abs().max() * 2.0**-16
+            assert torch.equal(p[h, 4 * n:], f[h, 4 * n:])   # c2 as before
     m, l, x = mu.cpu().double(), ls.cpu().double(), mix.cpu().double()
     e = torch.exp(-2.0 * l)
     log2e = 1.0 / math.log(2.0)

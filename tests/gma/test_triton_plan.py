@@ -292,6 +292,26 @@ def test_wide_form_where_padded_components_times_head_size_exceed_8192():
     assert plan_mod.wide_training(1, 16, 1024) and not plan_mod.wide_training(1, 16, 512)  # KP 16
 
 
+def test_wide_form_takes_split_pairs_unless_told_not_to(gpu_rules, tmp_path):
+    # wide_pairs (on by default) applies only where the backward takes its wide form; a knob or a
+    # plan file turns it off, and a plan file's value outside 0 / 1 is refused
+    wide = gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU)
+    assert wide.WIDE and wide.WIDE_PAIRS
+    table = gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU)
+    assert not table.WIDE and not table.WIDE_PAIRS
+    gpu_rules.TUNING.update(wide_pairs=0)
+    assert not gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, False, CPU).WIDE_PAIRS
+    gpu_rules.TUNING.update(wide_pairs=None)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"causal/fwd_bwd": {"wide_pairs": 0}}))
+    gpu_rules.load_plan_file(path)
+    assert not gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU).WIDE_PAIRS
+    assert gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, False, CPU).WIDE_PAIRS
+    path.write_text(json.dumps({"causal/fwd_bwd": {"wide_pairs": 2}}))
+    with pytest.raises(ValueError, match="wide_pairs"):
+        gpu_rules.load_plan_file(path)
+
+
 def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):
     # pdl 1 (the default) takes effect on a CUDA device of compute capability 9 or more with a
     # Triton that has dependent launches, never on the CPU; a knob or a plan file turns it off

@@ -164,7 +164,7 @@ def _backward(call: Call, saved, do):
     w = pg   # the wide form's logit weights, made once per head for its blocks to load
     if pl.WIDE:
         w = torch.empty(H * wide_weights_len(pl.KP, D), device=q.device, dtype=torch.float32)
-        _launch(_prep_weights_kernel, (H,), (*mix, w, K, inv_tau), call.param, 4, 1, memo=memo,
+        _launch(_prep_weights_kernel, (H,), (*mix, w, K, inv_tau), call.prep, 4, 1, memo=memo,
                 site="prep", pdl=dep)
     gauss = (*mix, w)   # what the backward kernels read of the mixture
     if call.causal:

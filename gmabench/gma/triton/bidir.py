@@ -247,7 +247,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC, WIDE)
             Mth, Mtl, s = _load_state_t(sbase + woff, KP, DV, PREC)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
@@ -262,7 +262,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
         rd = 1.0 / d                   # one division per row, products per element
         dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
@@ -311,7 +311,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC, WIDE)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         rm = rows < N
         x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -328,7 +328,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)

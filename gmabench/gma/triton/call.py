@@ -97,7 +97,11 @@ class Call:
         dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
         # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both
         # and with dx_pass, dx too of the sides that store it (made in the sums pass)
-        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=pl.WIDE, DXP=dxp,
+        # WIDE: 0 not wide, 1 float32 weights split per block, 2 the buffer's split pairs (they
+        # serve split and single bf16 products alike; plan key wide_pairs)
+        pairs = pl.WIDE_PAIRS and bwd_prec in (PRECISIONS["split"], PRECISIONS["fast"])
+        wide = (2 if pairs else 1) if pl.WIDE else 0
+        self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=wide, DXP=dxp,
                         DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS)   # (DX_PASS: dl stored)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
                           DLST=pl.DL_STORE >= 2, DXPASS=pl.DX_PASS and pl.DL_STORE >= 2)
@@ -106,6 +110,7 @@ class Call:
         if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
+        self.prep = dict(self.param, PAIRS=pairs)   # the wide form's weights (autograd.py)
         self.memo: dict[str, tuple] = {}
 
     def sync_buffer(self, device) -> torch.Tensor:

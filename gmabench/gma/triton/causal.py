@@ -241,7 +241,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     for blk in range(blk0, blk1):
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -275,7 +275,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         ddv = -don * (rd * rd)
         dR = Y * rd[:, None] + ddv[:, None] * C
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
@@ -343,7 +343,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         blk = blk1 - 1 - it
         if WIDE:
             woff = blk * _opaque_zero(N)
-            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC)
+            c2, a2h, a2l, b2h, b2l = _wide_logit_weights(wbase + woff, KP, D, PREC, WIDE)
         rows = blk * BLOCK + ii
         rm = rows < N
         xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
@@ -394,7 +394,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)

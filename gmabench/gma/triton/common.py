@@ -315,13 +315,15 @@ def _wide_base(w_ptr, h, KP: tl.constexpr, D: tl.constexpr):
 
 @triton.jit
 def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.constexpr,
-                         D: tl.constexpr, GDC: tl.constexpr = False):
-    """One program per head: the float32 logit weights of the backward's wide form (Plan.WIDE),
-    which loads them for every block from here (L2) rather than holding them through its walk or
+                         D: tl.constexpr, GDC: tl.constexpr = False, PAIRS: tl.constexpr = False):
+    """One program per head: the logit weights of the backward's wide form (Plan.WIDE), which
+    loads them for every block from here (L2) rather than holding them through its walk or
     making them again from the Gaussian parameters. Per head (_wide_base):
     A2 = (a log2 e)^T and B2 = (-b log2 e / 2)^T as (D, KP), the same two untransposed (KP, D)
     for the input gradients, and c2 = c log2 e (KP): _logit_weights' values, laid out so that
-    no block transposes them."""
+    no block transposes them. Each of the four tiles takes KP * D floats: float32 values, or
+    with PAIRS (split products, plan key wide_pairs) the bfloat16 hi and lo parts that _split
+    makes of them, hi tile first, so that no block splits them (_wide_pair)."""
     h = tl.program_id(0)
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     _gdc(GDC)
@@ -330,32 +332,66 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     base = _wide_base(w_ptr, h, KP, D)
-    tl.store(base + dd[None, :] * KP + kk[:, None], at)             # A2[d, k] = at[k, d]
-    tl.store(base + KP * D + dd[None, :] * KP + kk[:, None], bt)
-    tl.store(base + 2 * KP * D + kk[:, None] * D + dd[None, :], at)
-    tl.store(base + 3 * KP * D + kk[:, None] * D + dd[None, :], bt)
+    tr = dd[None, :] * KP + kk[:, None]    # A2[d, k] = at[k, d]
+    nat = kk[:, None] * D + dd[None, :]
+    _store_wide_tile(base, tr, at, KP * D, PAIRS)
+    _store_wide_tile(base + KP * D, tr, bt, KP * D, PAIRS)
+    _store_wide_tile(base + 2 * KP * D, nat, at, KP * D, PAIRS)
+    _store_wide_tile(base + 3 * KP * D, nat, bt, KP * D, PAIRS)
     tl.store(base + 4 * KP * D + kk, c * LOG2E)
 
 
 @triton.jit
-def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+def _store_wide_tile(tile, offs, x, n: tl.constexpr, PAIRS: tl.constexpr):
+    """One weight tile of the wide buffer (n floats from `tile`): x, or its split pair."""
+    if PAIRS:
+        hi, lo = _split(x, 1)
+        t16 = tile.to(tl.pointer_type(tl.bfloat16))
+        tl.store(t16 + offs, hi)
+        tl.store(t16 + n + offs, lo)
+    else:
+        tl.store(tile + offs, x)
+
+
+@triton.jit
+def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
+    """One weight tile of the wide buffer as the operand pair _mm takes: loaded as made
+    (WIDE == 2: the split pair, PREC split or fast) or split here."""
+    if WIDE == 2:
+        t16 = tile.to(tl.pointer_type(tl.bfloat16))
+        hi = tl.load(t16 + offs)
+        if PREC == 1:
+            lo = tl.load(t16 + n + offs)
+        else:
+            lo = hi
+    else:
+        hi, lo = _split(tl.load(tile + offs), PREC)
+    return hi, lo
+
+
+@triton.jit
+def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                        WIDE: tl.constexpr = 1):
     """The logit weights (c2, A2 and B2 as operand pairs) of one head, loaded from its slice of
     _prep_weights_kernel's buffer: the values _logit_weights makes."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
-    a2h, a2l = _split(tl.load(wbase + dd[:, None] * KP + kk[None, :]), PREC)
-    b2h, b2l = _split(tl.load(wbase + KP * D + dd[:, None] * KP + kk[None, :]), PREC)
+    tr = dd[:, None] * KP + kk[None, :]
+    a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, WIDE)
+    b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, WIDE)
     return tl.load(wbase + 4 * KP * D + kk), a2h, a2l, b2h, b2l
 
 
 @triton.jit
-def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                     WIDE: tl.constexpr = 1):
     """a log2(e) and -b log2(e)/2 (KP, D: A2 and B2 untransposed) as operand pairs, for the wide
     form's input gradients."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
-    ah, al = _split(tl.load(wbase + 2 * KP * D + kk[:, None] * D + dd[None, :]), PREC)
-    bh, bl = _split(tl.load(wbase + 3 * KP * D + kk[:, None] * D + dd[None, :]), PREC)
+    nat = kk[:, None] * D + dd[None, :]
+    ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, PREC, WIDE)
+    bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, PREC, WIDE)
     return ah, al, bh, bl
 
 

@@ -70,14 +70,19 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # earlier segments' before it walks), 0 launches them apart; training keeps them apart (its key
 # pass takes split products, its walk fp16 ones). prefetch: 1 has the fused causal inference
 # kernel ask L2 for its first rows of q, k and v before it makes its head's weights
-# (common._prefetch_rows; docs/kernels.md, Version 2.36), from PREFETCH_TOKENS.
+# (common._prefetch_rows; docs/kernels.md, Version 2.36), from PREFETCH_TOKENS. wide_pairs: 1
+# has the wide backward's weights buffer (common._prep_weights_kernel) hold the bf16 hi and lo
+# parts of each weight where the backward takes split (or single bf16) products, so that its
+# blocks load them as they are instead of splitting every weight again (docs/kernels.md,
+# Version 2.37); 0 holds float32 weights, split per block (the exact twin; the same results).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
-             "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch")
+             "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
+             "wide_pairs")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
-         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1}
+         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -177,6 +182,7 @@ TUNING: dict[str, int | None] = {
     "pdl": None,
     "fuse_fwd": None,
     "prefetch": None,
+    "wide_pairs": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -212,6 +218,7 @@ class Plan:
     FUSE_FWD: bool = False   # causal inference: key pass and walk in one kernel (fuse_fwd)
     regs_bwd: int = 0    # register cap of the backward's two walks (0: none)
     PREFETCH: bool = False   # the fused kernel's first rows asked of L2 at its start (prefetch)
+    WIDE_PAIRS: bool = False  # WIDE: the weights buffer holds split pairs (wide_pairs)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -231,7 +238,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "regs_bwd": (0, *range(24, 256)), "raw16": (0, 1),
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
-               "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1)}
+               "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1),
+               "wide_pairs": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -392,7 +400,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 row["dl_warps"], dx_pass, bool(row["aux_dl"]),
                 bool(row["pdl"]) and _has_pdl(device),
                 bool(row["fuse_fwd"]) and causal and not grad and P > 1, row["regs_bwd"],
-                bool(row["prefetch"]))
+                bool(row["prefetch"]), wide_form and bool(row["wide_pairs"]))
     _PLANS[key] = plan
     return plan
 

@@ -323,6 +323,40 @@ def test_wide_form_split_pairs_give_the_float32_buffers_results(causal, precisio
     assert outs[0][5].abs().max() > 0   # the mu gradient went through the weights
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_wide_form_fp16_input_gradient_products(causal):
+    # wide_dx16: the wide form's products that feed dq, dk or dv alone take scaled fp16 as the
+    # table form's do. Against the wide form's split products (its exact twin, wide_dx16 0): o
+    # and the parameter gradients bit for bit (dl is the same), dq, dk, dv within fp16
+    # rounding, and the SPEC met; with the fp16 weights stored by the weights kernel (wide_pairs)
+    # bit for bit the form that scales them per block (wide_pairs 0).
+    from gmabench.gma.triton import plan
+    ins = _inputs(2, 45, 2, 32, 16, 12, torch.bfloat16, seed=73)
+    do = (0.5 * torch.randn(2, 45, 2, 16, generator=torch.Generator().manual_seed(74))).to(
+        device=ins[0].device, dtype=torch.bfloat16)
+    runs = {}
+    for dx16, pairs in ((0, 1), (1, 1), (1, 0)):
+        TUNING.update(wide=1, wide_dx16=dx16, wide_pairs=pairs)
+        try:
+            assert plan.make_plan(2, 45, 2, 12, 32, 16, causal, ins[0].device).WIDE_DX16 == bool(dx16)
+            runs[dx16, pairs] = _run(lambda *a: gma_triton(*a, causal=causal), ins, do)
+        finally:
+            TUNING.update(wide=None, wide_dx16=None, wide_pairs=None)
+    split, fp16, scaled_here = runs[0, 1], runs[1, 1], runs[1, 0]
+    for name, x, y, z in zip(NAMES, fp16, split, scaled_here):
+        assert torch.equal(x, z), name
+        if name in ("q", "k", "v"):
+            assert 0 < _rel(x, y.double()) < 2e-3, name   # another path, within fp16 rounding
+        else:
+            assert torch.equal(x, y), name
+    TUNING.update(wide=1, wide_dx16=1)
+    try:
+        errs, base = _errors(2, 45, 2, 32, 16, 12, torch.bfloat16, causal, seed=37)
+    finally:
+        TUNING.update(wide=None, wide_dx16=None)
+    _assert_spec(errs, base, torch.bfloat16)
+
+
 @pytest.mark.parametrize("pairs", [False, True], ids=["float32", "pairs"])
 def test_wide_form_weights_buffer_holds_the_logit_weights(pairs):
     # The wide form's blocks load their logit weights from a buffer made once per head
@@ -339,9 +373,13 @@ def test_wide_form_weights_buffer_holds_the_logit_weights(pairs):
     common._prep_weights_kernel[(H,)](mu, ls, mix, w, K, 1.0 / tau, KP=KP, D=D)
     if pairs:   # each float32 tile as its split: bf16 hi (round to nearest even), then lo
         w2 = torch.full_like(w, float("nan"))
-        common._prep_weights_kernel[(H,)](mu, ls, mix, w2, K, 1.0 / tau, KP=KP, D=D, PAIRS=True)
+        common._prep_weights_kernel[(H,)](mu, ls, mix, w2, K, 1.0 / tau, KP=KP, D=D, FMT=1,
+                                          FMT_DX=1)
+        w3 = torch.full_like(w, float("nan"))   # the input gradients' tiles in scaled fp16
+        common._prep_weights_kernel[(H,)](mu, ls, mix, w3, K, 1.0 / tau, KP=KP, D=D, FMT=1,
+                                          FMT_DX=3)
         n = KP * D
-        f, p = w.cpu().view(H, -1), w2.cpu().view(H, -1)
+        f, p, p3 = w.cpu().view(H, -1), w2.cpu().view(H, -1), w3.cpu().view(H, -1)
         for h in range(H):
             for i in range(4):
                 tile = f[h, i * n:(i + 1) * n]
@@ -349,6 +387,14 @@ def test_wide_form_weights_buffer_holds_the_logit_weights(pairs):
                 assert torch.equal(hi, tile.to(torch.bfloat16))
                 assert torch.equal(lo, (tile - hi.float()).to(torch.bfloat16))
                 assert (hi.float() + lo.float() - tile).abs().max() <= tile.abs().max() * 2.0**-16
+                if i < 2:
+                    assert torch.equal(p3[h, i * n:(i + 1) * n], p[h, i * n:(i + 1) * n])
+                    continue
+                # the power of two at or above max|tile|, then the tile over it in float16
+                scale = 2.0 ** math.ceil(math.log2(tile.abs().max().item()))
+                assert p3[h, i * n + n // 2].item() == scale
+                f16 = p3[h, i * n:i * n + n // 2].view(torch.float16)
+                assert torch.equal(f16, (tile / scale).to(torch.float16))
             assert torch.equal(p[h, 4 * n:], f[h, 4 * n:])   # c2 as before
     m, l, x = mu.cpu().double(), ls.cpu().double(), mix.cpu().double()
     e = torch.exp(-2.0 * l)
@@ -824,10 +870,13 @@ def _errors_noting_fallback(monkeypatch, record_property, shape, dtype, causal, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dx16", [None, 1], ids=["plan", "wide_dx16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_gpu_wide_training_meets_spec(monkeypatch, record_property, causal):
+def test_gpu_wide_training_meets_spec(monkeypatch, record_property, causal, dx16):
     # D=64, K=256: the backward's wide form fits an H200's shared memory at compile time
     # (docs/kernels.md); should the GPU refuse a kernel anyway, the call falls back to PyTorch.
+    # Also with the fp16 input-gradient products of plan key wide_dx16 (Version 2.38).
+    monkeypatch.setitem(TUNING, "wide_dx16", dx16)
     _errors_noting_fallback(monkeypatch, record_property, (1, 1000, 2, 64, 64, 256),
                             torch.bfloat16, causal, seed=19)
 

@@ -292,7 +292,7 @@ def test_wide_form_where_padded_components_times_head_size_exceed_8192():
     assert plan_mod.wide_training(1, 16, 1024) and not plan_mod.wide_training(1, 16, 512)  # KP 16
 
 
-def test_wide_form_takes_split_pairs_unless_told_not_to(gpu_rules, tmp_path):
+def test_wide_form_weights_buffer_knobs(gpu_rules, tmp_path):
     # wide_pairs (on by default) applies only where the backward takes its wide form; a knob or a
     # plan file turns it off, and a plan file's value outside 0 / 1 is refused
     wide = gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU)
@@ -310,6 +310,12 @@ def test_wide_form_takes_split_pairs_unless_told_not_to(gpu_rules, tmp_path):
     path.write_text(json.dumps({"causal/fwd_bwd": {"wide_pairs": 2}}))
     with pytest.raises(ValueError, match="wide_pairs"):
         gpu_rules.load_plan_file(path)
+    # wide_dx16 (fp16 input-gradient products in the wide form): off until timed, and only
+    # ever in the wide form
+    assert not wide.WIDE_DX16
+    gpu_rules.TUNING.update(wide_dx16=1)
+    assert gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU).WIDE_DX16
+    assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU).WIDE_DX16
 
 
 def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):

@@ -262,7 +262,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
         rd = 1.0 / d                   # one division per row, products per element
         dR = (P - (rP * rd)[:, None] * s[None, :]) * rd[:, None]
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, DXP, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
@@ -328,7 +328,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, DXP, WIDE)
         dx, pa, pb, pc = _input_grads(r, dR, x, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)

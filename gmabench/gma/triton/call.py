@@ -94,7 +94,9 @@ class Call:
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec
         # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
         # fp16 ones there too (common._input_grads); the wide form keeps one precision.
-        dxp = PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and not pl.WIDE else bwd_prec
+        # (the wide form: only where the plan asks, wide_dx16)
+        dxp = (PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and (not pl.WIDE or pl.WIDE_DX16)
+               else bwd_prec)
         # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both
         # and with dx_pass, dx too of the sides that store it (made in the sums pass)
         # WIDE: 0 not wide, 1 float32 weights split per block, 2 the buffer's split pairs (they
@@ -110,7 +112,11 @@ class Call:
         if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
-        self.prep = dict(self.param, PAIRS=pairs)   # the wide form's weights (autograd.py)
+        # the wide form's weights buffer (autograd.py): each tile as its blocks' products take it
+        # (common._store_wide_tile), split per block where not (FMT 0)
+        fmt = 1 if pairs else 0
+        self.prep = dict(self.param, FMT=fmt,
+                         FMT_DX=3 if pairs and dxp == PRECISIONS["fp16"] else fmt)
         self.memo: dict[str, tuple] = {}
 
     def sync_buffer(self, device) -> torch.Tensor:

@@ -275,7 +275,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         ddv = -don * (rd * rd)
         dR = Y * rd[:, None] + ddv[:, None] * C
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, DXP, WIDE)
         dx, pa, pb, pc = _input_grads(rq, dR, xq, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)
@@ -394,7 +394,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
         tl.store(_row_ptrs(dvbase, rows, H * DV, DV), _to_out(dv, dv_ptr),
                  mask=rm[:, None])
         if WIDE:
-            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, PREC, WIDE)
+            ah, al, bh_, bl = _wide_dx_weights(wbase + woff, KP, D, DXP, WIDE)
         dx, pa, pb, pc = _input_grads(rk, dR, xk, ah, al, bh_, bl, pa, pb, pc,
                                       _dl_rows(dl_ptr, bh, N, rows, KP), rm, BLOCK, D, PREC,
                                       X_EXACT, INTERP, WIDE, DXP, DLST, DXPASS)

@@ -315,15 +315,18 @@ def _wide_base(w_ptr, h, KP: tl.constexpr, D: tl.constexpr):
 
 @triton.jit
 def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.constexpr,
-                         D: tl.constexpr, GDC: tl.constexpr = False, PAIRS: tl.constexpr = False):
+                         D: tl.constexpr, GDC: tl.constexpr = False, FMT: tl.constexpr = 0,
+                         FMT_DX: tl.constexpr = 0):
     """One program per head: the logit weights of the backward's wide form (Plan.WIDE), which
     loads them for every block from here (L2) rather than holding them through its walk or
     making them again from the Gaussian parameters. Per head (_wide_base):
     A2 = (a log2 e)^T and B2 = (-b log2 e / 2)^T as (D, KP), the same two untransposed (KP, D)
     for the input gradients, and c2 = c log2 e (KP): _logit_weights' values, laid out so that
-    no block transposes them. Each of the four tiles takes KP * D floats: float32 values, or
-    with PAIRS (split products, plan key wide_pairs) the bfloat16 hi and lo parts that _split
-    makes of them, hi tile first, so that no block splits them (_wide_pair)."""
+    no block transposes them. Each of the four tiles takes KP * D floats, in the form its
+    products take (_store_wide_tile; FMT for the logit weights, FMT_DX for the input gradients'):
+    float32 values (0); the bfloat16 hi and lo parts that _split makes of them (1: split
+    products, plan key wide_pairs), so that no block splits them; their scaled float16 form (3:
+    fp16 products for the input gradients, plan key wide_dx16)."""
     h = tl.program_id(0)
     a, b, c = _gauss_params(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D)
     _gdc(GDC)
@@ -334,36 +337,46 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
     base = _wide_base(w_ptr, h, KP, D)
     tr = dd[None, :] * KP + kk[:, None]    # A2[d, k] = at[k, d]
     nat = kk[:, None] * D + dd[None, :]
-    _store_wide_tile(base, tr, at, KP * D, PAIRS)
-    _store_wide_tile(base + KP * D, tr, bt, KP * D, PAIRS)
-    _store_wide_tile(base + 2 * KP * D, nat, at, KP * D, PAIRS)
-    _store_wide_tile(base + 3 * KP * D, nat, bt, KP * D, PAIRS)
+    _store_wide_tile(base, tr, at, KP * D, FMT)
+    _store_wide_tile(base + KP * D, tr, bt, KP * D, FMT)
+    _store_wide_tile(base + 2 * KP * D, nat, at, KP * D, FMT_DX)
+    _store_wide_tile(base + 3 * KP * D, nat, bt, KP * D, FMT_DX)
     tl.store(base + 4 * KP * D + kk, c * LOG2E)
 
 
 @triton.jit
-def _store_wide_tile(tile, offs, x, n: tl.constexpr, PAIRS: tl.constexpr):
-    """One weight tile of the wide buffer (n floats from `tile`): x, or its split pair."""
-    if PAIRS:
+def _store_wide_tile(tile, offs, x, n: tl.constexpr, FMT: tl.constexpr):
+    """One weight tile of the wide buffer (n floats from `tile`): x in float32 (FMT 0), its
+    split pair (1: the bf16 hi tile, then the lo tile) or its scaled float16 form (3: the fp16
+    tile, then the power-of-two scale as one float)."""
+    if FMT == 1:
         hi, lo = _split(x, 1)
         t16 = tile.to(tl.pointer_type(tl.bfloat16))
         tl.store(t16 + offs, hi)
         tl.store(t16 + n + offs, lo)
+    elif FMT == 3:
+        hi, scale = _split(x, 3)
+        tl.store(tile.to(tl.pointer_type(tl.float16)) + offs, hi)
+        tl.store(tile + n // 2, scale)
     else:
         tl.store(tile + offs, x)
 
 
 @triton.jit
-def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
-    """One weight tile of the wide buffer as the operand pair _mm takes: loaded as made
-    (WIDE == 2: the split pair, PREC split or fast) or split here."""
-    if WIDE == 2:
+def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, FMT: tl.constexpr):
+    """One weight tile of the wide buffer as the operand pair _mm takes in precision PREC:
+    loaded as _store_wide_tile made it (FMT 1: the split pair, for split or single bf16
+    products; 3: the scaled fp16 tile and its scale, for fp16 products) or split here (0)."""
+    if FMT == 1:
         t16 = tile.to(tl.pointer_type(tl.bfloat16))
         hi = tl.load(t16 + offs)
         if PREC == 1:
             lo = tl.load(t16 + n + offs)
         else:
             lo = hi
+    elif FMT == 3:
+        hi = tl.load(tile.to(tl.pointer_type(tl.float16)) + offs)
+        lo = tl.load(tile + n // 2)
     else:
         hi, lo = _split(tl.load(tile + offs), PREC)
     return hi, lo
@@ -373,25 +386,38 @@ def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constex
 def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                         WIDE: tl.constexpr = 1):
     """The logit weights (c2, A2 and B2 as operand pairs) of one head, loaded from its slice of
-    _prep_weights_kernel's buffer: the values _logit_weights makes."""
+    _prep_weights_kernel's buffer: the values _logit_weights makes. WIDE == 2: the buffer holds
+    split pairs (plan key wide_pairs)."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     tr = dd[:, None] * KP + kk[None, :]
-    a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, WIDE)
-    b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, WIDE)
+    if WIDE == 2:
+        a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, 1)
+        b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, 1)
+    else:
+        a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, 0)
+        b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, 0)
     return tl.load(wbase + 4 * KP * D + kk), a2h, a2l, b2h, b2l
 
 
 @triton.jit
-def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, DXP: tl.constexpr,
                      WIDE: tl.constexpr = 1):
-    """a log2(e) and -b log2(e)/2 (KP, D: A2 and B2 untransposed) as operand pairs, for the wide
-    form's input gradients."""
+    """a log2(e) and -b log2(e)/2 (KP, D: A2 and B2 untransposed) as operand pairs in precision
+    DXP, for the wide form's input gradients: scaled fp16 (plan key wide_dx16) or the logit
+    weights' precision."""
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     nat = kk[:, None] * D + dd[None, :]
-    ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, PREC, WIDE)
-    bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, PREC, WIDE)
+    if WIDE == 2 and DXP == 3:
+        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 3)
+        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 3)
+    elif WIDE == 2:
+        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 1)
+        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 1)
+    else:
+        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 0)
+        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 0)
     return ah, al, bh, bl
 
 
@@ -464,8 +490,9 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
     DLST: the sums are not made here; dl is stored through dl_ptrs (rows rm) for _dl_sums_kernel
     to make them in a pass of its own, and pa, pb, pc come back unchanged (docs/kernels.md,
     Version 2.17). WIDE: (ah, al), (bh, bl) are the logit weights a log2(e) and -b log2(e)/2
-    (KP, D) in precision PREC (_wide_dx_weights). DXP: the precision of the products that feed dx
-    alone (dl a, dl b; not WIDE): dx is rounded to the input dtype, so for bf16 inputs
+    (KP, D) in precision DXP (_wide_dx_weights). DXP: the precision of the products that feed dx
+    alone (dl a, dl b; in the wide form the logit weights' precision unless the plan's wide_dx16
+    asks for fp16 ones): dx is rounded to the input dtype, so for bf16 inputs
     scaled-fp16 products (11 bits) suffice there, while the parameter sums, which add up over
     every token, keep PREC. DXPASS (with DLST): dx is left to the sums pass too (_dl_dx, from
     the stored dl), and 0.0 comes back in its place.
@@ -475,10 +502,10 @@ def _input_grads(r, dR, x, ah, al, bh, bl, pa, pb, pc, dl_ptrs, rm, BLOCK: tl.co
         dx = 0.0
     elif WIDE:
         xf = x.to(tl.float32)
-        dlh, dll = _split(dl, PREC)
-        t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+        dlh, dll = _split(dl, DXP)
+        t_a = _mm(dlh, dll, ah, al, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
-        t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), PREC, False, False,
+        t_b = _mm(dlh, dll, bh, bl, tl.zeros((BLOCK, D), dtype=tl.float32), DXP, False, False,
                   INTERP)
         dx = (t_a + 2.0 * xf * t_b) * (1.0 / LOG2E)
     else:

@@ -77,15 +77,19 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # Version 2.37); 0 holds float32 weights, split per block (the exact twin; the same results).
 # Replayed on the H200 at N=16384, B=1, H=16, bf16 training (results/2026-11-30-h200x2-wide-
 # pairs): K=256, D=64 causal 14.72 -> 10.24 ms, bidirectional 6.64 -> 5.00; K=128, D=128 12.68
-# -> 9.63 and 4.93 -> 4.57.
+# -> 9.63 and 4.93 -> 4.57. wide_dx16: 1 has the wide form's input-gradient products (dl a,
+# dl b) take scaled fp16 products where the table form's do (bf16 inputs in training; Version
+# 2.5), their weights stored so by the weights kernel with wide_pairs; 0 (the default until
+# timed: docs/kernels.md, Version 2.38) keeps the logit weights' split products.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
-             "wide_pairs")
+             "wide_pairs", "wide_dx16")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
-         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1}
+         "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1,
+         "wide_dx16": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -186,6 +190,7 @@ TUNING: dict[str, int | None] = {
     "fuse_fwd": None,
     "prefetch": None,
     "wide_pairs": None,
+    "wide_dx16": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -222,6 +227,7 @@ class Plan:
     regs_bwd: int = 0    # register cap of the backward's two walks (0: none)
     PREFETCH: bool = False   # the fused kernel's first rows asked of L2 at its start (prefetch)
     WIDE_PAIRS: bool = False  # WIDE: the weights buffer holds split pairs (wide_pairs)
+    WIDE_DX16: bool = False   # WIDE: fp16 products for dq, dk as in the table form (wide_dx16)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -242,7 +248,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
                "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1),
-               "wide_pairs": (0, 1)}
+               "wide_pairs": (0, 1), "wide_dx16": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -403,7 +409,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 row["dl_warps"], dx_pass, bool(row["aux_dl"]),
                 bool(row["pdl"]) and _has_pdl(device),
                 bool(row["fuse_fwd"]) and causal and not grad and P > 1, row["regs_bwd"],
-                bool(row["prefetch"]), wide_form and bool(row["wide_pairs"]))
+                bool(row["prefetch"]), wide_form and bool(row["wide_pairs"]),
+                wide_form and bool(row["wide_dx16"]))
     _PLANS[key] = plan
     return plan
 

@@ -93,8 +93,8 @@ class Call:
         # blocks may be smaller than the forward's, over the same segments (plan.py).
         bwd_prec = PRECISIONS["split"] if prec == PRECISIONS["fp16"] else prec
         # ...except for the products that feed dq, dk or dv alone (rounded to the input dtype):
-        # fp16 ones there too (common._input_grads); the wide form keeps one precision.
-        # (the wide form: only where the plan asks, wide_dx16)
+        # fp16 ones there too (common._input_grads); in the wide form only where the plan asks
+        # (wide_dx16, docs/kernels.md Version 2.38)
         dxp = (PRECISIONS["fp16"] if prec == PRECISIONS["fp16"] and (not pl.WIDE or pl.WIDE_DX16)
                else bwd_prec)
         # dl stored instead of summed in the walk (plan.py's dl_store): 1 the query side, 2 both

@@ -54,7 +54,10 @@
 #         | pytest[:EXPR]      the GPU-marked tests (competitors against their references, kernels),
 #                              at most 7 minutes; EXPR selects with pytest -k; with
 #                              GPU_PYTEST_PROCS=P, one process per test, P at a time (their
-#                              kernels compile in parallel), one JUnit XML each
+#                              kernels compile in parallel), one JUnit XML each, each test on
+#                              one GPU of its lane in turn (a test marked gpus2 on all of
+#                              them; scripts/gpu_pytest_ids.py), e.g. on two GPUs
+#                              `GPU_PYTEST_PROCS=12 bash scripts/gpu_session.sh 8 0,1/pytest`
 #         | SUITE[@NAME][:EXTRA]  gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given, unless @NAME names it), resumed
 #                              when that folder exists
@@ -195,15 +198,20 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
             local popts=(-p no:cacheprovider -o addopts="" -o junit_family=xunit1 -rfEs)
             if (( ${GPU_PYTEST_PROCS:-1} > 1 )); then
                 # one process per test, GPU_PYTEST_PROCS at once: the kernels' compilation is
-                # what takes the time, and it is CPU work (16 cores); one JUnit XML per test
+                # what takes the time, and it is CPU work (16 cores a GPU); each test sees one GPU
+                # of the lane, in turn, or all of them if marked gpus2 (scripts/gpu_pytest_ids.py,
+                # lines "GPUS NODEID"); one JUnit XML and log per test, and a line "status :: id"
                 mkdir -p "$logs/pytest-gpu"
-                python3 -m pytest -m gpu "${select[@]}" --collect-only -q --ignore=tests/report \
-                    "${popts[@]}" | grep '::' >"$logs/pytest-gpu/ids.txt"
-                echo "$(wc -l <"$logs/pytest-gpu/ids.txt") tests, $GPU_PYTEST_PROCS at a time"
-                timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" xargs -P "$GPU_PYTEST_PROCS" -I{} \
-                    sh -c 'n=$(printf %s "$1" | md5sum | cut -c1-10); shift; python3 -m pytest -q \
-                        "$@" --junitxml="$0/$n.xml" >"$0/$n.log" 2>&1; tail -n 1 "$0/$n.log"' \
-                    "$logs/pytest-gpu" {} "${popts[@]}" {} <"$logs/pytest-gpu/ids.txt" | sort | uniq -c
+                python3 scripts/gpu_pytest_ids.py --gpus "$gpus" "${select[@]}" >"$logs/pytest-gpu/ids.txt"
+                echo "$(wc -l <"$logs/pytest-gpu/ids.txt") tests on GPU $gpus, $GPU_PYTEST_PROCS at a time"
+                timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" xargs -P "$GPU_PYTEST_PROCS" -d '\n' -I{} \
+                    sh -c 'dev="${1%% *}"; id="${1#* }"; n=$(printf %s "$id" | md5sum | cut -c1-10)
+                        shift; CUDA_VISIBLE_DEVICES="$dev" python3 -m pytest -q "$@" "$id" \
+                        --junitxml="$0/$n.xml" >"$0/$n.log" 2>&1
+                        echo "$(tail -n 1 "$0/$n.log" | sed "s/ in [0-9.]*s.*//") :: $id"' \
+                    "$logs/pytest-gpu" {} "${popts[@]}" <"$logs/pytest-gpu/ids.txt" \
+                    | tee "$logs/pytest-gpu/outcomes.txt" | cut -d: -f1 | sort | uniq -c
+                grep -v " passed\| skipped" "$logs/pytest-gpu/outcomes.txt" | head -20
             else
                 timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" python3 -m pytest -m gpu "${select[@]}" -q \
                     --ignore=tests/report "${popts[@]}" --junitxml="$logs/pytest-gpu.xml" 2>&1 | tail -60

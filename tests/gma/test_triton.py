@@ -694,6 +694,7 @@ def test_gpu_deterministic_mode_repeats_training_bit_for_bit(causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpus2
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_gpu_inputs_on_another_device_than_the_current_one(causal):

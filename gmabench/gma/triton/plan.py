@@ -76,10 +76,10 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # blocks load them as they are instead of splitting every weight again (docs/kernels.md,
 # Version 2.37); 0 holds float32 weights, split per block (the exact twin; the same results).
 # Replayed on the H200 at N=16384, B=1, H=16, bf16 training (results/2026-11-30-h200x2-wide-
-# pairs): K=256, D=64 causal 14.72 -> 10.24 ms, bidirectional 6.64 -> 5.00; K=128, D=128 12.68
-# -> 9.63 and 4.93 -> 4.57. wide_dx16: 1 has the wide form's input-gradient products (dl a,
-# dl b) take scaled fp16 products where the table form's do (bf16 inputs in training; Version
-# 2.5), their weights stored so by the weights kernel with wide_pairs; 0 (the default until
+# pairs): K=256, D=64 causal 14.71 -> 10.24 ms, bidirectional 6.64 -> 5.00 (means of two);
+# K=128, D=128 12.68 -> 9.63 and 4.93 -> 4.57. wide_dx16: 1 has the wide form's products that
+# feed dq, dk or dv alone take scaled fp16 where the table form's do (bf16 inputs in training;
+# Version 2.5), their weights stored so by the weights kernel with wide_pairs; 0 (the default until
 # timed: docs/kernels.md, Version 2.38) keeps the logit weights' split products.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",

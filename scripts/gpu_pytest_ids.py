@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", required=True, help="the lane's GPU indices, comma-separated")
     ap.add_argument("-k", dest="expr", help="pytest -k: the tests to select")
     args = ap.parse_args(argv)
-    gpus = [g for g in args.gpus.split(",") if g.strip()]
-    if not gpus or not all(g.strip().isdigit() for g in gpus):
+    gpus = [g.strip() for g in args.gpus.split(",")]
+    if not all(g.isdigit() for g in gpus):
         ap.error(f"--gpus {args.gpus!r}: expected GPU indices such as 0 or 0,1")
-    gpus = [g.strip() for g in gpus]
     select = ["-k", args.expr] if args.expr else []
     for dev, test in assign(collect("gpu and not gpus2", select), collect("gpu and gpus2", select),
                             gpus):

@@ -348,7 +348,8 @@ def _prep_weights_kernel(mu_ptr, ls_ptr, mix_ptr, w_ptr, K, inv_tau, KP: tl.cons
 def _store_wide_tile(tile, offs, x, n: tl.constexpr, FMT: tl.constexpr):
     """One weight tile of the wide buffer (n floats from `tile`): x in float32 (FMT 0), its
     split pair (1: the bf16 hi tile, then the lo tile) or its scaled float16 form (3: the fp16
-    tile, then the power-of-two scale as one float)."""
+    tile, then the power-of-two scale as one float), what _wide_pair loads for split (or
+    single bf16) and fp16 products."""
     if FMT == 1:
         hi, lo = _split(x, 1)
         t16 = tile.to(tl.pointer_type(tl.bfloat16))
@@ -363,20 +364,21 @@ def _store_wide_tile(tile, offs, x, n: tl.constexpr, FMT: tl.constexpr):
 
 
 @triton.jit
-def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, FMT: tl.constexpr):
+def _wide_pair(tile, offs, n: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
     """One weight tile of the wide buffer as the operand pair _mm takes in precision PREC:
-    loaded as _store_wide_tile made it (FMT 1: the split pair, for split or single bf16
-    products; 3: the scaled fp16 tile and its scale, for fp16 products) or split here (0)."""
-    if FMT == 1:
+    WIDE == 2, loaded as _store_wide_tile made it for PREC (the scaled fp16 tile and its scale
+    for fp16 products, else the split pair: split or single bf16 products); WIDE == 1, float32
+    split here."""
+    if WIDE == 2 and PREC == 3:
+        hi = tl.load(tile.to(tl.pointer_type(tl.float16)) + offs)
+        lo = tl.load(tile + n // 2)
+    elif WIDE == 2:
         t16 = tile.to(tl.pointer_type(tl.bfloat16))
         hi = tl.load(t16 + offs)
         if PREC == 1:
             lo = tl.load(t16 + n + offs)
         else:
             lo = hi
-    elif FMT == 3:
-        hi = tl.load(tile.to(tl.pointer_type(tl.float16)) + offs)
-        lo = tl.load(tile + n // 2)
     else:
         hi, lo = _split(tl.load(tile + offs), PREC)
     return hi, lo
@@ -391,12 +393,8 @@ def _wide_logit_weights(wbase, KP: tl.constexpr, D: tl.constexpr, PREC: tl.const
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     tr = dd[:, None] * KP + kk[None, :]
-    if WIDE == 2:
-        a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, 1)
-        b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, 1)
-    else:
-        a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, 0)
-        b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, 0)
+    a2h, a2l = _wide_pair(wbase, tr, KP * D, PREC, WIDE)
+    b2h, b2l = _wide_pair(wbase + KP * D, tr, KP * D, PREC, WIDE)
     return tl.load(wbase + 4 * KP * D + kk), a2h, a2l, b2h, b2l
 
 
@@ -409,15 +407,8 @@ def _wide_dx_weights(wbase, KP: tl.constexpr, D: tl.constexpr, DXP: tl.constexpr
     kk = tl.arange(0, KP)
     dd = tl.arange(0, D)
     nat = kk[:, None] * D + dd[None, :]
-    if WIDE == 2 and DXP == 3:
-        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 3)
-        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 3)
-    elif WIDE == 2:
-        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 1)
-        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 1)
-    else:
-        ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, 0)
-        bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, 0)
+    ah, al = _wide_pair(wbase + 2 * KP * D, nat, KP * D, DXP, WIDE)
+    bh, bl = _wide_pair(wbase + 3 * KP * D, nat, KP * D, DXP, WIDE)
     return ah, al, bh, bl
 
 

@@ -310,12 +310,12 @@ def test_wide_form_weights_buffer_knobs(gpu_rules, tmp_path):
     path.write_text(json.dumps({"causal/fwd_bwd": {"wide_pairs": 2}}))
     with pytest.raises(ValueError, match="wide_pairs"):
         gpu_rules.load_plan_file(path)
-    # wide_dx16 (fp16 input-gradient products in the wide form): off until timed, and only
-    # ever in the wide form
-    assert not wide.WIDE_DX16
-    gpu_rules.TUNING.update(wide_dx16=1)
-    assert gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU).WIDE_DX16
-    assert not gpu_rules.make_plan(1, 4096, 16, 64, 64, 64, True, CPU).WIDE_DX16
+    # wide_dx16 (fp16 input-gradient products in the wide form): on by default since timed,
+    # only ever in the wide form, and a knob turns it off
+    assert wide.WIDE_DX16 and not table.WIDE_DX16
+    gpu_rules.TUNING.update(wide_dx16=0)
+    assert not gpu_rules.make_plan(1, 4096, 16, 256, 64, 64, True, CPU).WIDE_DX16
+    gpu_rules.TUNING.update(wide_dx16=None)
 
 
 def test_dependent_launches_only_where_the_plan_asks_and_the_gpu_has_them(gpu_rules, monkeypatch):

@@ -77,10 +77,13 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # Version 2.37); 0 holds float32 weights, split per block (the exact twin; the same results).
 # Replayed on the H200 at N=16384, B=1, H=16, bf16 training (results/2026-11-30-h200x2-wide-
 # pairs): K=256, D=64 causal 14.71 -> 10.24 ms, bidirectional 6.64 -> 5.00 (means of two);
-# K=128, D=128 12.68 -> 9.63 and 4.93 -> 4.57. wide_dx16: 1 has the wide form's products that
-# feed dq, dk or dv alone take scaled fp16 where the table form's do (bf16 inputs in training;
-# Version 2.5), their weights stored so by the weights kernel with wide_pairs; 0 (the default until
-# timed: docs/kernels.md, Version 2.38) keeps the logit weights' split products.
+# K=128, D=128 12.68 -> 9.63 and 4.93 -> 4.57. wide_dx16: 1 (the default) has the wide form's
+# products that feed dq, dk or dv alone take scaled fp16 where the table form's do (bf16 inputs in
+# training; Version 2.5), their weights stored so by the weights kernel with wide_pairs; 0 keeps
+# the logit weights' split products (the exact twin). Replayed on two H200s, both in one call
+# (results/2026-11-30-h200x2-wide-dx16; docs/kernels.md, Version 2.38): K=256, D=64 causal
+# 10.28 -> 7.76 ms, bidirectional 5.01 -> 4.24 (means of two); K=128, D=128 9.67 -> 8.87 and
+# 4.59 -> 4.50.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
@@ -89,7 +92,7 @@ _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_f
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1,
-         "wide_dx16": 0}
+         "wide_dx16": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans

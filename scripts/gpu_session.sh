@@ -56,7 +56,9 @@
 #                              GPU_PYTEST_PROCS=P, one process per test, P at a time (their
 #                              kernels compile in parallel), one JUnit XML each, each test on
 #                              one GPU of its lane in turn (a test marked gpus2 on all of
-#                              them; scripts/gpu_pytest_ids.py), e.g. on two GPUs
+#                              them; scripts/gpu_pytest_ids.py), the longest first by
+#                              GPU_PYTEST_DURATIONS (an earlier run's JUnit XML; default the
+#                              newest results/*-gpu-tests*/pytest-gpu.xml), e.g. on two GPUs
 #                              `GPU_PYTEST_PROCS=12 bash scripts/gpu_session.sh 8 0,1/pytest`
 #         | SUITE[@NAME][:EXTRA]  gmabench run SUITE EXTRA into results/gpu/NAME (NAME = SUITE, plus
 #                              "-control" when EXTRA is given, unless @NAME names it), resumed
@@ -201,8 +203,12 @@ run_job() {  # run_job GPUS WHAT  (CUDA_VISIBLE_DEVICES already set by the lane)
                 # what takes the time, and it is CPU work (16 cores a GPU); each test sees one GPU
                 # of the lane, in turn, or all of them if marked gpus2 (scripts/gpu_pytest_ids.py,
                 # lines "GPUS NODEID"); one JUnit XML and log per test, and a line "status :: id"
+                # longest first, by GPU_PYTEST_DURATIONS (JUnit XML; default: the newest committed
+                # run of every GPU test)
                 mkdir -p "$logs/pytest-gpu"
-                python3 scripts/gpu_pytest_ids.py --gpus "$gpus" "${select[@]}" >"$logs/pytest-gpu/ids.txt"
+                local junit="${GPU_PYTEST_DURATIONS:-$(ls results/*-gpu-tests*/pytest-gpu.xml 2>/dev/null | tail -n 1)}"
+                python3 scripts/gpu_pytest_ids.py --gpus "$gpus" "${select[@]}" \
+                    ${junit:+--durations "$junit"} >"$logs/pytest-gpu/ids.txt"
                 echo "$(wc -l <"$logs/pytest-gpu/ids.txt") tests on GPU $gpus, $GPU_PYTEST_PROCS at a time"
                 timeout -s INT "$(( s > 430 ? 420 : s - 10 ))" xargs -P "$GPU_PYTEST_PROCS" -d '\n' -I{} \
                     sh -c 'dev="${1%% *}"; id="${1#* }"; n=$(printf %s "$id" | md5sum | cut -c1-10)

@@ -35,3 +35,46 @@ def test_the_collected_gpu_tests_with_their_gpus(capsys):
     assert len(two) == 2 and all(d == "0,1" for d, t in lines if t in two)
     assert len(one) == 2 and [d for d, _ in one] == ["0", "1"]
     assert all(t.startswith("tests/gma/test_triton.py::test_gpu_") for _, t in lines)
+
+
+def test_an_earlier_runs_durations_put_the_longest_tests_first(tmp_path):
+    junit = tmp_path / "run.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.mixers.test_mixers_gpu" name="test_twin[fla-causal]" time="198.9"/>'
+        '<testcase classname="tests.gma.test_triton" name="test_gpu_x[a]" time="4.5"/>'
+        '<testcase classname="tests.gma.test_triton" name="test_gpu_x[b]" time="12.0"/>'
+        '<testcase classname="" name="tests.gma.test_triton_compile" time="0.000"/>'
+        '</testsuite></testsuites>')
+    secs = ids.durations(junit)
+    assert secs == {"tests/mixers/test_mixers_gpu.py::test_twin[fla-causal]": 198.9,
+                    "tests/gma/test_triton.py::test_gpu_x[a]": 4.5,
+                    "tests/gma/test_triton.py::test_gpu_x[b]": 12.0}
+    tests = ["tests/gma/test_triton.py::test_gpu_x[a]", "tests/gma/test_triton.py::test_new",
+             "tests/gma/test_triton.py::test_gpu_x[b]",
+             "tests/mixers/test_mixers_gpu.py::test_twin[fla-causal]",
+             "tests/gma/test_triton.py::test_newer"]
+    # untimed (new) tests first, in collection order, then the timed ones longest first
+    assert ids.longest_first(tests, secs) == [tests[1], tests[4], tests[3], tests[2], tests[0]]
+    assert ids.longest_first(tests, {}) == tests
+
+
+@pytest.mark.parametrize("content", [None, "<testsuite><testcase"])
+def test_unreadable_durations_are_refused(tmp_path, capsys, content):
+    junit = tmp_path / "run.xml"
+    if content is not None:
+        junit.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        ids.main(["--gpus", "0", "--durations", str(junit)])
+    assert exc.value.code == 2 and f"--durations {junit}" in capsys.readouterr().err
+
+
+def test_the_committed_gpu_run_orders_the_collected_tests(capsys):
+    # the newest committed run of every GPU test (what gpu_session.sh passes) times the kernels'
+    # wide training tests: the slower of the two selected comes first
+    junit = sorted(ROOT.glob("results/*-gpu-tests*/pytest-gpu.xml"))[-1]
+    secs = ids.durations(junit)
+    assert ids.main(["--gpus", "0", "-k", "wide_training_meets_spec", "--durations", str(junit)]) == 0
+    got = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert len(got) == 4 and all(t in secs for t in got)
+    assert [secs[t] for t in got] == sorted((secs[t] for t in got), reverse=True)

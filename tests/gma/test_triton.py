@@ -526,8 +526,8 @@ def test_launch_variants_do_not_change_the_result(causal):
     # one segment vs five and seven (the causal walks start from the sum of up to six earlier or
     # later segments' totals); 16-, 32-, 128-token blocks; a backward, or a key pass, with smaller
     # blocks, and a backward whose key side walks other blocks than its query side; the backward
-    # that makes its weights per block (the wide shapes' form); one that stores dl for a pass of
-    # its own to sum
+    # that makes its weights per block (the wide shapes' form), in 16- and 32-token blocks; one
+    # that stores dl for a pass of its own to sum
     ins = _inputs(1, 100, 1, 16, 16, 4, torch.float32, seed=7)
     do = torch.randn(1, 100, 1, 16, generator=torch.Generator().manual_seed(8)).to(ins[0].device)
     outs = []
@@ -536,6 +536,7 @@ def test_launch_variants_do_not_change_the_result(causal):
                   dict(block=128, segments=1), dict(block=64, block_bwd=16, segments=2),
                   dict(block=64, block_key=16, segments=3),
                   dict(block=64, block_bwd=16, block_bwd_k=32, segments=3), dict(wide=1, segments=2),
+                  dict(wide=1, block=32, block_bwd=32, segments=2),
                   dict(block=32, block_bwd=16, dl_store=2, segments=3)):
         TUNING.update(knobs)
         try:

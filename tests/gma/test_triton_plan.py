@@ -161,9 +161,16 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     causal128 = gpu_rules.make_plan(1, 10000, 1, 128, 64, 64, True, CPU, grad=True)
     assert (causal128.BLOCK, causal128.BLOCK_BWD, causal128.BLOCK_BWD_K, causal128.bps_bwd,
             causal128.warps_bwd) == (32, 16, 16, 2 * causal128.bps, 8)
-    # 256 components: 16-token backward blocks, for shared memory
+    # 256 components: 16-token backward blocks, for shared memory, but in the wide form's
+    # bidirectional backward (its weights loaded per block: Version 2.39) and where the forward
+    # walks 16 already
     k256 = gpu_rules.make_plan(1, 10000, 1, 256, 32, 32, False, CPU, grad=True)
     assert (k256.BLOCK, k256.BLOCK_BWD, k256.bps_bwd) == (32, 16, 2 * k256.bps)
+    wide256 = [gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, c, CPU, grad=True)
+               for c in (False, True)]
+    assert [(p.WIDE, p.BLOCK, p.BLOCK_BWD, p.BLOCK_BWD_K) for p in wide256] == [
+        (True, 32, 32, 32), (True, 32, 16, 16)]
+    assert wide256[0].bps_bwd == wide256[0].bps
     # K x D beyond 8192: the backward makes its weights per block (shared memory)
     assert not k256.WIDE and not narrow.WIDE and causal.WIDE
     assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=True).WIDE

@@ -342,8 +342,11 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         if grad and KP >= 256:
             # 256 components: the backward's shared memory is the binding limit, and 16-token
             # blocks bring D = 32 under an H200's 227 KB (compile-time: 184-216 KB against
-            # 203-240 KB at 32 tokens; docs/kernels.md)
-            row["block_bwd"] = 16
+            # 203-240 KB at 32 tokens; docs/kernels.md). The wide form's bidirectional backward
+            # walks the forward's 32 since its weights buffer holds pairs and fp16 tiles (100-131
+            # KB; at D = Dv = 64, N = 16384, replayed: 4.23 -> 3.32 ms; its causal one took 7.75
+            # -> 8.37 so; results/2026-12-01-h200x2-bwd-blocks, docs/kernels.md Version 2.39).
+            row["block_bwd"] = 0 if not causal and wide_training(K, D, DV) else 16
             row["warps_fwd"] = 8
         if grad:
             row["dl_store"] = 2 if KP >= 256 or wide >= 128 else 1

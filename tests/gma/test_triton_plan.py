@@ -171,6 +171,10 @@ def test_wide_shapes_take_the_plans_measured_for_them(gpu_rules):
     assert [(p.WIDE, p.BLOCK, p.BLOCK_BWD, p.BLOCK_BWD_K) for p in wide256] == [
         (True, 32, 32, 32), (True, 32, 16, 16)]
     assert wide256[0].bps_bwd == wide256[0].bps
+    gpu_rules.TUNING.update(wide=0)   # the weights held through the walk: 16 again
+    held = gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, False, CPU, grad=True)
+    assert not held.WIDE and held.BLOCK_BWD == 16
+    gpu_rules.TUNING.update(wide=None)
     # K x D beyond 8192: the backward makes its weights per block (shared memory)
     assert not k256.WIDE and not narrow.WIDE and causal.WIDE
     assert gpu_rules.make_plan(1, 10000, 1, 256, 64, 64, True, CPU, grad=True).WIDE

@@ -326,6 +326,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         return plan
     KP = padded_components(K)
     wide = max(D, DV)
+    wide_form = bool(TUNING["wide"] if TUNING["wide"] is not None else wide_training(K, D, DV))
     variant = ("causal/" if causal else "bidir/") + ("fwd_bwd" if grad else "fwd")
     row = dict(PLAN_TABLE[variant])
     if beyond_table(K, D, DV):
@@ -346,7 +347,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # walks the forward's 32 since its weights buffer holds pairs and fp16 tiles (100-131
             # KB; at D = Dv = 64, N = 16384, replayed: 4.23 -> 3.32 ms; its causal one took 7.75
             # -> 8.37 so; results/2026-12-01-h200x2-bwd-blocks, docs/kernels.md Version 2.39).
-            row["block_bwd"] = 0 if not causal and wide_training(K, D, DV) else 16
+            row["block_bwd"] = 0 if not causal and wide_form else 16
             row["warps_fwd"] = 8
         if grad:
             row["dl_store"] = 2 if KP >= 256 or wide >= 128 else 1
@@ -405,7 +406,6 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     block_key = min(row["block_key"] or block, block)
     block_bwd_k = min(row["block_bwd_k"] or block_bwd, block)
-    wide_form = bool(knobs.get("wide", wide_training(K, D, DV)))
     dx_pass = bool(row["dx_pass"] and row["dl_store"] and KP * D <= 4096 and not wide_form)
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), wide_form,

@@ -45,12 +45,15 @@ def test_a_signature_is_prepared_once_and_its_parts_follow_the_plan():
     assert train.bwd["DXP"] == PRECISIONS["fp16"]
     split, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["split"])
     assert split.bwd["DXP"] == PRECISIONS["split"]
-    TUNING.update(wide=1)   # the wide form keeps one precision
-    try:
-        wide, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["fp16"])
-        assert wide.plan.WIDE and wide.bwd["DXP"] == PRECISIONS["split"]
-    finally:
-        TUNING.update(wide=None)
+    # the wide form takes them in fp16 too (wide_dx16, the default), or keeps one precision
+    for dx16, dxp in ((None, PRECISIONS["fp16"]), (0, PRECISIONS["split"])):
+        TUNING.update(wide=1, wide_dx16=dx16)
+        try:
+            wide, _ = _prepare(_inputs(dtype=torch.bfloat16), grad=True, prec=PRECISIONS["fp16"])
+            assert wide.plan.WIDE and wide.bwd["DXP"] == wide.bwd_k["DXP"] == dxp
+            assert wide.bwd["PREC"] == PRECISIONS["split"]
+        finally:
+            TUNING.update(wide=None, wide_dx16=None)
     assert train.bwd["BLOCK"] == train.plan.BLOCK_BWD and train.state["ATOMIC"] is False
 
 

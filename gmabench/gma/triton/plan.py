@@ -346,7 +346,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
             # 203-240 KB at 32 tokens; docs/kernels.md). The wide form's bidirectional backward
             # walks the forward's 32 since its weights buffer holds pairs and fp16 tiles (100-131
             # KB; at D = Dv = 64, N = 16384, replayed: 4.23 -> 3.32 ms; its causal one took 7.75
-            # -> 8.37 so; results/2026-12-01-h200x2-bwd-blocks, docs/kernels.md Version 2.39).
+            # -> 8.36 so; results/2026-12-01-h200x2-bwd-blocks, docs/kernels.md Version 2.39).
             row["block_bwd"] = 0 if not causal and wide_form else 16
             row["warps_fwd"] = 8
         if grad:

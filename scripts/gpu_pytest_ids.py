@@ -8,7 +8,7 @@ all of them at once: scripts/gpu_session.sh, job `pytest` with GPU_PYTEST_PROCS 
 test is a process of its own started with CUDA_VISIBLE_DEVICES=GPUS. With --durations (the JUnit
 XML of an earlier run), the longest tests come first and tests it does not list before them,
 so that no long test starts last (longest processing time first): on two H200s, 12 at a time in
-collection order, every GPU test took 434 s, its slowest (fla's, 150-200 s each) among the
+collection order, every GPU test took 434 s, its slowest (fla's, 156-203 s each) among the
 last 50 (results/2026-12-01-h200x2-gpu-tests-2/, whose pytest-gpu.xml gpu_session.sh passes).
 """
 

@@ -71,7 +71,7 @@ def test_unreadable_durations_are_refused(tmp_path, capsys, content):
 
 def test_the_committed_gpu_run_orders_the_collected_tests(capsys):
     # the newest committed run of every GPU test (what gpu_session.sh passes) times the kernels'
-    # wide training tests: the slower of the two selected comes first
+    # wide training tests: the four selected come longest first (collected, they are not)
     junit = sorted(ROOT.glob("results/*-gpu-tests*/pytest-gpu.xml"))[-1]
     secs = ids.durations(junit)
     assert ids.main(["--gpus", "0", "-k", "wide_training_meets_spec", "--durations", str(junit)]) == 0

@@ -76,6 +76,22 @@ def _run(fn, ins, do, **kw):
     return [o.detach()] + [g_.detach() for g_ in grads]
 
 
+@pytest.fixture
+def launched(monkeypatch):
+    """The constants of each kernel launch of the backward, by site ("bwd_q", "dl_q", ...): the
+    last launch at each site since the dict was last cleared."""
+    from gmabench.gma.triton import autograd
+    seen = {}
+    real = autograd._launch
+
+    def spy(kernel, grid, args, consts, *a, **kw):
+        seen[kw.get("site")] = dict(consts)
+        return real(kernel, grid, args, consts, *a, **kw)
+
+    monkeypatch.setattr(autograd, "_launch", spy)
+    return seen
+
+
 def _errors(B, N, H, D, Dv, K, dtype, causal, seed=0, temperature=1.0, precision=None):
     ins = _inputs(B, N, H, D, Dv, K, dtype, seed)
     kw = dict(causal=causal, temperature=temperature)
@@ -420,7 +436,7 @@ def test_wide_form_weights_buffer_holds_the_logit_weights(pairs):
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("K,wide", [(12, 0), (12, 1), (140, 0)],
                          ids=["table-form", "wide-form", "K140-column-tiles"])
-def test_stored_dl_gives_the_register_sums_gradients(monkeypatch, causal, K, wide):
+def test_stored_dl_gives_the_register_sums_gradients(launched, causal, K, wide):
     # dl_store: the backward's query side (1) or both sides (2) store dl and a pass of its own
     # makes the parameter sums, with the same products, instead of carrying them through the
     # walk. Its exact twin is the register form: o, dq, dk, dv bit for bit (nothing else
@@ -431,15 +447,6 @@ def test_stored_dl_gives_the_register_sums_gradients(monkeypatch, causal, K, wid
     # launches show which form ran: whether the walks stored dl (DLST) and which sums passes
     # followed. (The parameter gradients alone cannot: where the pass's blocks are the walk's,
     # the two forms can round alike, and did with some of numpy's matrix products.)
-    from gmabench.gma.triton import autograd
-    launched = {}
-    real = autograd._launch
-
-    def spy(kernel, grid, args, consts, *a, **kw):
-        launched[kw.get("site")] = dict(consts)
-        return real(kernel, grid, args, consts, *a, **kw)
-
-    monkeypatch.setattr(autograd, "_launch", spy)
     ins = _inputs(1, 45, 2, 32, 16, K, torch.bfloat16, seed=41)
     do = (0.5 * torch.randn(1, 45, 2, 16, generator=torch.Generator().manual_seed(42))).to(
         device=ins[0].device, dtype=torch.bfloat16)
@@ -473,21 +480,12 @@ def test_stored_dl_gives_the_register_sums_gradients(monkeypatch, causal, K, wid
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_dx_pass_gives_the_walks_input_gradients(monkeypatch, dtype, causal):
+def test_dx_pass_gives_the_walks_input_gradients(launched, dtype, causal):
     # dx_pass: the sums pass over a stored dl makes dq (and, with both sides storing, dk) with
     # the walk's products on the walk's tiles, so o, dq, dk, dv are bit for bit those of the
     # walks that make dx themselves, and the parameter gradients, summed over the pass's blocks
     # of the walk's size instead of its own, within float32 summation order; the launches show
     # who made dx (bf16: scaled-fp16 products for it, float32: tf32x3)
-    from gmabench.gma.triton import autograd
-    launched = {}
-    real = autograd._launch
-
-    def spy(kernel, grid, args, consts, *a, **kw):
-        launched[kw.get("site")] = dict(consts)
-        return real(kernel, grid, args, consts, *a, **kw)
-
-    monkeypatch.setattr(autograd, "_launch", spy)
     ins = _inputs(1, 45, 2, 32, 16, 12, dtype, seed=43)
     do = (0.5 * torch.randn(1, 45, 2, 16, generator=torch.Generator().manual_seed(44))).to(
         device=ins[0].device, dtype=dtype)

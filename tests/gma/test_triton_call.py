@@ -202,18 +202,12 @@ def test_every_constexpr_of_a_calls_kernels_is_named(causal):
     try:
         call, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
                            prec=PRECISIONS["fp16"])
-        TUNING.update(dl_tail=1)   # ... and the walks' own sums of it instead
-        tail, _ = _prepare(_inputs(dtype=torch.bfloat16), causal=causal, grad=True,
-                           prec=PRECISIONS["fp16"])
     finally:
-        TUNING.update(dl_store=None, dl_tail=None)
-    assert tail.bwd["DLTAIL"] and tail.bwd_k["DLTAIL"] and not call.bwd["DLTAIL"]
+        TUNING.update(dl_store=None)
     kernels = ([(cm._causal_out_kernel, call.fwd), (cm._causal_bwd_q_kernel, call.bwd),
-                (cm._causal_bwd_k_kernel, call.bwd_k), (cm._causal_bwd_q_kernel, tail.bwd),
-                (cm._causal_bwd_k_kernel, tail.bwd_k)] if causal else
+                (cm._causal_bwd_k_kernel, call.bwd_k)] if causal else
                [(bidir._bidir_out_kernel, call.fwd), (bidir._bidir_bwd_q_kernel, call.bwd),
-                (bidir._bidir_bwd_k_kernel, call.bwd_k), (bidir._bidir_bwd_q_kernel, tail.bwd),
-                (bidir._bidir_bwd_k_kernel, tail.bwd_k)])
+                (bidir._bidir_bwd_k_kernel, call.bwd_k)])
     for kernel, consts in kernels + [(bidir._state_kernel, call.state),
                                      (common._param_grad_kernel, call.param),
                                      (common._dl_sums_kernel, call.dl_sums),

@@ -124,25 +124,6 @@ def test_dx_pass_launches_compile_for_sm90(causal):
     _assert_all_compile(launches)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_dl_tail_launches_compile_for_sm90(causal):
-    # dl_tail: both sides store dl and sum their own rows after their walks (causal: the query
-    # side also moves d, dd into the dl buffer for the key side); no sums pass is launched
-    launches = sm90.record_launches(causal, torch.bfloat16, 64, 64, 64,
-                                    {"dl_store": 2, "dl_tail": 1})
-    assert not [x for x in launches if x["name"] == "_dl_sums_kernel"]
-    flags = {(x["name"], p, arg["value"]) for x in launches
-             for p, arg in zip(inspect.signature(_kernel(x).fn).parameters, x["args"])
-             if p in ("DLTAIL", "AUXCP")}
-    kind = "causal" if causal else "bidir"
-    want = {(f"_{kind}_bwd_q_kernel", "DLTAIL", True), (f"_{kind}_bwd_k_kernel", "DLTAIL", True)}
-    if causal:
-        want.add(("_causal_bwd_q_kernel", "AUXCP", True))
-    assert flags == want, flags
-    _assert_all_compile(launches)
-
-
 def test_dependent_launches_compile_with_one_wait_each():
     # plan key pdl (a CUDA GPU of compute capability 9 on; never recorded here, on the CPU): the
     # same kernels with GDC set and Triton's launch_pdl option build for sm_90a, each with the

@@ -60,7 +60,6 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
-    (json.dumps({"causal/fwd_bwd": {"dl_tail": 2}}), "causal/fwd_bwd.dl_tail = 2"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"
@@ -251,18 +250,6 @@ def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
     assert not gpu_rules.make_plan(1, 16384, 16, 256, 64, 64, True, CPU, grad=True).DX_PASS
     gpu_rules.TUNING["dl_store"] = 2
     assert gpu_rules.make_plan(1, 4096, 16, 16, 32, 32, False, CPU, grad=True).DX_PASS
-
-
-def test_dl_tail_needs_a_stored_dl_and_no_dx_pass(gpu_rules):
-    # dl_tail: the walks sum their own rows of a stored dl, so it is on only where a side
-    # stores dl, and with it no dx_pass (the pass that would make dx is gone)
-    assert not gpu_rules.make_plan(1, 2048, 16, 64, 64, 64, True, CPU, grad=True).DL_TAIL
-    gpu_rules.TUNING.update(dl_tail=1, dx_pass=1)
-    tail = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
-    assert (tail.DL_STORE, tail.DL_TAIL, tail.DX_PASS, tail.AUX_DL) == (2, True, False, True)
-    gpu_rules.TUNING.update(dl_store=0)
-    plain = gpu_rules.make_plan(1, 131072, 16, 64, 64, 64, True, CPU, grad=True)
-    assert (plain.DL_STORE, plain.DL_TAIL) == (0, False)
 
 
 def test_register_cap_comes_from_the_file_and_the_knobs(gpu_rules, tmp_path):

@@ -176,16 +176,14 @@ def _backward(call: Call, saved, do):
                                             eps, bps), consts, pl.warps_bwd, pl.stages,
                 pl.regs_bwd, memo=memo, site="bwd_q", pdl=dep)
     if pl.DL_STORE:
-        if not pl.DL_TAIL:   # else each program summed its own rows' dl (plan key dl_tail)
-            dl_sums(q, dq, aux if call.causal else pg, call.dl_sums, "dl_q")
+        dl_sums(q, dq, aux if call.causal else pg, call.dl_sums, "dl_q")
         if pl.DL_STORE == 1:   # summed: freed before dk and dv are allocated (plan.py)
             dl = pg
         elif call.bwd_k.get("AUXDL"):
             # the key side reads each row's d and dd from the first two columns of that row's dl
             # (AUXDL), which it overwrites after: aux is freed before dk and dv are allocated.
-            # The pass moved them there where it could (AUXCP), or the query side's own sums
-            # (dl_tail), else a copy does.
-            if not (call.bwd.get("AUXCP") if pl.DL_TAIL else call.dl_sums["AUXCP"]):
+            # The pass moved them there where it could (AUXCP), else a copy does.
+            if not call.dl_sums["AUXCP"]:
                 dl.view(B * H, N, pl.KP)[:, :, :2].copy_(aux.view(B * H, 2, N).transpose(1, 2))
             aux = dl
     # dk made by the sums pass (dx_pass, both sides storing dl): allocated after the key side,
@@ -201,7 +199,7 @@ def _backward(call: Call, saved, do):
         _launch(_bidir_bwd_k_kernel, grid, (k, v, *gauss, gbuf, dk, dv, pg, dl, N, H, K, inv_tau,
                                             pl.bps_bwd_k), call.bwd_k, pl.warps_bwd, pl.stages,
                 pl.regs_bwd, memo=memo, site="bwd_k", pdl=dep)
-    if pl.DL_STORE >= 2 and not pl.DL_TAIL:
+    if pl.DL_STORE >= 2:
         if dk_late:
             if call.causal:
                 del aux, gtot

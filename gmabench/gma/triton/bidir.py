@@ -12,8 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _dl_tail_sums, _fp16_scaled,
-                     _fwd_weights, _gdc, _hi,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _pow2_scale_pair,
                      _raw_gate, _raw_state_ok, _resp, _resp_p, _resp_p16, _row_ptrs, _segment,
                      _split, _sum_into, _to_out, _wide_base, _wide_dx_weights,
@@ -219,8 +218,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
                         WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
-                        DXPASS: tl.constexpr, GDC: tl.constexpr = False,
-                        DLTAIL: tl.constexpr = False):
+                        DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Query side of the backward: dq, and the reductions G = R_q^T dn, g = R_q^T dd (atomics into
     g_ptr per (b, h)) plus this side's parameter-gradient sums (atomics into pg_ptr per head).
 
@@ -281,10 +279,7 @@ def _bidir_bwd_q_kernel(q_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, st_ptr, d
     gbase = g_ptr + bh.to(tl.int64) * (KP * (DV + 1))
     _sum_into(gbase + kk[:, None] * DV + ee[None, :], G)
     _sum_into(gbase + KP * DV + kk, g)
-    if DLST and DLTAIL:   # the sums from the dl this program stored (plan key dl_tail)
-        _dl_tail_sums(xbase, dl_ptr, pg_ptr, dl_ptr, bh, h, N, H, blk0, blk1, False, False, D,
-                      KP, BLOCK, PREC, X_EXACT, INTERP)
-    elif not DLST:
+    if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
@@ -294,8 +289,7 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
                         D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
                         PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr,
                         WIDE: tl.constexpr, DXP: tl.constexpr, DLST: tl.constexpr,
-                        DXPASS: tl.constexpr, GDC: tl.constexpr = False,
-                        DLTAIL: tl.constexpr = False):
+                        DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Key side of the backward: dR_k = V G^T + g, dv = R_k G, then dk and parameter sums."""
     bh = tl.program_id(1)
     b = bh // H
@@ -341,8 +335,5 @@ def _bidir_bwd_k_kernel(k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, w_ptr, g_ptr, dk_
         if not DXPASS:   # else the sums pass makes dx
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dk_ptr),
                      mask=rm[:, None])
-    if DLST and DLTAIL:   # the sums from the dl this program stored (plan key dl_tail)
-        _dl_tail_sums(xbase, dl_ptr, pg_ptr, dl_ptr, bh, h, N, H, blk0, blk1, False, False, D,
-                      KP, BLOCK, PREC, X_EXACT, INTERP)
-    elif not DLST:
+    if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

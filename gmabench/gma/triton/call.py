@@ -104,15 +104,12 @@ class Call:
         pairs = pl.WIDE_PAIRS and bwd_prec in (PRECISIONS["split"], PRECISIONS["fast"])
         wide = (2 if pairs else 1) if pl.WIDE else 0
         self.bwd = dict(consts(dtype, D, DV, pl, bwd_prec, pl.BLOCK_BWD), WIDE=wide, DXP=dxp,
-                        DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS,   # (DX_PASS: dl stored)
-                        DLTAIL=pl.DL_TAIL)
+                        DLST=pl.DL_STORE >= 1, DXPASS=pl.DX_PASS)   # (DX_PASS: dl stored)
         self.bwd_k = dict(self.bwd, BLOCK=pl.BLOCK_BWD_K,   # the key side's own block
                           DLST=pl.DL_STORE >= 2, DXPASS=pl.DX_PASS and pl.DL_STORE >= 2)
         if causal:   # the query side's d, dd read from the dl buffer (autograd.py)
             self.bwd_k["AUXDL"] = pl.DL_STORE >= 2 and pl.AUX_DL
-            # ... put there by the query side's own sums where no pass moves them (dl_tail)
-            self.bwd["AUXCP"] = pl.DL_TAIL and self.bwd_k["AUXDL"]
-        if pl.DL_STORE and not pl.DL_TAIL:   # (dl_tail: the walks sum their own rows)
+        if pl.DL_STORE:
             self._dl_sums_launch(B, N, H, D, dtype, pl, bwd_prec, dxp, sms)
         self.param = dict(KP=pl.KP, D=D, GDC=pl.PDL)
         # the wide form's weights buffer (autograd.py): each tile as its blocks' products take it

@@ -19,8 +19,7 @@ import triton
 import triton.language as tl
 
 from .bidir import _segment_state
-from .common import (_add_param_sums, _bwd_weights, _dl_rows, _dl_tail_sums, _fp16_scaled,
-                     _fwd_weights, _gdc, _hi,
+from .common import (_add_param_sums, _bwd_weights, _dl_rows, _fp16_scaled, _fwd_weights, _gdc, _hi,
                      _input_grads, _lo, _mm, _opaque_zero, _param_init, _prefetch_rows, _raw_gate,
                      _raw_state_ok,
                      _resp, _resp_p, _resp_p16, _row_ptrs, _segment, _segment_at, _split,
@@ -210,8 +209,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr, GDC: tl.constexpr = False,
-                         DLTAIL: tl.constexpr = False, AUXCP: tl.constexpr = False):
+                         DXPASS: tl.constexpr, GDC: tl.constexpr = False):
     """Forward walk. Per chunk, with S, s the state before it, W = do V^T, U = do S^T, the
     masses so far C = tril(1) R_k + s and Y = mask(W) R_k + U: d = rowsum(R_q*C) + eps,
     do.n = rowsum(R_q*Y), dd = -(do.n)/d^2, dR_q = Y/d + dd C (that is dA R_k + U/d + dd s^T with
@@ -301,10 +299,7 @@ def _causal_bwd_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
     gbase = gtot_ptr + (bh.to(tl.int64) * P + pid) * (KP * (DV + 1))
     tl.store(gbase + kk[:, None] * DV + ee[None, :], G)
     tl.store(gbase + KP * DV + kk, g)
-    if DLST and DLTAIL:   # the sums from the dl this program stored (plan key dl_tail)
-        _dl_tail_sums(qbase, dl_ptr, pg_ptr, aux_ptr, bh, h, N, H, blk0, blk1, False, AUXCP, D,
-                      KP, BLOCK, PREC, X_EXACT, INTERP)
-    elif not DLST:
+    if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
@@ -315,8 +310,7 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                          BLOCK: tl.constexpr, PREC: tl.constexpr, X_EXACT: tl.constexpr,
                          INTERP: tl.constexpr, WIDE: tl.constexpr,
                          DXP: tl.constexpr, DLST: tl.constexpr,
-                         DXPASS: tl.constexpr, AUXDL: tl.constexpr, GDC: tl.constexpr = False,
-                         DLTAIL: tl.constexpr = False):
+                         DXPASS: tl.constexpr, AUXDL: tl.constexpr, GDC: tl.constexpr = False):
     """Reverse walk. Per chunk, with G, g the sums over later chunks:
     dR_k = dA^T R_q + V G^T + g, dv = A^T dn + R_k G; then G += R_q^T dn, g += R_q^T dd.
     AUXDL: the query side's d and dd of each row are the first two columns of that row in the
@@ -409,8 +403,5 @@ def _causal_bwd_k_kernel(q_ptr, k_ptr, v_ptr, do_ptr, mu_ptr, ls_ptr, mix_ptr, w
                      mask=rm[:, None])
         G = _mm(rqth, rqtl, dnh, dnl, G, PREC, False, False, INTERP)
         g += tl.sum(rq * ddv[:, None], 0)
-    if DLST and DLTAIL:   # the sums from the dl this program stored (plan key dl_tail)
-        _dl_tail_sums(kbase, dl_ptr, pg_ptr, dl_ptr, bh, h, N, H, blk0, blk1, True, False, D,
-                      KP, BLOCK, PREC, X_EXACT, INTERP)
-    elif not DLST:
+    if not DLST:
         _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)

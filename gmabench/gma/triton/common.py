@@ -611,12 +611,17 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_
         pa, pb = _param_products(dl, x, pa, pb, PREC, X_EXACT, INTERP)
         pcacc += dl
         if AUXCP:
+            abase = aux_ptr + bh.to(tl.int64) * 2 * N + rows
+            d = tl.load(abase, mask=rm, other=0.0)
+            dd = tl.load(abase + N, mask=rm, other=0.0)
+            two = tl.arange(0, 2)[None, :]
             # after the products: dl reached them through shared memory behind a barrier of
             # every thread (the loop's pipelined loads, or the operands' staging), so no thread
             # writes a row before every thread has read it. (A tl.debug_barrier here stopped
             # Triton 3.6 from pipelining the loop's loads; a GPU test compares o, dq, dk, dv bit
             # for bit with the form that reads d, dd from their own buffer.)
-            _aux_into_dl(dl_ptr, aux_ptr, bh, N, rows, rm, KP)
+            tl.store(dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64))[:, None] * KP + two,
+                     tl.where(two == 0, d[:, None], dd[:, None]), mask=rm[:, None])
         if DXPASS:
             dx = _dl_dx(dl, x, ah, al, bh_, bl, BLOCK, D, DXP, INTERP)
             tl.store(_row_ptrs(dxbase, rows, H * D, D), _to_out(dx, dx_ptr), mask=rm[:, None])
@@ -627,47 +632,6 @@ def _dl_sums_kernel(x_ptr, dl_ptr, pg_ptr, dx_ptr, aux_ptr, mu_ptr, ls_ptr, mix_
     _sum_into(pbase + KP * D + kk[:, None] * D + cols[None, :], -0.5 * pb)
     if c == 0:
         _sum_into(pbase + 2 * KP * D + kk, tl.sum(pcacc, 0))
-
-
-@triton.jit
-def _aux_into_dl(dl_ptr, aux_ptr, bh, N, rows, rm, KP: tl.constexpr):
-    """Rows' d and dd (aux_ptr: (B*H, 2, N) float32) into the first two columns of their dl."""
-    abase = aux_ptr + bh.to(tl.int64) * 2 * N + rows
-    d = tl.load(abase, mask=rm, other=0.0)
-    dd = tl.load(abase + N, mask=rm, other=0.0)
-    two = tl.arange(0, 2)[None, :]
-    tl.store(dl_ptr + (bh.to(tl.int64) * N + rows.to(tl.int64))[:, None] * KP + two,
-             tl.where(two == 0, d[:, None], dd[:, None]), mask=rm[:, None])
-
-
-@triton.jit
-def _dl_tail_sums(xbase, dl_ptr, pg_ptr, aux_ptr, bh, h, N, H, blk0, blk1, REV: tl.constexpr,
-                  AUXCP: tl.constexpr, D: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
-                  PREC: tl.constexpr, X_EXACT: tl.constexpr, INTERP: tl.constexpr):
-    """The parameter sums of a backward program's own blocks [blk0, blk1) from the dl it stored
-    there, made after its walk (plan key dl_tail) instead of by a pass of their own: the products
-    and the order of the register sums (REV: the walk went from the last block down), so the
-    results are theirs bit for bit, while the walk itself carries no sums. The barrier makes
-    the program's stores of dl visible to all its threads before they are read. AUXCP: as the
-    pass's (_dl_sums_kernel), each row's d and dd (aux_ptr, (B*H, 2, N)) then go into its first
-    two columns, for the causal key side to read there."""
-    tl.debug_barrier()
-    pa, pb, pc = _param_init(KP, D, False)
-    ii = tl.arange(0, BLOCK)
-    for it in range(0, blk1 - blk0):
-        if REV:
-            blk = blk1 - 1 - it
-        else:
-            blk = blk0 + it
-        rows = blk * BLOCK + ii
-        rm = rows < N
-        x = tl.load(_row_ptrs(xbase, rows, H * D, D), mask=rm[:, None], other=0.0)
-        dl = tl.load(_dl_rows(dl_ptr, bh, N, rows, KP), mask=rm[:, None], other=0.0)
-        pa, pb = _param_products(dl, x, pa, pb, PREC, X_EXACT, INTERP)
-        pc += tl.sum(dl, 0)
-        if AUXCP:   # after the products, as in the pass (its comment says why that suffices)
-            _aux_into_dl(dl_ptr, aux_ptr, bh, N, rows, rm, KP)
-    _add_param_sums(pg_ptr, h, pa, pb, pc, KP, D)
 
 
 @triton.jit

@@ -84,20 +84,15 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # (results/2026-11-30-h200x2-wide-dx16; docs/kernels.md, Version 2.38): K=256, D=64 causal
 # 10.28 -> 7.76 ms, bidirectional 5.01 -> 4.24 (means of two); K=128, D=128 9.67 -> 8.87 and
 # 4.59 -> 4.50.
-# dl_tail: 1 has each backward program that stores dl (dl_store) make its own rows' parameter
-# sums from it after its walk (common._dl_tail_sums: the register sums' products in their order,
-# so the same bits) instead of a sums pass over the buffer: no pass is launched, dx_pass is off
-# (the pass would make dx), and where the causal key side reads d, dd from the dl buffer
-# (aux_dl) the query side's own sums move them there, as its pass did.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
-             "wide_pairs", "wide_dx16", "dl_tail")
+             "wide_pairs", "wide_dx16")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1,
-         "wide_dx16": 1, "dl_tail": 0}
+         "wide_dx16": 1}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -199,7 +194,6 @@ TUNING: dict[str, int | None] = {
     "prefetch": None,
     "wide_pairs": None,
     "wide_dx16": None,
-    "dl_tail": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -237,7 +231,6 @@ class Plan:
     PREFETCH: bool = False   # the fused kernel's first rows asked of L2 at its start (prefetch)
     WIDE_PAIRS: bool = False  # WIDE: the weights buffer holds split pairs (wide_pairs)
     WIDE_DX16: bool = False   # WIDE: fp16 products for dq, dk as in the table form (wide_dx16)
-    DL_TAIL: bool = False     # DL_STORE: each walk sums its own rows' dl after it (dl_tail)
 
 
 def load_plan_file(path: str | os.PathLike) -> None:
@@ -258,7 +251,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
                "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1),
-               "wide_pairs": (0, 1), "wide_dx16": (0, 1), "dl_tail": (0, 1)}
+               "wide_pairs": (0, 1), "wide_dx16": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -413,9 +406,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     block_key = min(row["block_key"] or block, block)
     block_bwd_k = min(row["block_bwd_k"] or block_bwd, block)
-    dl_tail = bool(row["dl_tail"] and row["dl_store"])   # (no pass: no dx_pass)
-    dx_pass = bool(row["dx_pass"] and row["dl_store"] and KP * D <= 4096 and not wide_form
-                   and not dl_tail)
+    dx_pass = bool(row["dx_pass"] and row["dl_store"] and KP * D <= 4096 and not wide_form)
     plan = Plan(KP, block, P, bps, row["warps_fwd"], row["warps_bwd"], row["stages"], block_bwd,
                 bps * (block // block_bwd), wide_form,
                 row["regs_fwd"], row["stages_key"] or row["stages"], block_key,
@@ -425,7 +416,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
                 bool(row["pdl"]) and _has_pdl(device),
                 bool(row["fuse_fwd"]) and causal and not grad and P > 1, row["regs_bwd"],
                 bool(row["prefetch"]), wide_form and bool(row["wide_pairs"]),
-                wide_form and bool(row["wide_dx16"]), dl_tail)
+                wide_form and bool(row["wide_dx16"]))
     _PLANS[key] = plan
     return plan
 

@@ -78,7 +78,7 @@ def _run(fn, ins, do, **kw):
 
 @pytest.fixture
 def launched(monkeypatch):
-    """The constants of each kernel launch of the backward, by site ("bwd_q", "dl_q", ...): the
+    """The constants of a call's kernel launches, by site ("out", "bwd_q", "dl_q", ...): the
     last launch at each site since the dict was last cleared."""
     from gmabench.gma.triton import autograd
     seen = {}

@@ -1,0 +1,263 @@
+"""On a GPU: would the fused causal inference kernel win at N=2048 if it walked before it waited?
+
+The fused kernel (causal._causal_fused_kernel) makes its segment's total (the key part), publishes
+it, waits for its head's earlier segments and then walks its blocks from their sum, so the key
+part sits on every later segment's path (docs/kernels.md, "What bounds the misses"). This script
+times, each replayed from a CUDA graph after an L2 flush as gmabench's cells are, at the plan of
+the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment):
+
+    call        gma_attention(..., causal=True, impl="triton") under no_grad: what gmabench times
+    fused       the same kernel launched here (a check of the harness)
+    walk_first  each program walks its two blocks from a zero state, keeping each block's
+                queries' responsibilities, numerator and denominator; the walk's final state is
+                its segment's total, which it publishes; it then waits for the earlier
+                segments and adds R_q S_start and R_q s_start to what it kept:
+                o = (n + R_q S_start) / (d + R_q s_start). The same function as the fused
+                kernel (output compared), in raw float16 only (no tile-scaled fallback), so a
+                form to time, not to ship
+    walk_only   the ticket, the weights and the walk from a zero state, no total, no wait: the
+                floor of any form that takes the key part and the wait off the path (its
+                output is wrong for every segment but the first)
+
+    python3 scripts/fused_walk_first.py --out DIR [--n 2048] [--reps 3]
+
+writes DIR/fused_walk_first.json. Under TRITON_INTERPRET=1 (no GPU) it checks walk_first's output
+against the fused kernel's at N=256 and times nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gmabench.gma.triton.call import prepare  # noqa: E402
+from gmabench.gma.triton.causal import (_causal_fused_kernel, _load_state_sum,  # noqa: E402
+                                        _walk_blocks)
+from gmabench.gma.triton.common import (INTERPRET, PRECISIONS, _fp16_scaled,  # noqa: E402
+                                        _fwd_weights, _mm, _resp_p16, _row_ptrs, _segment_at,
+                                        _split, _to_out)
+
+
+@triton.jit
+def _ticket(sync_ptr, P, total):
+    t = tl.atomic_add(sync_ptr.to(tl.pointer_type(tl.int64)), 1, sem="relaxed")
+    epoch = t // total
+    t = (t - epoch * total).to(tl.int32)
+    return t % P, t // P, (epoch % 1073741824).to(tl.int32) + 1
+
+
+@triton.jit
+def _block_from(qbase, kbase, vbase, blk, N, H, eps, S, s, c2, a2h, a2l, b2h, b2l,
+                D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+                FIRST: tl.constexpr, INTERP: tl.constexpr):
+    """One raw-float16 walk block from (S, s) (FIRST: the zero state, its products left out):
+    the queries' unnormalised responsibilities (float16), the numerator and denominator without
+    the segment's start, and the state after the block."""
+    ii = tl.arange(0, BLOCK)
+    rows = blk * BLOCK + ii
+    rm = rows < N
+    xq = tl.load(_row_ptrs(qbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+    xk = tl.load(_row_ptrs(kbase, rows, H * D, D), mask=rm[:, None], other=0.0)
+    v = tl.load(_row_ptrs(vbase, rows, H * DV, DV), mask=rm[:, None], other=0.0)
+    pq, pqs = _resp_p16(xq, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+    pk, pks = _resp_p16(xk, 1.0, 1.0, rm, c2, a2h, a2l, b2h, b2l, BLOCK, KP, INTERP)
+    rk = pk * (1.0 / pks)[:, None]
+    vh = _fp16_scaled(v, 1.0)
+    pqh = pq.to(tl.float16)
+    rkth = tl.trans(rk).to(tl.float16)
+    A = _mm(pqh, 1.0, rkth, 1.0, tl.zeros((BLOCK, BLOCK), dtype=tl.float32), 3, False, False,
+            INTERP)
+    A = tl.where(ii[:, None] >= ii[None, :], A, 0.0)
+    n = _mm(A.to(tl.float16), 1.0, vh, 1.0, tl.zeros((BLOCK, DV), dtype=tl.float32), 3, False,
+            False, INTERP)
+    d = tl.sum(A, 1) + eps * pqs
+    if not FIRST:
+        Sh, Sl = _split(S, 3)
+        n = _mm(pqh, 1.0, Sh, Sl, n, 3, False, False, INTERP)
+        d += tl.sum(pq * s[None, :], 1)
+    S = _mm(rkth, 1.0, vh, 1.0, S, 3, False, False, INTERP)
+    s += tl.sum(rk, 0)
+    return pqh, n, d, rows, rm, S, s
+
+
+@triton.jit
+def _finish(obase, o_ptr, pqh, n, d, rows, rm, Sh, Sl, s0, H, DV: tl.constexpr,
+            START: tl.constexpr, INTERP: tl.constexpr):
+    if START:
+        n = _mm(pqh, 1.0, Sh, Sl, n, 3, False, False, INTERP)
+        d += tl.sum(pqh.to(tl.float32) * s0[None, :], 1)
+    tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(n * (1.0 / d)[:, None], o_ptr),
+             mask=rm[:, None])
+
+
+@triton.jit
+def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
+                       N, H, K, inv_tau, eps, bps, bps_key,
+                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
+                       X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
+                       NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """Two blocks a segment (bps = 2), raw float16 products: the module docstring."""
+    P = tl.num_programs(0)
+    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1))
+    b = bh // H
+    h = bh % H
+    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    off = b.to(tl.int64) * N * H + h
+    qbase = q_ptr + off * D
+    kbase = k_ptr + off * D
+    vbase = v_ptr + off * DV
+    obase = o_ptr + off * DV
+    S = tl.zeros((KP, DV), dtype=tl.float32)
+    s = tl.zeros((KP,), dtype=tl.float32)
+    q0, n0, d0, r0, m0, S, s = _block_from(qbase, kbase, vbase, blk0, N, H, eps, S, s, c2, a2h,
+                                           a2l, b2h, b2l, D, DV, KP, BLOCK, True, INTERP)
+    q1, n1, d1, r1, m1, S, s = _block_from(qbase, kbase, vbase, blk0 + 1, N, H, eps, S, s, c2,
+                                           a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, False, INTERP)
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    base = tot_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
+    tl.store(base + kk[:, None] * DV + ee[None, :], S)
+    tl.store(base + KP * DV + kk, s)
+    flags = sync_ptr + 2 + bh * P
+    tl.debug_barrier()
+    tl.atomic_xchg(flags + p, mark, sem="release")
+    if p == 0:
+        _finish(obase, o_ptr, q0, n0, d0, r0, m0, 1.0, 1.0, s, H, DV, False, INTERP)
+        _finish(obase, o_ptr, q1, n1, d1, r1, m1, 1.0, 1.0, s, H, DV, False, INTERP)
+    else:
+        jj = tl.arange(0, 128)
+        for j0 in range(0, p, 128):
+            m = j0 + jj < p
+            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+                                 mark) == mark).to(tl.int32), 0)
+            while f == 0:
+                f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m,
+                                                      sem="acquire"), mark)
+                            == mark).to(tl.int32), 0)
+        S0, s0 = _load_state_sum(tot_ptr, bh, 0, p, P, KP, DV)
+        Sh, Sl = _split(S0, 3)
+        _finish(obase, o_ptr, q0, n0, d0, r0, m0, Sh, Sl, s0, H, DV, True, INTERP)
+        _finish(obase, o_ptr, q1, n1, d1, r1, m1, Sh, Sl, s0, H, DV, True, INTERP)
+
+
+@triton.jit
+def _walk_only_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
+                      N, H, K, inv_tau, eps, bps, bps_key,
+                      D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                      BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
+                      X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
+                      NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """The ticket, the weights and the production walk from a zero state: no key part, no
+    total, no wait (a floor to time; wrong output past each head's first segment)."""
+    P = tl.num_programs(0)
+    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1))
+    b = bh // H
+    h = bh % H
+    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    off = b.to(tl.int64) * N * H + h
+    _walk_blocks(q_ptr + off * D, k_ptr + off * D, v_ptr + off * DV, o_ptr + off * DV, o_ptr,
+                 tl.zeros((KP, DV), dtype=tl.float32), tl.zeros((KP,), dtype=tl.float32), blk0,
+                 blk1, N, H, eps, c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT,
+                 INTERP, True)
+
+
+KERNELS = {"fused": _causal_fused_kernel, "walk_first": _walk_first_kernel,
+           "walk_only": _walk_only_kernel}
+
+
+def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (0.5 * torch.randn(B, N, H, D, generator=g) for _ in range(3))
+    mu = torch.randn(H, K, D, generator=g) * 0.5
+    ls = torch.randn(H, K, D, generator=g) * 0.1
+    mix = torch.randn(H, K, generator=g) * 0.1
+    bf = [t.to(device, torch.bfloat16) for t in (q, k, v)]
+    return (*bf, *(t.to(device) for t in (mu, ls, mix)))
+
+
+def launcher(name, tensors, bps=None):
+    """A function launching kernel `name` on the fused plan of the tensors' shape (bps: the
+    blocks a segment, for the interpreter, whose plan takes other segments)."""
+    call, ts = prepare(tensors, True, 1.0, 1e-6, PRECISIONS["fp16"], False)
+    pl = call.plan
+    if not pl.FUSE_FWD:
+        raise SystemExit(f"the plan of this shape does not fuse causal inference: {pl}")
+    consts = dict(call.fused)
+    bps = bps or pl.bps
+    if name == "walk_first" and (bps != 2 or consts["BLOCK_KEY"] != consts["BLOCK"]):
+        raise SystemExit(f"walk_first takes two blocks a segment; the plan has {bps}")
+    B, N, H, D, DV, K = call.dims
+    P = triton.cdiv(triton.cdiv(N, consts["BLOCK"]), bps)
+    grid = (P, B * H)
+    q, k, v, mu, ls, mix = ts
+    st = torch.empty(B * H * P * call.state_len, device=q.device, dtype=torch.float32)
+    sync = torch.zeros(2 + B * H * P, device=q.device, dtype=torch.int32)
+    o = torch.empty_like(v)
+
+    def run():
+        KERNELS[name][grid](q, k, v, mu, ls, mix, st, sync, o, N, H, K, call.inv_tau, call.eps,
+                            bps, bps, **consts, num_warps=pl.warps_fwd, num_stages=pl.stages)
+        return o
+    return run, pl
+
+
+def rel_err(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if INTERPRET:
+        ts = inputs(256, H=2)
+        want = launcher("fused", ts, bps=2)[0]().clone()
+        got = launcher("walk_first", ts, bps=2)[0]()
+        err = rel_err(got, want)
+        print(f"walk_first against fused (interpreter, N=256): max error / max |o| = {err:.2e}")
+        raise SystemExit(0 if err < 2e-2 else 1)
+
+    from gmabench.gma.api import gma_attention
+    from gmabench.measure.timing import time_callable
+    dev = torch.device("cuda")
+    ts = inputs(args.n, device=dev)
+    runs = {"call": None}
+    with torch.no_grad():
+        runs["call"] = lambda: gma_attention(*ts, causal=True, impl="triton")
+        pl = None
+        for name in KERNELS:
+            runs[name], pl = launcher(name, ts)
+        want = runs["call"]().clone()
+        errors = {name: rel_err(runs[name]().clone(), want) for name in runs}
+        times = {name: [] for name in runs}
+        for _ in range(args.reps):   # interleaved, so that drift hits every form alike
+            for name, fn in runs.items():
+                times[name].append(time_callable(fn, dev, graph=True).median_ms * 1e3)
+    out = {"N": args.n, "B": 1, "H": 16, "D": 64, "K": 64, "dtype": "bfloat16",
+           "plan": {k: v for k, v in vars(pl).items()}, "device": torch.cuda.get_device_name(),
+           "timer": "cuda_graph replay after an L2 flush (gmabench.measure.timing), median us",
+           "us": times, "max_err_vs_call": errors}
+    for name in runs:
+        print(f"{name:11s} {' '.join(f'{t:7.2f}' for t in times[name])} us   "
+              f"err vs call {errors[name]:.2e}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "fused_walk_first.json"), "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,14 +15,20 @@ the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment)
                 o = (n + R_q S_start) / (d + R_q s_start). The same function as the fused
                 kernel (output compared), in raw float16 only (no tile-scaled fallback), so a
                 form to time, not to ship
+    walk_first_*  the same with one of _walk_first_kernel's knobs: forms of the same function
+                (grp4: the earlier totals summed by groups of four segments; f16: totals as
+                scaled float16; u4: the sums' loop unrolled four times; tf32: the start's
+                products in tf32), and forms that leave a part out to attribute the end's time
+                (nosum: no sum of the earlier totals; bare: nor the wait; bare_nocorr: nor the
+                start's products; bare_nopub: nor publishing the total)
     walk_only   the ticket, the weights and the walk from a zero state, no total, no wait: the
                 floor of any form that takes the key part and the wait off the path (its
                 output is wrong for every segment but the first)
 
     python3 scripts/fused_walk_first.py --out DIR [--n 2048] [--reps 3]
 
-writes DIR/fused_walk_first.json. Under TRITON_INTERPRET=1 (no GPU) it checks walk_first's output
-against the fused kernel's at N=256 and times nothing.
+writes DIR/fused_walk_first.json. Under TRITON_INTERPRET=1 (no GPU) it times nothing and checks
+each form of the function against the float64 formula (interpreter_check; a test runs it).
 """
 
 from __future__ import annotations
@@ -39,11 +45,10 @@ import triton.language as tl
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gmabench.gma.triton.call import prepare  # noqa: E402
-from gmabench.gma.triton.causal import (_causal_fused_kernel, _load_state_sum,  # noqa: E402
-                                        _walk_blocks)
+from gmabench.gma.triton.causal import _causal_fused_kernel, _walk_blocks  # noqa: E402
 from gmabench.gma.triton.common import (INTERPRET, PRECISIONS, _fp16_scaled,  # noqa: E402
-                                        _fwd_weights, _mm, _resp_p16, _row_ptrs, _segment_at,
-                                        _split, _to_out)
+                                        _fwd_weights, _mm, _pow2_scale, _resp_p16, _row_ptrs,
+                                        _segment_at, _split, _to_out)
 
 
 @triton.jit
@@ -52,6 +57,19 @@ def _ticket(sync_ptr, P, total):
     epoch = t // total
     t = (t - epoch * total).to(tl.int32)
     return t % P, t // P, (epoch % 1073741824).to(tl.int32) + 1
+
+
+@triton.jit
+def _wait_range(flags, lo, hi, mark):
+    """Until flags lo..hi-1 hold this launch's mark (the fused kernel's wait)."""
+    jj = tl.arange(0, 128)
+    for j0 in range(lo, hi, 128):
+        m = j0 + jj < hi
+        f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+                             mark) == mark).to(tl.int32), 0)
+        while f == 0:
+            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+                                 mark) == mark).to(tl.int32), 0)
 
 
 @triton.jit
@@ -89,9 +107,54 @@ def _block_from(qbase, kbase, vbase, blk, N, H, eps, S, s, c2, a2h, a2l, b2h, b2
 
 
 @triton.jit
+def _store_slot(tot_ptr, slot, S, s, KP: tl.constexpr, DV: tl.constexpr, F16: tl.constexpr):
+    """A state (S, s) into slot `slot` of KP * (DV + 1) floats: float32, or (F16) S as float16
+    scaled by a power of two (_split), then s and the scale as float32."""
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    base = tot_ptr + slot.to(tl.int64) * (KP * (DV + 1))
+    if F16:
+        sc, inv = _pow2_scale(S)
+        tl.store(base.to(tl.pointer_type(tl.float16)) + kk[:, None] * DV + ee[None, :],
+                 _fp16_scaled(S, inv))
+        tl.store(base + KP * DV // 2 + kk, s)
+        tl.store(base + KP * DV // 2 + KP, sc)
+    else:
+        tl.store(base + kk[:, None] * DV + ee[None, :], S)
+        tl.store(base + KP * DV + kk, s)
+
+
+@triton.jit
+def _sum_slots(tot_ptr, slot0, n, KP: tl.constexpr, DV: tl.constexpr, F16: tl.constexpr,
+               U: tl.constexpr = 1):
+    """The sum of the states in slots slot0 .. slot0 + n - 1 (_store_slot's layout), left to
+    right; U: the loop unrolled U times (loads of several slots in flight)."""
+    kk = tl.arange(0, KP)
+    ee = tl.arange(0, DV)
+    S = tl.zeros((KP, DV), dtype=tl.float32)
+    s = tl.zeros((KP,), dtype=tl.float32)
+    for j in tl.range(0, n, loop_unroll_factor=U):
+        base = tot_ptr + (slot0 + j).to(tl.int64) * (KP * (DV + 1))
+        if F16:
+            t = tl.load(base.to(tl.pointer_type(tl.float16)) + kk[:, None] * DV + ee[None, :])
+            S += t.to(tl.float32) * tl.load(base + KP * DV // 2 + KP)
+            s += tl.load(base + KP * DV // 2 + kk)
+        else:
+            S += tl.load(base + kk[:, None] * DV + ee[None, :])
+            s += tl.load(base + KP * DV + kk)
+    return S, s
+
+
+@triton.jit
 def _finish(obase, o_ptr, pqh, n, d, rows, rm, Sh, Sl, s0, H, DV: tl.constexpr,
-            START: tl.constexpr, INTERP: tl.constexpr):
-    if START:
+            START: tl.constexpr, INTERP: tl.constexpr, TF32: tl.constexpr = False):
+    """o = (n + pqh Sh Sl) / (d + pqh s0) stored (START; else n / d). TF32: Sh is the float32
+    start itself and its product takes tf32 (no tile scale, whose maximum is a reduction
+    across warps)."""
+    if START and TF32:
+        n = tl.dot(pqh.to(tl.float32), Sh, n, input_precision="tf32")
+        d += tl.sum(pqh.to(tl.float32) * s0[None, :], 1)
+    elif START:
         n = _mm(pqh, 1.0, Sh, Sl, n, 3, False, False, INTERP)
         d += tl.sum(pqh.to(tl.float32) * s0[None, :], 1)
     tl.store(_row_ptrs(obase, rows, H * DV, DV), _to_out(n * (1.0 / d)[:, None], o_ptr),
@@ -104,8 +167,19 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
                        D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                        BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
                        X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
-                       NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
-    """Two blocks a segment (bps = 2), raw float16 products: the module docstring."""
+                       NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False,
+                       WAIT: tl.constexpr = True, SUM: tl.constexpr = True,
+                       PUB: tl.constexpr = True, CORR: tl.constexpr = True,
+                       F16: tl.constexpr = False, GRP: tl.constexpr = 0,
+                       U: tl.constexpr = 1, TF32: tl.constexpr = False):
+    """Two blocks a segment (bps = 2), raw float16 products: the module docstring. Knobs, to
+    attribute its end (each False gives a wrong output): WAIT the wait for the earlier
+    segments; SUM the sum of their totals; PUB publishing this segment's; CORR the start's
+    products. And two forms of the same function: F16 totals as scaled float16 (half the bytes
+    each program stores and reads); GRP = G > 0: a program sums at most G - 1 totals of its own
+    group of G segments and the totals of the earlier groups, which each group's last program
+    publishes (fewer reads: at P = 16 and G = 4 at most 6 instead of 15); U: the sums' loops
+    unrolled U times; TF32: the start's products in tf32 (_finish)."""
     P = tl.num_programs(0)
     p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1))
     b = bh // H
@@ -123,31 +197,50 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
                                            a2l, b2h, b2l, D, DV, KP, BLOCK, True, INTERP)
     q1, n1, d1, r1, m1, S, s = _block_from(qbase, kbase, vbase, blk0 + 1, N, H, eps, S, s, c2,
                                            a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, False, INTERP)
-    kk = tl.arange(0, KP)
-    ee = tl.arange(0, DV)
-    base = tot_ptr + (bh.to(tl.int64) * P + p) * (KP * (DV + 1))
-    tl.store(base + kk[:, None] * DV + ee[None, :], S)
-    tl.store(base + KP * DV + kk, s)
+    nbh = tl.num_programs(1)
     flags = sync_ptr + 2 + bh * P
-    tl.debug_barrier()
-    tl.atomic_xchg(flags + p, mark, sem="release")
-    if p == 0:
+    if PUB:
+        _store_slot(tot_ptr, bh * P + p, S, s, KP, DV, F16)
+        tl.debug_barrier()
+        tl.atomic_xchg(flags + p, mark, sem="release")
+    if p == 0 or not CORR:
         _finish(obase, o_ptr, q0, n0, d0, r0, m0, 1.0, 1.0, s, H, DV, False, INTERP)
         _finish(obase, o_ptr, q1, n1, d1, r1, m1, 1.0, 1.0, s, H, DV, False, INTERP)
     else:
-        jj = tl.arange(0, 128)
-        for j0 in range(0, p, 128):
-            m = j0 + jj < p
-            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
-                                 mark) == mark).to(tl.int32), 0)
-            while f == 0:
-                f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m,
-                                                      sem="acquire"), mark)
-                            == mark).to(tl.int32), 0)
-        S0, s0 = _load_state_sum(tot_ptr, bh, 0, p, P, KP, DV)
-        Sh, Sl = _split(S0, 3)
-        _finish(obase, o_ptr, q0, n0, d0, r0, m0, Sh, Sl, s0, H, DV, True, INTERP)
-        _finish(obase, o_ptr, q1, n1, d1, r1, m1, Sh, Sl, s0, H, DV, True, INTERP)
+        if GRP > 0:
+            # segments in groups of GRP: a group's last program publishes the group's total (a
+            # slot and a flag after the segments'); a program sums the earlier groups' totals
+            # and its own group's earlier segments'
+            PG = tl.cdiv(P, GRP)
+            g = p // GRP
+            gflags = sync_ptr + 2 + nbh * P + bh * PG
+            if WAIT:
+                _wait_range(flags, g * GRP, p, mark)
+            S0, s0 = _sum_slots(tot_ptr, bh * P + g * GRP, p - g * GRP, KP, DV, F16, U)
+            if p - g * GRP == GRP - 1:
+                _store_slot(tot_ptr, nbh * P + bh * PG + g, S0 + S, s0 + s, KP, DV, F16)
+                tl.debug_barrier()
+                tl.atomic_xchg(gflags + g, mark, sem="release")
+            if WAIT:
+                _wait_range(gflags, 0, g, mark)
+            Sg, sg = _sum_slots(tot_ptr, nbh * P + bh * PG, g, KP, DV, F16, U)
+            S0 += Sg
+            s0 += sg
+        else:
+            if WAIT:
+                _wait_range(flags, 0, p, mark)
+            if SUM:
+                S0, s0 = _sum_slots(tot_ptr, bh * P, p, KP, DV, F16, U)
+            else:
+                S0 = S
+                s0 = s
+        if TF32:
+            Sh = S0
+            Sl = 1.0
+        else:
+            Sh, Sl = _split(S0, 3)
+        _finish(obase, o_ptr, q0, n0, d0, r0, m0, Sh, Sl, s0, H, DV, True, INTERP, TF32)
+        _finish(obase, o_ptr, q1, n1, d1, r1, m1, Sh, Sl, s0, H, DV, True, INTERP, TF32)
 
 
 @triton.jit
@@ -172,8 +265,21 @@ def _walk_only_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, syn
                  INTERP, True)
 
 
-KERNELS = {"fused": _causal_fused_kernel, "walk_first": _walk_first_kernel,
-           "walk_only": _walk_only_kernel}
+# name: (kernel, its knobs): fused and walk_first's forms without a False knob compute the function
+BARE = {"WAIT": False, "SUM": False}
+KERNELS = {"fused": (_causal_fused_kernel, {}),
+           "walk_first": (_walk_first_kernel, {}),
+           "walk_first_grp4": (_walk_first_kernel, {"GRP": 4}),
+           "walk_first_f16": (_walk_first_kernel, {"F16": True}),
+           "walk_first_f16_grp4": (_walk_first_kernel, {"F16": True, "GRP": 4}),
+           "walk_first_u4": (_walk_first_kernel, {"U": 4}),
+           "walk_first_tf32": (_walk_first_kernel, {"TF32": True}),
+           "walk_first_grp4_u2_tf32": (_walk_first_kernel, {"GRP": 4, "U": 2, "TF32": True}),
+           "walk_first_nosum": (_walk_first_kernel, {"SUM": False}),
+           "walk_first_bare": (_walk_first_kernel, BARE),
+           "walk_first_bare_nocorr": (_walk_first_kernel, dict(BARE, CORR=False)),
+           "walk_first_bare_nopub": (_walk_first_kernel, dict(BARE, CORR=False, PUB=False)),
+           "walk_only": (_walk_only_kernel, {})}
 
 
 def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):
@@ -195,25 +301,49 @@ def launcher(name, tensors, bps=None):
         raise SystemExit(f"the plan of this shape does not fuse causal inference: {pl}")
     consts = dict(call.fused)
     bps = bps or pl.bps
-    if name == "walk_first" and (bps != 2 or consts["BLOCK_KEY"] != consts["BLOCK"]):
+    if name.startswith("walk_first") and (bps != 2 or consts["BLOCK_KEY"] != consts["BLOCK"]):
         raise SystemExit(f"walk_first takes two blocks a segment; the plan has {bps}")
     B, N, H, D, DV, K = call.dims
     P = triton.cdiv(triton.cdiv(N, consts["BLOCK"]), bps)
     grid = (P, B * H)
     q, k, v, mu, ls, mix = ts
-    st = torch.empty(B * H * P * call.state_len, device=q.device, dtype=torch.float32)
-    sync = torch.zeros(2 + B * H * P, device=q.device, dtype=torch.int32)
+    slots = B * H * (P + P)   # (the segments', then at most as many groups')
+    st = torch.empty(slots * call.state_len, device=q.device, dtype=torch.float32)
+    sync = torch.zeros(2 + slots, device=q.device, dtype=torch.int32)
     o = torch.empty_like(v)
 
     def run():
-        KERNELS[name][grid](q, k, v, mu, ls, mix, st, sync, o, N, H, K, call.inv_tau, call.eps,
-                            bps, bps, **consts, num_warps=pl.warps_fwd, num_stages=pl.stages)
+        kernel, knobs = KERNELS[name]
+        kernel[grid](q, k, v, mu, ls, mix, st, sync, o, N, H, K, call.inv_tau, call.eps, bps, bps,
+                     **consts, **knobs, num_warps=pl.warps_fwd, num_stages=pl.stages)
         return o
     return run, pl
 
 
 def rel_err(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+EXACT = ("fused", "walk_first", "walk_first_grp4", "walk_first_f16", "walk_first_f16_grp4",
+         "walk_first_u4", "walk_first_tf32", "walk_first_grp4_u2_tf32")
+
+
+def interpreter_check(N=256, H=1) -> int:
+    """Under the interpreter (16-token blocks there: at N=256 8 segments, two groups of four),
+    each form that computes the function against the float64 formula, within the SPEC's bound
+    (twice gma_reference's error), and walk_only, which does not, outside it. 0 if so, else 1."""
+    from gmabench.gma.reference import gma_reference, gma_spec_float64
+    ts = inputs(N, H=H)
+    exact = gma_spec_float64(*ts, causal=True)
+    bound = 2 * rel_err(gma_reference(*ts, causal=True), exact)
+    errs = {name: rel_err(launcher(name, ts, bps=2)[0]().clone(), exact)
+            for name in (*EXACT, "walk_only")}
+    bad = [n for n in EXACT if errs[n] > bound] + (["walk_only"] if errs["walk_only"] <= bound
+                                                    else [])
+    for name, err in errs.items():
+        print(f"{name:24s} max error / max |o| {err:.3e}  (bound {bound:.3e})")
+    print("FAILED: " + ", ".join(bad) if bad else "ok")
+    return 1 if bad else 0
 
 
 def main():
@@ -223,12 +353,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if INTERPRET:
-        ts = inputs(256, H=2)
-        want = launcher("fused", ts, bps=2)[0]().clone()
-        got = launcher("walk_first", ts, bps=2)[0]()
-        err = rel_err(got, want)
-        print(f"walk_first against fused (interpreter, N=256): max error / max |o| = {err:.2e}")
-        raise SystemExit(0 if err < 2e-2 else 1)
+        raise SystemExit(interpreter_check())
 
     from gmabench.gma.api import gma_attention
     from gmabench.measure.timing import time_callable

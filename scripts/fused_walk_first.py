@@ -45,18 +45,34 @@ import triton.language as tl
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gmabench.gma.triton.call import prepare  # noqa: E402
-from gmabench.gma.triton.causal import _causal_fused_kernel, _walk_blocks  # noqa: E402
+from gmabench.gma.triton.bidir import _segment_state  # noqa: E402
+from gmabench.gma.triton.causal import (_causal_fused_kernel, _walk_blocks,  # noqa: E402
+                                        _walk_segment)
 from gmabench.gma.triton.common import (INTERPRET, PRECISIONS, _fp16_scaled,  # noqa: E402
                                         _fwd_weights, _mm, _pow2_scale, _resp_p16, _row_ptrs,
                                         _segment_at, _split, _to_out)
 
 
 @triton.jit
-def _ticket(sync_ptr, P, total):
-    t = tl.atomic_add(sync_ptr.to(tl.pointer_type(tl.int64)), 1, sem="relaxed")
-    epoch = t // total
-    t = (t - epoch * total).to(tl.int32)
-    return t % P, t // P, (epoch % 1073741824).to(tl.int32) + 1
+def _ticket(sync_ptr, P, total, HT: tl.constexpr = False):
+    """(segment, b * H + h, this launch's flag mark) from the launch's ticket counter, as the
+    fused kernel takes them; HT: the (b, h) from the program's id and the segment from a
+    counter of that (b, h)'s own (after the flags of _walk_first_kernel's slots), so that its
+    head's weights need not wait for the ticket. Either way a program waits only on programs
+    of its (b, h) that drew earlier tickets, so have started."""
+    if HT:
+        bh = tl.program_id(1)
+        base = (sync_ptr + 2 + 2 * total).to(tl.pointer_type(tl.int64))
+        t = tl.atomic_add(base + bh, 1, sem="relaxed")
+        epoch = t // P
+        p = (t - epoch * P).to(tl.int32)
+    else:
+        t = tl.atomic_add(sync_ptr.to(tl.pointer_type(tl.int64)), 1, sem="relaxed")
+        epoch = t // total
+        t = (t - epoch * total).to(tl.int32)
+        p = t % P
+        bh = t // P
+    return p, bh, (epoch % 1073741824).to(tl.int32) + 1
 
 
 @triton.jit
@@ -171,7 +187,8 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
                        WAIT: tl.constexpr = True, SUM: tl.constexpr = True,
                        PUB: tl.constexpr = True, CORR: tl.constexpr = True,
                        F16: tl.constexpr = False, GRP: tl.constexpr = 0,
-                       U: tl.constexpr = 1, TF32: tl.constexpr = False):
+                       U: tl.constexpr = 1, TF32: tl.constexpr = False,
+                       HT: tl.constexpr = False):
     """Two blocks a segment (bps = 2), raw float16 products: the module docstring. Knobs, to
     attribute its end (each False gives a wrong output): WAIT the wait for the earlier
     segments; SUM the sum of their totals; PUB publishing this segment's; CORR the start's
@@ -179,9 +196,10 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
     each program stores and reads); GRP = G > 0: a program sums at most G - 1 totals of its own
     group of G segments and the totals of the earlier groups, which each group's last program
     publishes (fewer reads: at P = 16 and G = 4 at most 6 instead of 15); U: the sums' loops
-    unrolled U times; TF32: the start's products in tf32 (_finish)."""
+    unrolled U times; TF32: the start's products in tf32 (_finish); HT: tickets per (b, h)
+    (_ticket). PUB = 2 stores the total with no barrier and no flag (to time the release)."""
     P = tl.num_programs(0)
-    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1))
+    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), HT)
     b = bh // H
     h = bh % H
     blk0, blk1 = _segment_at(p, N, bps, BLOCK)
@@ -201,8 +219,9 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
     flags = sync_ptr + 2 + bh * P
     if PUB:
         _store_slot(tot_ptr, bh * P + p, S, s, KP, DV, F16)
-        tl.debug_barrier()
-        tl.atomic_xchg(flags + p, mark, sem="release")
+        if PUB == 1:
+            tl.debug_barrier()
+            tl.atomic_xchg(flags + p, mark, sem="release")
     if p == 0 or not CORR:
         _finish(obase, o_ptr, q0, n0, d0, r0, m0, 1.0, 1.0, s, H, DV, False, INTERP)
         _finish(obase, o_ptr, q1, n1, d1, r1, m1, 1.0, 1.0, s, H, DV, False, INTERP)
@@ -265,9 +284,37 @@ def _walk_only_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, syn
                  INTERP, True)
 
 
+@triton.jit
+def _fused_ht_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
+                     N, H, K, inv_tau, eps, bps, bps_key,
+                     D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                     BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
+                     X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
+                     NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """causal._causal_fused_kernel (no prefetch) with tickets per (b, h) (_ticket's HT)."""
+    P = tl.num_programs(0)
+    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), True)
+    b = bh // H
+    h = bh % H
+    kb0, kb1 = _segment_at(p, N, bps_key, BLOCK_KEY)
+    blk0, blk1 = _segment_at(p, N, bps, BLOCK)
+    c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, h, K, inv_tau, KP, D, PREC)
+    S, s = _segment_state(k_ptr, v_ptr, b, h, kb0, kb1, N, H, c2, a2h, a2l, b2h, b2l, D, DV, KP,
+                          BLOCK_KEY, PREC, X_EXACT, INTERP, RAW16, NST_KEY)
+    flags = sync_ptr + 2 + bh * P
+    _store_slot(tot_ptr, bh * P + p, S, s, KP, DV, False)
+    tl.debug_barrier()
+    tl.atomic_xchg(flags + p, mark, sem="release")
+    _wait_range(flags, 0, p, mark)
+    S, s = _sum_slots(tot_ptr, bh * P, p, KP, DV, False)
+    _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, b, h, bh, p, P, blk0, blk1, N, H, eps,
+                  c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, RAW16)
+
+
 # name: (kernel, its knobs): fused and walk_first's forms without a False knob compute the function
 BARE = {"WAIT": False, "SUM": False}
 KERNELS = {"fused": (_causal_fused_kernel, {}),
+           "fused_ht": (_fused_ht_kernel, {}),
            "walk_first": (_walk_first_kernel, {}),
            "walk_first_grp4": (_walk_first_kernel, {"GRP": 4}),
            "walk_first_f16": (_walk_first_kernel, {"F16": True}),
@@ -275,8 +322,11 @@ KERNELS = {"fused": (_causal_fused_kernel, {}),
            "walk_first_u4": (_walk_first_kernel, {"U": 4}),
            "walk_first_tf32": (_walk_first_kernel, {"TF32": True}),
            "walk_first_grp4_u2_tf32": (_walk_first_kernel, {"GRP": 4, "U": 2, "TF32": True}),
+           "walk_first_ht": (_walk_first_kernel, {"HT": True}),
+           "walk_first_grp4_ht": (_walk_first_kernel, {"GRP": 4, "HT": True}),
            "walk_first_nosum": (_walk_first_kernel, {"SUM": False}),
            "walk_first_bare": (_walk_first_kernel, BARE),
+           "walk_first_bare_storeonly": (_walk_first_kernel, dict(BARE, PUB=2)),
            "walk_first_bare_nocorr": (_walk_first_kernel, dict(BARE, CORR=False)),
            "walk_first_bare_nopub": (_walk_first_kernel, dict(BARE, CORR=False, PUB=False)),
            "walk_only": (_walk_only_kernel, {})}
@@ -309,7 +359,7 @@ def launcher(name, tensors, bps=None):
     q, k, v, mu, ls, mix = ts
     slots = B * H * (P + P)   # (the segments', then at most as many groups')
     st = torch.empty(slots * call.state_len, device=q.device, dtype=torch.float32)
-    sync = torch.zeros(2 + slots, device=q.device, dtype=torch.int32)
+    sync = torch.zeros(2 + slots + 2 * B * H, device=q.device, dtype=torch.int32)   # (HT's)
     o = torch.empty_like(v)
 
     def run():
@@ -324,8 +374,9 @@ def rel_err(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
-EXACT = ("fused", "walk_first", "walk_first_grp4", "walk_first_f16", "walk_first_f16_grp4",
-         "walk_first_u4", "walk_first_tf32", "walk_first_grp4_u2_tf32")
+EXACT = ("fused", "fused_ht", "walk_first", "walk_first_ht", "walk_first_grp4_ht",
+         "walk_first_grp4", "walk_first_f16", "walk_first_f16_grp4", "walk_first_u4",
+         "walk_first_tf32", "walk_first_grp4_u2_tf32")
 
 
 def interpreter_check(N=256, H=1) -> int:

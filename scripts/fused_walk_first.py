@@ -8,6 +8,8 @@ the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment)
 
     call        gma_attention(..., causal=True, impl="triton") under no_grad: what gmabench times
     fused       the same kernel launched here (a check of the harness)
+    fused_ht    the fused kernel with a ticket counter per (b, h), so that its head's weights
+                are made while the ticket is drawn (_ticket's HT)
     walk_first  each program walks its two blocks from a zero state, keeping each block's
                 queries' responsibilities, numerator and denominator; the walk's final state is
                 its segment's total, which it publishes; it then waits for the earlier
@@ -18,9 +20,10 @@ the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment)
     walk_first_*  the same with one of _walk_first_kernel's knobs: forms of the same function
                 (grp4: the earlier totals summed by groups of four segments; f16: totals as
                 scaled float16; u4: the sums' loop unrolled four times; tf32: the start's
-                products in tf32), and forms that leave a part out to attribute the end's time
-                (nosum: no sum of the earlier totals; bare: nor the wait; bare_nocorr: nor the
-                start's products; bare_nopub: nor publishing the total)
+                products in tf32; ht: tickets per (b, h)), and forms that leave a part out to
+                attribute the end's time (nosum: no sum of the earlier totals; bare: nor the
+                wait; bare_storeonly: nor the barrier and flag after the total's stores;
+                bare_nocorr: nor the start's products; bare_nopub: nor publishing the total)
     walk_only   the ticket, the weights and the walk from a zero state, no total, no wait: the
                 floor of any form that takes the key part and the wait off the path (its
                 output is wrong for every segment but the first)

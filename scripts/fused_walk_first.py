@@ -79,15 +79,19 @@ def _ticket(sync_ptr, P, total, HT: tl.constexpr = False):
 
 
 @triton.jit
-def _wait_range(flags, lo, hi, mark):
-    """Until flags lo..hi-1 hold this launch's mark (the fused kernel's wait)."""
+def _wait_range(flags, lo, hi, mark, RLX: tl.constexpr = False):
+    """Until flags lo..hi-1 hold this launch's mark (the fused kernel's wait). RLX: relaxed
+    reads, which do not invalidate the SM's L1 as an acquire does (CCTL.IVALL), so that spilled
+    registers stay there; the totals must then be read past L1 (_sum_slots' CG). A form to time:
+    without the acquire, nothing in the memory model orders those reads after the flags'."""
+    SEM: tl.constexpr = "relaxed" if RLX else "acquire"
     jj = tl.arange(0, 128)
     for j0 in range(lo, hi, 128):
         m = j0 + jj < hi
-        f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+        f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem=SEM),
                              mark) == mark).to(tl.int32), 0)
         while f == 0:
-            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem="acquire"),
+            f = tl.min((tl.where(m, tl.atomic_add(flags + j0 + jj, 0, mask=m, sem=SEM),
                                  mark) == mark).to(tl.int32), 0)
 
 
@@ -145,9 +149,11 @@ def _store_slot(tot_ptr, slot, S, s, KP: tl.constexpr, DV: tl.constexpr, F16: tl
 
 @triton.jit
 def _sum_slots(tot_ptr, slot0, n, KP: tl.constexpr, DV: tl.constexpr, F16: tl.constexpr,
-               U: tl.constexpr = 1):
+               U: tl.constexpr = 1, CG: tl.constexpr = False):
     """The sum of the states in slots slot0 .. slot0 + n - 1 (_store_slot's layout), left to
-    right; U: the loop unrolled U times (loads of several slots in flight)."""
+    right; U: the loop unrolled U times (loads of several slots in flight); CG: loads that
+    skip L1 (cache modifier .cg)."""
+    MOD: tl.constexpr = ".cg" if CG else ""
     kk = tl.arange(0, KP)
     ee = tl.arange(0, DV)
     S = tl.zeros((KP, DV), dtype=tl.float32)
@@ -155,12 +161,13 @@ def _sum_slots(tot_ptr, slot0, n, KP: tl.constexpr, DV: tl.constexpr, F16: tl.co
     for j in tl.range(0, n, loop_unroll_factor=U):
         base = tot_ptr + (slot0 + j).to(tl.int64) * (KP * (DV + 1))
         if F16:
-            t = tl.load(base.to(tl.pointer_type(tl.float16)) + kk[:, None] * DV + ee[None, :])
-            S += t.to(tl.float32) * tl.load(base + KP * DV // 2 + KP)
-            s += tl.load(base + KP * DV // 2 + kk)
+            t = tl.load(base.to(tl.pointer_type(tl.float16)) + kk[:, None] * DV + ee[None, :],
+                        cache_modifier=MOD)
+            S += t.to(tl.float32) * tl.load(base + KP * DV // 2 + KP, cache_modifier=MOD)
+            s += tl.load(base + KP * DV // 2 + kk, cache_modifier=MOD)
         else:
-            S += tl.load(base + kk[:, None] * DV + ee[None, :])
-            s += tl.load(base + KP * DV + kk)
+            S += tl.load(base + kk[:, None] * DV + ee[None, :], cache_modifier=MOD)
+            s += tl.load(base + KP * DV + kk, cache_modifier=MOD)
     return S, s
 
 
@@ -191,7 +198,7 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
                        PUB: tl.constexpr = True, CORR: tl.constexpr = True,
                        F16: tl.constexpr = False, GRP: tl.constexpr = 0,
                        U: tl.constexpr = 1, TF32: tl.constexpr = False,
-                       HT: tl.constexpr = False):
+                       HT: tl.constexpr = False, RLX: tl.constexpr = False):
     """Two blocks a segment (bps = 2), raw float16 products: the module docstring. Knobs, to
     attribute its end (each False gives a wrong output): WAIT the wait for the earlier
     segments; SUM the sum of their totals; PUB publishing this segment's; CORR the start's
@@ -200,7 +207,8 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
     group of G segments and the totals of the earlier groups, which each group's last program
     publishes (fewer reads: at P = 16 and G = 4 at most 6 instead of 15); U: the sums' loops
     unrolled U times; TF32: the start's products in tf32 (_finish); HT: tickets per (b, h)
-    (_ticket). PUB = 2 stores the total with no barrier and no flag (to time the release)."""
+    (_ticket). PUB = 2 stores the total with no barrier and no flag (to time the release); RLX:
+    the flags read relaxed and the totals past L1 (_wait_range)."""
     P = tl.num_programs(0)
     p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), HT)
     b = bh // H
@@ -237,22 +245,22 @@ def _walk_first_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sy
             g = p // GRP
             gflags = sync_ptr + 2 + nbh * P + bh * PG
             if WAIT:
-                _wait_range(flags, g * GRP, p, mark)
-            S0, s0 = _sum_slots(tot_ptr, bh * P + g * GRP, p - g * GRP, KP, DV, F16, U)
+                _wait_range(flags, g * GRP, p, mark, RLX)
+            S0, s0 = _sum_slots(tot_ptr, bh * P + g * GRP, p - g * GRP, KP, DV, F16, U, RLX)
             if p - g * GRP == GRP - 1:
                 _store_slot(tot_ptr, nbh * P + bh * PG + g, S0 + S, s0 + s, KP, DV, F16)
                 tl.debug_barrier()
                 tl.atomic_xchg(gflags + g, mark, sem="release")
             if WAIT:
-                _wait_range(gflags, 0, g, mark)
-            Sg, sg = _sum_slots(tot_ptr, nbh * P + bh * PG, g, KP, DV, F16, U)
+                _wait_range(gflags, 0, g, mark, RLX)
+            Sg, sg = _sum_slots(tot_ptr, nbh * P + bh * PG, g, KP, DV, F16, U, RLX)
             S0 += Sg
             s0 += sg
         else:
             if WAIT:
-                _wait_range(flags, 0, p, mark)
+                _wait_range(flags, 0, p, mark, RLX)
             if SUM:
-                S0, s0 = _sum_slots(tot_ptr, bh * P, p, KP, DV, F16, U)
+                S0, s0 = _sum_slots(tot_ptr, bh * P, p, KP, DV, F16, U, RLX)
             else:
                 S0 = S
                 s0 = s
@@ -288,15 +296,16 @@ def _walk_only_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, syn
 
 
 @triton.jit
-def _fused_ht_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
+def _fused_copy_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
                      N, H, K, inv_tau, eps, bps, bps_key,
                      D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
                      X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
-                     NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False):
-    """causal._causal_fused_kernel (no prefetch) with tickets per (b, h) (_ticket's HT)."""
+                     NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False,
+                     HT: tl.constexpr = False, RLX: tl.constexpr = False):
+    """causal._causal_fused_kernel (no prefetch), with _walk_first_kernel's knobs HT and RLX."""
     P = tl.num_programs(0)
-    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), True)
+    p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), HT)
     b = bh // H
     h = bh % H
     kb0, kb1 = _segment_at(p, N, bps_key, BLOCK_KEY)
@@ -308,8 +317,8 @@ def _fused_ht_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync
     _store_slot(tot_ptr, bh * P + p, S, s, KP, DV, False)
     tl.debug_barrier()
     tl.atomic_xchg(flags + p, mark, sem="release")
-    _wait_range(flags, 0, p, mark)
-    S, s = _sum_slots(tot_ptr, bh * P, p, KP, DV, False)
+    _wait_range(flags, 0, p, mark, RLX)
+    S, s = _sum_slots(tot_ptr, bh * P, p, KP, DV, False, 1, RLX)
     _walk_segment(q_ptr, k_ptr, v_ptr, o_ptr, tot_ptr, S, s, b, h, bh, p, P, blk0, blk1, N, H, eps,
                   c2, a2h, a2l, b2h, b2l, D, DV, KP, BLOCK, PREC, X_EXACT, INTERP, RAW16)
 
@@ -317,7 +326,8 @@ def _fused_ht_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync
 # name: (kernel, its knobs): fused and walk_first's forms without a False knob compute the function
 BARE = {"WAIT": False, "SUM": False}
 KERNELS = {"fused": (_causal_fused_kernel, {}),
-           "fused_ht": (_fused_ht_kernel, {}),
+           "fused_ht": (_fused_copy_kernel, {"HT": True}),
+           "fused_rlx": (_fused_copy_kernel, {"RLX": True}),
            "walk_first": (_walk_first_kernel, {}),
            "walk_first_grp4": (_walk_first_kernel, {"GRP": 4}),
            "walk_first_f16": (_walk_first_kernel, {"F16": True}),
@@ -327,7 +337,10 @@ KERNELS = {"fused": (_causal_fused_kernel, {}),
            "walk_first_grp4_u2_tf32": (_walk_first_kernel, {"GRP": 4, "U": 2, "TF32": True}),
            "walk_first_ht": (_walk_first_kernel, {"HT": True}),
            "walk_first_grp4_ht": (_walk_first_kernel, {"GRP": 4, "HT": True}),
+           "walk_first_rlx": (_walk_first_kernel, {"RLX": True}),
+           "walk_first_grp4_rlx": (_walk_first_kernel, {"GRP": 4, "RLX": True}),
            "walk_first_nosum": (_walk_first_kernel, {"SUM": False}),
+           "walk_first_nosum_rlx": (_walk_first_kernel, {"SUM": False, "RLX": True}),
            "walk_first_bare": (_walk_first_kernel, BARE),
            "walk_first_bare_storeonly": (_walk_first_kernel, dict(BARE, PUB=2)),
            "walk_first_bare_nocorr": (_walk_first_kernel, dict(BARE, CORR=False)),
@@ -377,7 +390,8 @@ def rel_err(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
-EXACT = ("fused", "fused_ht", "walk_first", "walk_first_ht", "walk_first_grp4_ht",
+EXACT = ("fused", "fused_ht", "fused_rlx", "walk_first", "walk_first_ht", "walk_first_grp4_ht",
+         "walk_first_rlx", "walk_first_grp4_rlx",
          "walk_first_grp4", "walk_first_f16", "walk_first_f16_grp4", "walk_first_u4",
          "walk_first_tf32", "walk_first_grp4_u2_tf32")
 

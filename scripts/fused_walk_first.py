@@ -8,8 +8,10 @@ the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment)
 
     call        gma_attention(..., causal=True, impl="triton") under no_grad: what gmabench times
     fused       the same kernel launched here (a check of the harness)
-    fused_ht    the fused kernel with a ticket counter per (b, h), so that its head's weights
-                are made while the ticket is drawn (_ticket's HT)
+    fused_ht    a copy of the fused kernel with a ticket counter per (b, h), so that its head's
+                weights are made while the ticket is drawn (_ticket's HT)
+    fused_rlx   the copy with its flags read relaxed and the totals loaded past L1
+                (_wait_range's RLX)
     walk_first  each program walks its two blocks from a zero state, keeping each block's
                 queries' responsibilities, numerator and denominator; the walk's final state is
                 its segment's total, which it publishes; it then waits for the earlier
@@ -20,10 +22,11 @@ the shape (B=1, H=16, D=Dv=K=64, bf16 by default: two 64-token blocks a segment)
     walk_first_*  the same with one of _walk_first_kernel's knobs: forms of the same function
                 (grp4: the earlier totals summed by groups of four segments; f16: totals as
                 scaled float16; u4: the sums' loop unrolled four times; tf32: the start's
-                products in tf32; ht: tickets per (b, h)), and forms that leave a part out to
-                attribute the end's time (nosum: no sum of the earlier totals; bare: nor the
-                wait; bare_storeonly: nor the barrier and flag after the total's stores;
-                bare_nocorr: nor the start's products; bare_nopub: nor publishing the total)
+                products in tf32; ht: tickets per (b, h); rlx: as fused_rlx), and forms that
+                leave a part out to attribute the end's time (nosum: no sum of the earlier
+                totals; bare: nor the wait; bare_storeonly: nor the barrier and flag after the
+                total's stores; bare_nocorr: nor the start's products; bare_nopub: nor
+                publishing the total)
     walk_only   the ticket, the weights and the walk from a zero state, no total, no wait: the
                 floor of any form that takes the key part and the wait off the path (its
                 output is wrong for every segment but the first)
@@ -297,12 +300,12 @@ def _walk_only_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, syn
 
 @triton.jit
 def _fused_copy_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, tot_ptr, sync_ptr, o_ptr,
-                     N, H, K, inv_tau, eps, bps, bps_key,
-                     D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
-                     BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
-                     X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
-                     NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False,
-                     HT: tl.constexpr = False, RLX: tl.constexpr = False):
+                       N, H, K, inv_tau, eps, bps, bps_key,
+                       D: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_KEY: tl.constexpr, PREC: tl.constexpr,
+                       X_EXACT: tl.constexpr, INTERP: tl.constexpr, RAW16: tl.constexpr,
+                       NST_KEY: tl.constexpr, PREFETCH: tl.constexpr = False,
+                       HT: tl.constexpr = False, RLX: tl.constexpr = False):
     """causal._causal_fused_kernel (no prefetch), with _walk_first_kernel's knobs HT and RLX."""
     P = tl.num_programs(0)
     p, bh, mark = _ticket(sync_ptr, P, P * tl.num_programs(1), HT)

@@ -13,13 +13,14 @@ an L2 flush as gmabench's cells are, against gma's call and PyTorch's SDPA backe
     call          gma_attention(..., causal=True, impl="triton") under no_grad
     sdpa_flash    torch SDPA, flash backend, causal (q, k, v of the same shape)
     sdpa_cudnn    torch SDPA, cuDNN backend, causal
-    quad_BMxBN_wW[_sS][_raw]  two launches: _resp_kernel (per BN-token block, its rows' R_q
+    quad_BMxBN_wW_sS[_raw]  two launches: _resp_kernel (per BN-token block, its rows' R_q
                   and R_k in float16 and v as float16 scaled by a power of two per block),
                   then _quad_kernel (per BM-query block, heaviest first) with W warps and S
                   pipeline stages; _raw: v in float16 without its scale (the product
                   accumulated in place; wrong for v beyond float16's range, a form to time)
+    quad_..._resp, quad_..._quad  (--parts) one launch of the two alone
 
-    python3 scripts/quad_form.py --out DIR [--n 2048] [--reps 3]
+    python3 scripts/quad_form.py --out DIR [--n 2048] [--reps 3] [--parts]
 
 writes DIR/quad_form.json. Under TRITON_INTERPRET=1 (no GPU) it times nothing and checks each
 form against the float64 formula (interpreter_check; a test runs it).
@@ -159,8 +160,9 @@ def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):
     return (*bf, *(t.to(device) for t in (mu, ls, mix)))
 
 
-def launcher(tensors, BM, BN, warps, stages, raw, tau=1.0, eps=1e-6):
-    """A function running the quadratic form on these tensors with one configuration."""
+def launcher(tensors, BM, BN, warps, stages, raw, tau=1.0, eps=1e-6, part="both"):
+    """A function running the quadratic form on these tensors with one configuration; part
+    "resp" or "quad": that launch alone (after one run of both has filled the buffers)."""
     q, k, v, mu, ls, mix = tensors
     B, N, H, D = q.shape
     DV = v.shape[-1]
@@ -176,14 +178,21 @@ def launcher(tensors, BM, BN, warps, stages, raw, tau=1.0, eps=1e-6):
     o = torch.empty_like(v)
     pdl = {} if INTERPRET else {"launch_pdl": True}
 
-    def run():
+    def run(part=part):
+        if part == "quad":
+            return quad()
         _resp_kernel[(nkb, B * H)](q, k, v, mu, ls, mix, rq, rk, v16, vs, N, H, K, 1.0 / tau,
                                    D=D, DV=DV, KP=KP, BLOCK=BN, RAW=raw, INTERP=INTERPRET,
                                    GDC=not INTERPRET, num_warps=4)
+        return o if part == "resp" else quad()
+
+    def quad():
         _quad_kernel[(B * H, nqb)](rq, rk, v16, vs, o, N, H, eps, nqb, nkb, DV=DV, KP=KP, BM=BM,
                                    BN=BN, RAW=raw, INTERP=INTERPRET, GDC=not INTERPRET,
                                    NST=stages, num_warps=warps, **pdl)
         return o
+    if part != "both":
+        run("both")
     return run
 
 
@@ -215,6 +224,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--parts", action="store_true",
+                    help="also time each launch of the 64x128 and 64x64_s3 forms alone")
     args = ap.parse_args()
     if INTERPRET:
         raise SystemExit(interpreter_check())
@@ -239,12 +250,15 @@ def main():
             "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
     for cfg in CONFIGS:
         runs[config_name(*cfg)] = launcher(ts, *cfg)
+    for cfg in (CONFIGS[5], CONFIGS[1]) if args.parts else ():
+        for part in ("resp", "quad"):
+            runs[f"{config_name(*cfg)}_{part}"] = launcher(ts, *cfg, part=part)
     times = {name: [] for name in runs}
     errors = {}
     with torch.no_grad():
         want = runs["call"]().clone()
         for name, fn in runs.items():
-            if name.startswith("quad") or name == "call":
+            if (name.startswith("quad") or name == "call") and not name.endswith("_resp"):
                 errors[name] = rel_err(fn().clone(), want)
         for _ in range(args.reps):   # interleaved, so that drift hits every form alike
             for name, fn in runs.items():

@@ -19,6 +19,8 @@ an L2 flush as gmabench's cells are, against gma's call and PyTorch's SDPA backe
                   pipeline stages; _raw: v in float16 without its scale (the product
                   accumulated in place; wrong for v beyond float16's range, a form to time)
     quad_..._resp, quad_..._quad  (--parts) one launch of the two alone
+    weights, store  (--parts) _resp_kernel's grid (64-token blocks) making only its head's
+                  weights, or only storing one value: the start's cost and a launch's replayed
 
     python3 scripts/quad_form.py --out DIR [--n 2048] [--reps 3] [--parts]
 
@@ -81,6 +83,21 @@ def _resp_kernel(q_ptr, k_ptr, v_ptr, mu_ptr, ls_ptr, mix_ptr, rq_ptr, rk_ptr, v
     tl.store(v16_ptr + rbase * DV + tl.arange(0, DV)[None, :], _fp16_scaled(v, inv),
              mask=rm[:, None])
     tl.store(vs_ptr + bh * tl.num_programs(0) + blk, vs)
+
+
+@triton.jit
+def _weights_kernel(mu_ptr, ls_ptr, mix_ptr, out_ptr, H, K, inv_tau, D: tl.constexpr,
+                    KP: tl.constexpr, WEIGHTS: tl.constexpr):
+    """_resp_kernel's grid doing only its head's weights (WEIGHTS) or nothing but one store:
+    what those cost replayed (--parts)."""
+    if WEIGHTS:
+        c2, a2h, a2l, b2h, b2l = _fwd_weights(mu_ptr, ls_ptr, mix_ptr, tl.program_id(1) % H, K,
+                                              inv_tau, KP, D, 3)
+        x = tl.sum(c2, 0) + a2l + b2l + tl.sum(tl.sum(a2h.to(tl.float32) + b2h.to(tl.float32),
+                                                      1), 0)
+    else:
+        x = inv_tau
+    tl.store(out_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), x)
 
 
 @triton.jit
@@ -253,6 +270,11 @@ def main():
     for cfg in (CONFIGS[5], CONFIGS[1]) if args.parts else ():
         for part in ("resp", "quad"):
             runs[f"{config_name(*cfg)}_{part}"] = launcher(ts, *cfg, part=part)
+    if args.parts:
+        sink = torch.empty(16 * triton.cdiv(args.n, 64), device=dev)
+        for name, weights in (("weights", True), ("store", False)):
+            runs[name] = (lambda w: lambda: _weights_kernel[(triton.cdiv(args.n, 64), 16)](
+                *ts[3:], sink, 16, 64, 1.0, D=64, KP=64, WEIGHTS=w, num_warps=4))(weights)
     times = {name: [] for name in runs}
     errors = {}
     with torch.no_grad():

@@ -40,7 +40,6 @@ each form of the function against the float64 formula (interpreter_check; a test
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -49,7 +48,10 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from form_timing import (check_line, inputs, print_times, rel_err,  # noqa: E402
+                         time_interleaved, write_json)
 from gmabench.gma.triton.call import prepare  # noqa: E402
 from gmabench.gma.triton.bidir import _segment_state  # noqa: E402
 from gmabench.gma.triton.causal import (_causal_fused_kernel, _walk_blocks,  # noqa: E402
@@ -351,16 +353,6 @@ KERNELS = {"fused": (_causal_fused_kernel, {}),
            "walk_only": (_walk_only_kernel, {})}
 
 
-def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (0.5 * torch.randn(B, N, H, D, generator=g) for _ in range(3))
-    mu = torch.randn(H, K, D, generator=g) * 0.5
-    ls = torch.randn(H, K, D, generator=g) * 0.1
-    mix = torch.randn(H, K, generator=g) * 0.1
-    bf = [t.to(device, torch.bfloat16) for t in (q, k, v)]
-    return (*bf, *(t.to(device) for t in (mu, ls, mix)))
-
-
 def launcher(name, tensors, bps=None):
     """A function launching kernel `name` on the fused plan of the tensors' shape (bps: the
     blocks a segment, for the interpreter, whose plan takes other segments)."""
@@ -389,10 +381,6 @@ def launcher(name, tensors, bps=None):
     return run, pl
 
 
-def rel_err(a, b):
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
 EXACT = ("fused", "fused_ht", "fused_rlx", "walk_first", "walk_first_ht", "walk_first_grp4_ht",
          "walk_first_rlx", "walk_first_grp4_rlx",
          "walk_first_grp4", "walk_first_f16", "walk_first_f16_grp4", "walk_first_u4",
@@ -412,7 +400,7 @@ def interpreter_check(N=256, H=1) -> int:
     bad = [n for n in EXACT if errs[n] > bound] + (["walk_only"] if errs["walk_only"] <= bound
                                                     else [])
     for name, err in errs.items():
-        print(f"{name:24s} max error / max |o| {err:.3e}  (bound {bound:.3e})")
+        check_line(name, err, bound)
     print("FAILED: " + ", ".join(bad) if bad else "ok")
     return 1 if bad else 0
 
@@ -427,7 +415,6 @@ def main():
         raise SystemExit(interpreter_check())
 
     from gmabench.gma.api import gma_attention
-    from gmabench.measure.timing import time_callable
     dev = torch.device("cuda")
     ts = inputs(args.n, device=dev)
     runs = {"call": None}
@@ -438,21 +425,11 @@ def main():
             runs[name], pl = launcher(name, ts)
         want = runs["call"]().clone()
         errors = {name: rel_err(runs[name]().clone(), want) for name in runs}
-        times = {name: [] for name in runs}
-        for _ in range(args.reps):   # interleaved, so that drift hits every form alike
-            for name, fn in runs.items():
-                times[name].append(time_callable(fn, dev, graph=True).median_ms * 1e3)
-    out = {"N": args.n, "B": 1, "H": 16, "D": 64, "K": 64, "dtype": "bfloat16",
-           "plan": {k: v for k, v in vars(pl).items()}, "device": torch.cuda.get_device_name(),
-           "timer": "cuda_graph replay after an L2 flush (gmabench.measure.timing), median us",
-           "us": times, "max_err_vs_call": errors}
-    for name in runs:
-        print(f"{name:11s} {' '.join(f'{t:7.2f}' for t in times[name])} us   "
-              f"err vs call {errors[name]:.2e}")
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "fused_walk_first.json"), "w") as fh:
-            json.dump(out, fh, indent=1)
+        times = time_interleaved(runs, dev, args.reps)
+    print_times(times, errors)
+    write_json(args.out, "fused_walk_first.json",
+               {"N": args.n, "B": 1, "H": 16, "D": 64, "K": 64, "dtype": "bfloat16",
+                "plan": dict(vars(pl)), "us": times, "max_err_vs_call": errors})
 
 
 if __name__ == "__main__":

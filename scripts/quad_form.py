@@ -31,7 +31,6 @@ form against the float64 formula (interpreter_check; a test runs it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -40,7 +39,10 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from form_timing import (check_line, inputs, print_times, rel_err,  # noqa: E402
+                         time_interleaved, write_json)
 from gmabench.gma.triton.common import (INTERPRET, _dot16, _fp16_scaled,  # noqa: E402
                                         _fwd_weights, _gdc, _pow2_scale, _resp_p, _row_ptrs,
                                         _to_out)
@@ -167,16 +169,6 @@ def config_name(BM, BN, W, S, raw):
     return f"quad_{BM}x{BN}_w{W}_s{S}" + ("_raw" if raw else "")
 
 
-def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (0.5 * torch.randn(B, N, H, D, generator=g) for _ in range(3))
-    mu = torch.randn(H, K, D, generator=g) * 0.5
-    ls = torch.randn(H, K, D, generator=g) * 0.1
-    mix = torch.randn(H, K, generator=g) * 0.1
-    bf = [t.to(device, torch.bfloat16) for t in (q, k, v)]
-    return (*bf, *(t.to(device) for t in (mu, ls, mix)))
-
-
 def launcher(tensors, BM, BN, warps, stages, raw, tau=1.0, eps=1e-6, part="both"):
     """A function running the quadratic form on these tensors with one configuration; part
     "resp" or "quad": that launch alone (after one run of both has filled the buffers)."""
@@ -213,10 +205,6 @@ def launcher(tensors, BM, BN, warps, stages, raw, tau=1.0, eps=1e-6, part="both"
     return run
 
 
-def rel_err(a, b):
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
 def interpreter_check(N=100, H=2) -> int:
     """Under the interpreter, each configuration (at 16- and 32-token blocks, N not a multiple of
     either) against the float64 formula, within the SPEC's bound (twice gma_reference's error).
@@ -229,7 +217,7 @@ def interpreter_check(N=100, H=2) -> int:
     for BM, BN, raw in ((16, 16, False), (32, 16, False), (16, 32, False), (16, 16, True)):
         err = rel_err(launcher(ts, BM, BN, 4, 2, raw)(), exact)
         name = config_name(BM, BN, 4, 2, raw)
-        print(f"{name:24s} max error / max |o| {err:.3e}  (bound {bound:.3e})")
+        check_line(name, err, bound)
         if not err <= bound:
             bad.append(name)
     print("FAILED: " + ", ".join(bad) if bad else "ok")
@@ -251,7 +239,6 @@ def main():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from gmabench.gma.api import gma_attention
-    from gmabench.measure.timing import time_callable
     dev = torch.device("cuda")
     ts = inputs(args.n, device=dev)
     q, k, v = (t.transpose(1, 2) for t in ts[:3])   # SDPA's (B, H, N, D)
@@ -275,28 +262,17 @@ def main():
         for name, weights in (("weights", True), ("store", False)):
             runs[name] = (lambda w: lambda: _weights_kernel[(triton.cdiv(args.n, 64), 16)](
                 *ts[3:], sink, 16, 64, 1.0, D=64, KP=64, WEIGHTS=w, num_warps=4))(weights)
-    times = {name: [] for name in runs}
     errors = {}
     with torch.no_grad():
         want = runs["call"]().clone()
         for name, fn in runs.items():
             if (name.startswith("quad") or name == "call") and not name.endswith("_resp"):
                 errors[name] = rel_err(fn().clone(), want)
-        for _ in range(args.reps):   # interleaved, so that drift hits every form alike
-            for name, fn in runs.items():
-                times[name].append(time_callable(fn, dev, graph=True).median_ms * 1e3)
-    out = {"N": args.n, "B": 1, "H": 16, "D": 64, "K": 64, "dtype": "bfloat16",
-           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__,
-           "timer": "cuda_graph replay after an L2 flush (gmabench.measure.timing), median us",
-           "us": times, "max_err_vs_call": errors}
-    for name in runs:
-        print(f"{name:24s} {' '.join(f'{t:7.2f}' for t in times[name])} us"
-              + (f"   err vs call {errors[name]:.2e}" if name in errors else ""))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "quad_form.json"), "w") as fh:
-            json.dump(out, fh, indent=1)
+        times = time_interleaved(runs, dev, args.reps)
+    print_times(times, errors)
+    write_json(args.out, "quad_form.json", {"N": args.n, "B": 1, "H": 16, "D": 64, "K": 64,
+                                            "dtype": "bfloat16", "us": times,
+                                            "max_err_vs_call": errors})
 
 
 if __name__ == "__main__":

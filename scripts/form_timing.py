@@ -9,6 +9,7 @@ form; their tests run them so (`run_interpreted`) and read those lines back.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,6 +19,21 @@ import sys
 import torch
 
 CHECK_LINE = re.compile(r"^(\w+)\s+max error / max \|o\| (\S+)\s+\(bound (\S+)\)$", re.M)
+
+
+def arg_parser(doc):
+    """--out, --n (2048) and --reps (3), described by the script's docstring's first line."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=3)
+    return ap
+
+
+def verdict(bad):
+    """End of an interpreter check: print the failed forms (or ok); the exit status."""
+    print("FAILED: " + ", ".join(bad) if bad else "ok")
+    return 1 if bad else 0
 
 
 def inputs(N, B=1, H=16, D=64, K=64, device="cpu", seed=0):

@@ -39,7 +39,6 @@ each form of the function against the float64 formula (interpreter_check; a test
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -50,8 +49,8 @@ import triton.language as tl
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from form_timing import (check_line, inputs, print_times, rel_err,  # noqa: E402
-                         time_interleaved, write_json)
+from form_timing import (arg_parser, check_line, inputs, print_times,  # noqa: E402
+                         rel_err, time_interleaved, verdict, write_json)
 from gmabench.gma.triton.call import prepare  # noqa: E402
 from gmabench.gma.triton.bidir import _segment_state  # noqa: E402
 from gmabench.gma.triton.causal import (_causal_fused_kernel, _walk_blocks,  # noqa: E402
@@ -401,15 +400,11 @@ def interpreter_check(N=256, H=1) -> int:
                                                     else [])
     for name, err in errs.items():
         check_line(name, err, bound)
-    print("FAILED: " + ", ".join(bad) if bad else "ok")
-    return 1 if bad else 0
+    return verdict(bad)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = arg_parser(__doc__)
     args = ap.parse_args()
     if INTERPRET:
         raise SystemExit(interpreter_check())

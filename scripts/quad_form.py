@@ -30,7 +30,6 @@ form against the float64 formula (interpreter_check; a test runs it).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -41,8 +40,8 @@ import triton.language as tl
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from form_timing import (check_line, inputs, print_times, rel_err,  # noqa: E402
-                         time_interleaved, write_json)
+from form_timing import (arg_parser, check_line, inputs, print_times,  # noqa: E402
+                         rel_err, time_interleaved, verdict, write_json)
 from gmabench.gma.triton.common import (INTERPRET, _dot16, _fp16_scaled,  # noqa: E402
                                         _fwd_weights, _gdc, _pow2_scale, _resp_p, _row_ptrs,
                                         _to_out)
@@ -220,15 +219,11 @@ def interpreter_check(N=100, H=2) -> int:
         check_line(name, err, bound)
         if not err <= bound:
             bad.append(name)
-    print("FAILED: " + ", ".join(bad) if bad else "ok")
-    return 1 if bad else 0
+    return verdict(bad)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = arg_parser(__doc__)
     ap.add_argument("--parts", action="store_true",
                     help="also time each launch of the 64x128 and 64x64_s3 forms alone")
     args = ap.parse_args()

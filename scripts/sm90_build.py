@@ -58,14 +58,15 @@ def _plan_at(plan_mod, shape: tuple[int, int, int], sms: int = H200_SMS):
     import triton
     make_plan = plan_mod.make_plan
 
-    def at_shape(B, N, H, K, D, DV, causal, device, grad=True, split_dx=False, f32=False):
+    def at_shape(B, N, H, K, D, DV, causal, device, grad=True, split_dx=False, f32=False,
+                 tf32x3=False):
         count = plan_mod._sm_count
         plan_mod._sm_count = lambda device: sms   # the segments, and what rests on them
         try:
-            big = make_plan(*shape, K, D, DV, causal, device, grad, split_dx, f32)
+            big = make_plan(*shape, K, D, DV, causal, device, grad, split_dx, f32, tf32x3)
         finally:
             plan_mod._sm_count = count
-        own = make_plan(B, N, H, K, D, DV, causal, device, grad, split_dx, f32)
+        own = make_plan(B, N, H, K, D, DV, causal, device, grad, split_dx, f32, tf32x3)
         bps = triton.cdiv(triton.cdiv(N, big.BLOCK), own.P)
         P = triton.cdiv(triton.cdiv(N, big.BLOCK), bps)
         return dataclasses.replace(

@@ -233,6 +233,35 @@ def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
     assert (old.DL_STORE, old.BLOCK_BWD, old.DX_PASS) == (0, 16, False)
 
 
+def test_float32_in_tf32x3_takes_its_measured_rows_at_the_tables_shapes(gpu_rules):
+    """Float32 inputs in tf32x3 products (docs/kernels.md Version 2.44): 8 backward warps, dl
+    stored by both sides at every N, 32-token query blocks (16 on the causal key side), and
+    32-token inference blocks (8 warps causal); the exact-product twin and the wide shapes keep
+    the rules they had."""
+    def plan(N, causal, grad, K=64, **kw):
+        return gpu_rules.make_plan(1, N, 16, K, 64, 64, causal, CPU, grad, f32=True, **kw)
+
+    def train(p):
+        return p.warps_bwd, p.DL_STORE, p.BLOCK_BWD, p.BLOCK_BWD_K, p.DX_PASS
+
+    for N in (2048, 131072):
+        assert train(plan(N, True, True, tf32x3=True)) == (8, 2, 32, 16, False)
+        # the 16-bit rule would make dq in the sums pass from 2^16 tokens: not here
+        assert train(plan(N, False, True, tf32x3=True)) == (8, 2, 32, 32, False)
+    causal_fwd, bidir_fwd = plan(16384, True, False, tf32x3=True), plan(16384, False, False,
+                                                                       tf32x3=True)
+    assert (causal_fwd.BLOCK, causal_fwd.warps_fwd) == (32, 8)
+    assert (bidir_fwd.BLOCK, bidir_fwd.warps_fwd) == (32, 8)   # the fixture's base: 8 warps
+    # the exact twin (ieee): float32's stored-dl threshold as before, the base table's warps
+    assert train(plan(2048, True, True)) == (8, 0, 64, 64, False)
+    assert train(plan(2048, True, True)) != train(plan(2048, True, True, tf32x3=True))
+    # wide shapes take their own rules (float32 keeps exact products there)
+    assert plan(16384, True, True, K=128, tf32x3=True) == plan(16384, True, True, K=128)
+    # knobs still come after the rules
+    gpu_rules.TUNING.update(warps_bwd=4)
+    assert plan(4096, True, True, tf32x3=True).warps_bwd == 4
+
+
 def test_dx_pass_needs_a_stored_dl_and_the_tables_widths(gpu_rules):
     # causal: off by default (both sides store dl there); on only where a side stores dl and the
     # sums pass takes x in one column tile (KP x D <= 4096), not in the wide form; refused in a

@@ -191,7 +191,8 @@ def prepare(tensors, causal, temperature, eps, prec, grad):
         _DIMS[sig] = dims
     B, N, H, D, DV, K = dims
     pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad,
-                   split_dx=prec == PRECISIONS["split"], f32=q.dtype == torch.float32)
+                   split_dx=prec == PRECISIONS["split"], f32=q.dtype == torch.float32,
+                   tf32x3=prec == PRECISIONS["tf32x3"])
     key = (sig, pl, causal, temperature, eps, prec, grad)
     call = _CALLS.get(key)
     if call is None:

@@ -158,6 +158,21 @@ _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 DL_STORE_TOKENS_CAUSAL = 1 << 15   # (and float16 inputs in both variants)
 DL_STORE_TOKENS_BIDIR = 1 << 16
 DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
+# Float32 inputs in tf32x3 products at the table's shapes (docs/kernels.md Version 2.44): their
+# kernels take 160-213 KB of shared memory, so one program runs per SM whatever the plan, and
+# with the table's 4 warps the backward walks spilled 2-6 KB per thread. Replayed at B * H = 16,
+# D = Dv = K = 64, against the table's rows in the same calls (results/2026-12-01-h200-fp32-
+# plans): causal training 1099 -> 677 us at N = 2048, 8255 -> 4399 at 16384, 50.24 -> 34.48 ms
+# at 131072; bidirectional training 637 -> 484 at 4096, 2383 -> 1729 at 16384; causal inference
+# in 32-token blocks with 8 warps 238 -> 144 at 2048, 1316 -> 1016 at 16384, 10119 -> 7973 at
+# 131072; bidirectional inference in 32-token blocks 93 -> 77 at 2048, 560 -> 454 at 16384,
+# 4236 -> 3459 at 131072. Stored dl from every N: timed from B * H * N = 2^15 tokens.
+_TF32X3 = {
+    "bidir/fwd": {"block": 32},
+    "causal/fwd": {"block": 32, "warps_fwd": 8},
+    "bidir/fwd_bwd": {"warps_bwd": 8, "block_bwd": 32, "dl_store": 2, "dx_pass": 0},
+    "causal/fwd_bwd": {"warps_bwd": 8, "block_bwd": 32, "block_bwd_k": 16, "dl_store": 2},
+}
 # The fused causal inference kernel asks L2 for its first rows (plan key prefetch) from 2^18
 # tokens (B * H * N). Replayed, twice each, B=1, H=16, bf16 (Version 2.36,
 # results/2026-11-30-h200-fused-start-end): 900.7-904.4 -> 886.3-889.4 us at N=131072,
@@ -314,12 +329,13 @@ def wide_training(K: int, D: int, DV: int) -> bool:
 
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
               device: torch.device, grad: bool = True, split_dx: bool = False,
-              f32: bool = False) -> Plan:
+              f32: bool = False, tf32x3: bool = False) -> Plan:
     """split_dx: the backward's dq, dk, dv products are split too (float16 inputs, or
     precision "split"), not scaled fp16 as in bf16 training; the key side then walks the query
     side's block (below). f32: float32 inputs, whose training stores dl only from
-    DL_STORE_TOKENS_F32 (the small-N thresholds were measured in 16-bit)."""
-    key = (B, N, H, K, D, DV, causal, grad, split_dx, f32, device.type, device.index,
+    DL_STORE_TOKENS_F32 (the small-N thresholds were measured in 16-bit). tf32x3: float32 inputs
+    in tf32x3 products (their default), which take the _TF32X3 rows at the table's shapes."""
+    key = (B, N, H, K, D, DV, causal, grad, split_dx, f32, tf32x3, device.type, device.index,
            tuple(TUNING.values()))
     plan = _PLANS.get(key)
     if plan is not None:
@@ -386,6 +402,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # split form's causal fwd_bwd at N=131072 took 15.89 ms at 32, 11.65 at 16; bidirectional
         # 5.91 and 4.79 (results/2026-11-29-h200-split-plan, docs/kernels.md Version 2.12)
         row["block_bwd_k"] = 0
+    if tf32x3 and not beyond_table(K, D, DV):
+        row.update(_TF32X3[variant])
     if B * H * N < PREFETCH_TOKENS:
         row["prefetch"] = 0
     if INTERPRET:

@@ -163,10 +163,13 @@ DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
 # with the table's 4 warps the backward walks spilled 2-6 KB per thread. Replayed at B * H = 16,
 # D = Dv = K = 64, against the table's rows in the same calls (results/2026-12-01-h200-fp32-
 # plans): causal training 1099 -> 677 us at N = 2048, 8255 -> 4399 at 16384, 50.24 -> 34.48 ms
-# at 131072; bidirectional training 637 -> 484 at 4096, 2383 -> 1729 at 16384; causal inference
-# in 32-token blocks with 8 warps 238 -> 144 at 2048, 1316 -> 1016 at 16384, 10119 -> 7973 at
-# 131072; bidirectional inference in 32-token blocks 93 -> 77 at 2048, 560 -> 454 at 16384,
-# 4236 -> 3459 at 131072. Stored dl from every N: timed from B * H * N = 2^15 tokens.
+# at 131072; bidirectional training 637 -> 484 at 4096, 2386 -> 1729 at 16384 (with dq made by
+# the sums pass, dx_pass, 1940 against 1733 at 16384 and 14802 against 13202 at 131072); causal
+# inference in 32-token blocks with 8 warps 238 -> 144 at 2048, 1316 -> 1016 at 16384, 10119 ->
+# 7973 at 131072; bidirectional inference in 32-token blocks 93 -> 77 at 2048, 560 -> 454 at
+# 16384, 4236 -> 3459 at 131072. Stored dl from every N (timed from B * H * N = 2^15 tokens)
+# adds its buffer to the training peak where the rule below stored none: 267 -> 329 MiB causal
+# and 258 -> 322 bidirectional at N = 16384, 2050 -> 2562 bidirectional at 131072.
 _TF32X3 = {
     "bidir/fwd": {"block": 32},
     "causal/fwd": {"block": 32, "warps_fwd": 8},

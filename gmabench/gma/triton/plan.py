@@ -157,7 +157,8 @@ _WIDE_AS_MEASURED = {"stages": 2, "stages_key": 0, "block_bwd_k": 0}
 # alone); bidirectional 152.2 -> 132.8, 964.0 -> 690.0, 6.37 -> 5.01 ms.
 DL_STORE_TOKENS_CAUSAL = 1 << 15   # (and float16 inputs in both variants)
 DL_STORE_TOKENS_BIDIR = 1 << 16
-DL_STORE_TOKENS_F32 = 1 << 20      # float32 inputs: not timed below
+DL_STORE_TOKENS_F32 = 1 << 20      # float32 in exact or split products (not timed below; the
+#                                    tf32x3 default takes _TF32X3's rows instead)
 # Float32 inputs in tf32x3 products at the table's shapes (docs/kernels.md Version 2.44): their
 # kernels take 160-213 KB of shared memory, so one program runs per SM whatever the plan, and
 # with the table's 4 warps the backward walks spilled 2-6 KB per thread. Replayed at B * H = 16,

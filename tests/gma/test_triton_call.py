@@ -93,6 +93,28 @@ def test_a_dx_pass_sums_on_the_blocks_of_each_sides_walk(monkeypatch):
     assert call.dl_sums["DXP"] == PRECISIONS["fp16"]
 
 
+@pytest.mark.parametrize("K,dtype,prec,block", [
+    (1, torch.float32, "tf32x3", 64), (20, torch.float32, "ieee", 64),
+    (64, torch.float32, "tf32x3", 64), (1, torch.bfloat16, "split", 256),
+    (20, torch.bfloat16, "split", 128), (140, torch.float32, "ieee", 16)])
+def test_the_sums_pass_takes_at_most_64_rows_a_block_on_float32_operands(monkeypatch, K, dtype,
+                                                                        prec, block):
+    # 4096 // KP rows a block (a BLOCK x KP tile of dl), but no more than 64 where the pass's
+    # products take float32 operands: at 128 and 256 rows the GPU's Triton spilled 7 KB a thread
+    from gmabench.gma.triton import plan as plan_mod
+    monkeypatch.setattr(plan_mod, "INTERPRET", False)
+    monkeypatch.setattr(plan_mod, "_PLANS", {})
+    call_mod.clear()
+    TUNING.update(dl_store=2)
+    try:
+        call, _ = _prepare(_inputs(N=4096, D=32, DV=32, K=K, dtype=dtype), grad=True,
+                           prec=PRECISIONS[prec])
+    finally:
+        TUNING.update(dl_store=None)
+        call_mod.clear()
+    assert call.dl_sums["BLOCK"] == call.dl_sums_k["BLOCK"] == block
+
+
 @pytest.mark.parametrize("causal,K,aux_dl,moved", [(True, 64, 1, True), (True, 140, 1, False),
                                                    (True, 64, 0, False), (False, 64, 1, False)])
 def test_the_query_sides_pass_moves_d_and_dd_only_where_it_reads_whole_rows(

@@ -164,7 +164,14 @@ class Call:
         allows it where KP x D <= 4096), so that its products round as the walk's would have:
         `dl_sums` for the query side, `dl_sums_k` for the key side."""
         DC = max(16, min(D, 4096 // pl.KP))
-        block = pl.BLOCK_BWD if pl.DX_PASS else pl.DL_BLOCK or max(16, 4096 // pl.KP)
+        tile = 4096 // pl.KP
+        if prec in FLOAT32_PRECISIONS:
+            # float32 operands: at 128 and 256 rows (KP = 32, 16) the GPU's Triton (3.6, sm_90a)
+            # builds the pass with 32 registers and 7.1-7.5 KB of spill per thread, 2300-2500
+            # local loads per block; at 64 with 165 registers and none (docs/kernels.md, Version
+            # 2.44; KP = 64 took 64 rows already, as timed)
+            tile = min(tile, 64)
+        block = pl.BLOCK_BWD if pl.DX_PASS else pl.DL_BLOCK or max(16, tile)
         auto = triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
         # powers of two: a program's rows start on a block of either side's walk
         rows = max(block, pl.BLOCK_BWD_K if pl.DX_PASS else 0, pl.DL_ROWS or max(256, auto))

@@ -235,7 +235,7 @@ def test_stored_dl_starts_where_it_was_measured_to_pay(gpu_rules):
 
 def test_float32_in_tf32x3_takes_its_measured_rows_at_the_tables_shapes(gpu_rules):
     """Float32 inputs in tf32x3 products (docs/kernels.md Version 2.44): 8 backward warps, dl
-    stored by both sides at every N, 32-token query blocks (16 on the causal key side), and
+    stored by both sides at every N, 32-token bidirectional query blocks (16 causal), and
     32-token inference blocks (8 warps causal); the exact-product twin and the wide shapes keep
     the rules they had."""
     def plan(N, causal, grad, K=64, **kw):
@@ -245,7 +245,7 @@ def test_float32_in_tf32x3_takes_its_measured_rows_at_the_tables_shapes(gpu_rule
         return p.warps_bwd, p.DL_STORE, p.BLOCK_BWD, p.BLOCK_BWD_K, p.DX_PASS
 
     for N in (2048, 131072):
-        assert train(plan(N, True, True, tf32x3=True)) == (8, 2, 32, 16, False)
+        assert train(plan(N, True, True, tf32x3=True)) == (8, 2, 16, 16, False)
         # the 16-bit rule would make dq in the sums pass from 2^16 tokens: not here
         assert train(plan(N, False, True, tf32x3=True)) == (8, 2, 32, 32, False)
     causal_fwd, bidir_fwd = plan(16384, True, False, tf32x3=True), plan(16384, False, False,

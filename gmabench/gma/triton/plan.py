@@ -163,8 +163,10 @@ DL_STORE_TOKENS_F32 = 1 << 20      # float32 in exact or split products (not tim
 # kernels take 160-213 KB of shared memory, so one program runs per SM whatever the plan, and
 # with the table's 4 warps the backward walks spilled 2-6 KB per thread. Replayed at B * H = 16,
 # D = Dv = K = 64, against the table's rows in the same calls (results/2026-12-01-h200-fp32-
-# plans): causal training 1099 -> 677 us at N = 2048, 8255 -> 4399 at 16384, 50.24 -> 34.48 ms
-# at 131072; bidirectional training 637 -> 484 at 4096, 2386 -> 1729 at 16384 (with dq made by
+# plans): causal training 1099 -> 669 us at N = 2048, 8255 -> 4473 at 16384, 50.24 -> 34.47 ms
+# at 131072 (16-token query blocks: with 32, 677, 4399 and 34.48, but at D = 64 and K <= 32 the
+# GPU's Triton builds that query side with 32 registers and 11-13 KB of spill per thread;
+# Version 2.44); bidirectional training 637 -> 484 at 4096, 2386 -> 1729 at 16384 (with dq made by
 # the sums pass, dx_pass, 1940 against 1733 at 16384 and 14802 against 13202 at 131072); causal
 # inference in 32-token blocks with 8 warps 238 -> 144 at 2048, 1316 -> 1016 at 16384, 10119 ->
 # 7973 at 131072; bidirectional inference in 32-token blocks 93 -> 77 at 2048, 560 -> 454 at
@@ -175,7 +177,7 @@ _TF32X3 = {
     "bidir/fwd": {"block": 32},
     "causal/fwd": {"block": 32, "warps_fwd": 8},
     "bidir/fwd_bwd": {"warps_bwd": 8, "block_bwd": 32, "dl_store": 2, "dx_pass": 0},
-    "causal/fwd_bwd": {"warps_bwd": 8, "block_bwd": 32, "block_bwd_k": 16, "dl_store": 2},
+    "causal/fwd_bwd": {"warps_bwd": 8, "block_bwd": 16, "block_bwd_k": 16, "dl_store": 2},
 }
 # The fused causal inference kernel asks L2 for its first rows (plan key prefetch) from 2^18
 # tokens (B * H * N). Replayed, twice each, B=1, H=16, bf16 (Version 2.36,

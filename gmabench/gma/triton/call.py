@@ -154,8 +154,8 @@ class Call:
     def _dl_sums_launch(self, B, N, H, D, dtype, pl: Plan, prec, dxp, sms):
         """Grid and constants of the parameter sums' pass over a stored dl (common.
         _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
-        sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay at 32 KB and 16 KB whatever
-        KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
+        sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay within 32 KB and 16 KB
+        whatever KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
         about two programs per SM, one wave, and at least 256 (at B * H = 16, D = 64, K = 64:
         8192 rows at N = 131072, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56;
         256 at N = 2048, where 64 took 33 us per side, 256 21-23 and 2048 83-85;
@@ -164,13 +164,11 @@ class Call:
         allows it where KP x D <= 4096), so that its products round as the walk's would have:
         `dl_sums` for the query side, `dl_sums_k` for the key side."""
         DC = max(16, min(D, 4096 // pl.KP))
-        tile = 4096 // pl.KP
-        if prec in FLOAT32_PRECISIONS:
-            # float32 operands: at 128 and 256 rows (KP = 32, 16) the GPU's Triton (3.6, sm_90a)
-            # builds the pass with 32 registers and 7.1-7.5 KB of spill per thread, 2300-2500
-            # local loads per block; at 64 with 165 registers and none (docs/kernels.md, Version
-            # 2.44; KP = 64 took 64 rows already, as timed)
-            tile = min(tile, 64)
+        # at most 64 rows: 4096 / KP was only timed at KP = 64 (64 rows), and at 128 and 256 rows
+        # (KP = 32, 16) the GPU's Triton (3.6, sm_90a) builds the pass with 32 registers and
+        # 7.1-7.5 KB of spill per thread for float32 operands and float16 inputs (bfloat16:
+        # 1.1-1.2 KB), where 64 rows build without spill (docs/kernels.md, Version 2.44)
+        tile = min(64, 4096 // pl.KP)
         block = pl.BLOCK_BWD if pl.DX_PASS else pl.DL_BLOCK or max(16, tile)
         auto = triton.next_power_of_2(triton.cdiv(N * B * H * (D // DC), 2 * sms))
         # powers of two: a program's rows start on a block of either side's walk

@@ -155,8 +155,8 @@ class Call:
         """Grid and constants of the parameter sums' pass over a stored dl (common.
         _dl_sums_kernel): tiles of x's columns (DC) and rows (BLOCK) chosen so that the running
         sums (2 x KP x DC float32) and a tile of dl (BLOCK x KP) stay within 32 KB and 16 KB
-        whatever KP (64 and 32 registers per thread at 4 warps); rows per program a power of two giving
-        about two programs per SM, one wave, and at least 256 (at B * H = 16, D = 64, K = 64:
+        whatever KP (64 and 32 registers per thread at 4 warps); rows per program a power of two
+        giving about two programs per SM, one wave, and at least 256 (at B * H = 16, D = 64, K = 64:
         8192 rows at N = 131072, where 2048 took 0.43 ms per side, 8192 0.39 and 16384 0.56;
         256 at N = 2048, where 64 took 33 us per side, 256 21-23 and 2048 83-85;
         results/2026-11-29-h200-dl-sums-grid, -dl-defaults). With dx_pass the pass makes dq

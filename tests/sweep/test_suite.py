@@ -18,7 +18,7 @@ def test_named_suites_load_and_plan(name):
     cells = plan_sweep(suite)
     assert cells and len({c.key() for c in cells}) == len(cells)
     assert suite.name == name
-    assert load_suite(name).timing.timer == ("graph" if name == "small-n" else "events")
+    assert load_suite(name).timing.timer == ("graph" if name in ("small-n", "heads") else "events")
 
 
 def test_all_named_suites_are_listed():

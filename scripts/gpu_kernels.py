@@ -519,28 +519,30 @@ def _graph_us(f):
         return None
 
 
-def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K=64, D=64):
+def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K=64, D=64,
+                heads=(16,)):
     """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
-    (of the given modes) at each N under each plan (a dict of TUNING knobs; {}: the table's), with
-    inputs of `dtype`, K components and head size D = Dv (B=1, H=16); rows under R[tag]."""
-    for n in ns:
+    (of the given modes) at each N and head count H under each plan (a dict of TUNING knobs; {}:
+    the table's), with inputs of `dtype`, K components and head size D = Dv (B=1); rows under
+    R[tag]."""
+    for n, H in [(n, H) for n in ns for H in heads]:
         for causal, mode in [vm for vm in VARIANTS if vm[1] in modes]:
             for knobs in plans:
                 TUNING.update({k: None for k in TUNING})
                 TUNING.update(knobs)
-                f = make_call("triton", n, causal, mode, D=D, Dv=D, K=K, dtype=dtype)
+                f = make_call("triton", n, causal, mode, H=H, D=D, Dv=D, K=K, dtype=dtype)
                 dev_us, per_kernel = _device_us(f, calls)
                 peak_mib = _peak_bytes(f) / 2**20
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
                 graph_us = _graph_us(f)
-                pl = plan_mod.make_plan(1, n, 16, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
-                R.setdefault(tag, []).append({"N": n, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,
+                pl = plan_mod.make_plan(1, n, H, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
+                R.setdefault(tag, []).append({"N": n, "H": H, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,
                                               **knobs,
                                               "device_us": dev_us, "kernels_us": per_kernel,
                                               "wall_ms": wall, "graph_us": graph_us,
                                               "peak_mib": peak_mib, "P": pl.P,
                                               "bps": pl.bps})
-                print(f"{tag} {n} K={K} D={D} {dtype} {'causal' if causal else 'bidir'} {mode} {knobs or 'table'}: device "
+                print(f"{tag} {n} H={H} K={K} D={D} {dtype} {'causal' if causal else 'bidir'} {mode} {knobs or 'table'}: device "
                       f"{dev_us:.1f} us, wall {wall * 1e3:.1f} us, replayed {graph_us or math.nan:.1f} us, "
                       f"peak {peak_mib:.0f} MiB (P={pl.P}, bps={pl.bps}) "
                       f"{per_kernel}  [{elapsed():.0f}s]")
@@ -748,6 +750,7 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=sorted(DT), help="plansweep: the inputs' dtype")
     ap.add_argument("--k", type=int, default=64, help="plansweep: mixture components K")
     ap.add_argument("--d", type=int, default=64, help="plansweep: head size D = Dv")
+    ap.add_argument("--heads", default="16", help="plansweep: comma-separated head counts H")
     args = ap.parse_args()
     secs = args.sections.split(",")
     Ns = [int(n) for n in args.ns.split(",")]
@@ -824,7 +827,8 @@ def main():
             save()
         if "plansweep" in secs:
             guarded("plansweep", _plan_times, "plan_sweep", json.loads(args.plans), Ns, 10,
-                    tuple(args.modes.split(",")), args.dtype, args.k, args.d)
+                    tuple(args.modes.split(",")), args.dtype, args.k, args.d,
+                    tuple(int(h) for h in args.heads.split(",")))
             save()
         if "peerdevtimes" in secs:
             guarded("peerdevtimes", peer_dev_times, Ns)

@@ -24,7 +24,7 @@ MIB = 2**20
 # bidirectional, forward with forward+backward, or different shapes.
 FACET_COLS = ["device_name", "device", "causal", "mode", "dtype", "scope", "B", "N", "H", "D", "Dv", "K"]
 PALETTE = qualitative.Plotly + qualitative.D3
-_X_TITLES = {"N": "N (tokens)", "K": "K (mixture components / state size)"}
+_X_TITLES = {"N": "N (tokens)", "K": "K (mixture components / state size)", "H": "H (heads)"}
 
 
 def _varies(df: pd.DataFrame, col: str) -> bool:
@@ -237,6 +237,17 @@ def memory_vs_k(df) -> list[go.Figure]:
                          scale=1 / MIB, guides=(1,), extra_y="saved_bytes")
 
 
+def latency_vs_h(df) -> list[go.Figure]:
+    """Only where a run sweeps the head count (the heads suite): the work grows as H."""
+    return _sweep_figure(df, "H", "median_ms", title="Latency vs H", y_title="ms",
+                         errors=True, guides=(1,))
+
+
+def memory_vs_h(df) -> list[go.Figure]:
+    return _sweep_figure(df, "H", "peak_bytes", title="Peak memory vs H", y_title="MiB",
+                         scale=1 / MIB, guides=(1,), extra_y="saved_bytes")
+
+
 def bandwidth_vs_n(df, ceilings: dict | None = None) -> list[go.Figure]:
     """Achieved bytes/s of the analytic fewest bytes, against the measured copy ceiling."""
     c = (ceilings or {}).get("copy_bytes_per_s")
@@ -260,7 +271,8 @@ def all_figures(df, ceilings: dict | None = None) -> list[tuple[str, go.Figure]]
     out = []
     for name, make in [("Latency vs N", latency_vs_n), ("Peak memory vs N", memory_vs_n),
                        ("Throughput vs N", throughput_vs_n), ("Latency vs K", latency_vs_k),
-                       ("Peak memory vs K", memory_vs_k)]:
+                       ("Peak memory vs K", memory_vs_k), ("Latency vs H", latency_vs_h),
+                       ("Peak memory vs H", memory_vs_h)]:
         out.extend((name, fig) for fig in make(frame))
     if "tb_per_s" in frame and frame["tb_per_s"].notna().any():
         out.extend(("Achieved bandwidth vs N", fig) for fig in bandwidth_vs_n(frame, ceilings))

@@ -174,19 +174,25 @@ def _values(vs: Iterable[Any]) -> str:
     return ", ".join(map(str, v)) if len(v) <= 4 else f"{v[0]}..{v[-1]} ({len(v)} values)"
 
 
+# The sizes a suite sweeps, in the order the speed-up summary looks along them.
+_SWEPT = ("N", "H", "K", "B", "D")
+
+
 def speedup_summary(records: Iterable[dict[str, Any]] | pd.DataFrame, baseline: str) -> Table:
     """Per series, how many times faster than `baseline` it ran (above 1 is faster) at the
-    smallest and the largest N both measured, as hyperfine states it."""
+    smallest and the largest size both measured, as hyperfine states it: along N, or along the
+    first of H, K, B, D that the series sweeps where N stays fixed (the heads suite)."""
     from gmabench.report.analysis import speedup_table
 
     sp = speedup_table(_frame(records), baseline)
     table = Table(title=f"Speed-up against {escape(baseline)} (baseline time / time; >1 is faster)")
     table.add_column("series", overflow="fold", min_width=24)
-    for c in ["N", "at smallest N", "at largest N"]:
+    for c in ["along", "from–to", "at smallest", "at largest"]:
         table.add_column(c, justify="right", no_wrap=True)
     for series, g in sp.groupby("series", sort=True):
-        g = g.sort_values("N")
+        axis = next((c for c in _SWEPT if g[c].nunique() > 1), "N")
+        g = g.sort_values([axis] + [c for c in _SWEPT if c != axis])
         first, last = g.iloc[0], g.iloc[-1]
-        table.add_row(escape(str(series)), f"{first['N']}–{last['N']}",
+        table.add_row(escape(str(series)), axis, f"{first[axis]}–{last[axis]}",
                       f"{first['speedup']:.3g}x", f"{last['speedup']:.3g}x")
     return table

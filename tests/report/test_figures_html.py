@@ -10,7 +10,8 @@ import pytest
 
 from gmabench.report import write_report
 from gmabench.report.analysis import records_frame
-from gmabench.report.figures import MIB, all_figures, latency_vs_k, latency_vs_n, memory_vs_n
+from gmabench.report.figures import (MIB, all_figures, latency_vs_h, latency_vs_k, latency_vs_n,
+                                     memory_vs_n)
 
 ENV = {"gpu": {"name": "NVIDIA H200", "memory_gib": 139}, "torch": "2.5.1+cu124",
        "git_commit": "abc1234", "timestamp": "2025-01-02T03:04:05Z",
@@ -75,6 +76,18 @@ def test_latency_vs_k_only_for_mixers_where_k_applies(records):
     names = {t.name for f in figs for t in f.data}
     assert "linear causal fwd bf16 (slope 1.00)" in names
     assert not any(n.startswith("quadratic") for n in names)
+
+
+def test_latency_vs_h_only_where_a_run_sweeps_the_heads(records, make_record):
+    assert latency_vs_h(records_frame(records)) == []      # one H: nothing to draw along it
+    heads = [make_record("gma", 8192, H=h, median_ms=0.01 * h) for h in (1, 2, 4, 8)]
+    heads += [make_record("sdpa", 8192, H=h, median_ms=0.1 * h, k_applies=False) for h in (1, 2, 4, 8)]
+    figs = latency_vs_h(records_frame(heads))
+    assert len(figs) == 1 and figs[0].layout.xaxis.title.text == "H (heads)"
+    gma = _trace(figs[0], "gma")
+    assert list(gma.x) == [1, 2, 4, 8] and list(gma.y) == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert gma.name.endswith("(slope 1.00)")
+    assert [s for s, _ in all_figures(records_frame(heads))] == ["Latency vs H", "Peak memory vs H"]
 
 
 def test_write_report_is_offline_and_complete(tmp_path, records):

@@ -132,7 +132,16 @@ def test_speedup_summary_states_times_faster_at_both_ends(make_record):
     from gmabench.report.table import speedup_summary
     text = _text(speedup_summary(recs, "base"))
     row = _row(text, "fast")
-    assert row[1:] == ["256–1024", "4x", "16x"]
+    assert row[1:] == ["N", "256–1024", "4x", "16x"]
+
+
+def test_speedup_summary_looks_along_heads_where_n_stays_fixed(make_record):
+    # the heads suite: one N, H from 1 to 8; the ends are H=1 and H=8, not two arbitrary rows
+    recs = [make_record("fast", 8192, H=h, median_ms=1.0 * h) for h in (4, 1, 8, 2)]
+    recs += [make_record("base", 8192, H=h, median_ms=0.5 * h * h) for h in (2, 8, 1, 4)]
+    from gmabench.report.table import speedup_summary
+    row = _row(_text(speedup_summary(recs, "base")), "fast")
+    assert row[1:] == ["H", "1–8", "0.5x", "4x"]
 
 
 def test_growth_table_lists_the_lines_that_grow_faster_than_linear(records, make_record):

@@ -391,3 +391,28 @@ def test_fused_causal_inference_prefetches_from_2_18_tokens(gpu_rules):
     assert at(1, 2048, 16)
     gpu_rules.TUNING["prefetch"] = 0
     assert not at(1, 131072, 16)
+
+
+def test_causal_calls_with_few_heads_take_fewer_segments(gpu_rules, monkeypatch):
+    # an H200's 132 SMs, two programs each: B * H * P ~ 264 (docs/kernels.md, Version 2.46)
+    monkeypatch.setattr(gpu_rules, "_sm_count", lambda device: 132)
+
+    def segments(N, H, causal, grad, **kw):
+        return gpu_rules.make_plan(1, N, H, 64, 64, 64, causal, CPU, grad=grad, **kw).P
+
+    # inference: at most 64 segments per (b, h) while that keeps a segment at most 8 blocks
+    assert segments(8192, 1, True, False) == 64 and segments(8192, 1, False, False) == 128
+    assert segments(32768, 1, True, False) == 64 and segments(32768, 1, False, False) == 256
+    assert segments(131072, 1, True, False) == 256      # 2048 blocks: 256 segments of 8
+    # training: at least 2 blocks a segment (128 -> 64 at N = 8192, H = 2; 32 -> 16 at 2048, H = 8)
+    assert segments(8192, 2, True, True) == 64 and segments(8192, 2, False, True) == 128
+    assert segments(2048, 8, True, True) == 16
+    # 16 heads: neither rule binds
+    assert segments(131072, 16, True, False) == segments(131072, 16, False, False) == 16
+    assert segments(2048, 16, True, True) == 16
+    # float32 in tf32x3 keeps its own rows (not timed with few heads); the knobs come last
+    assert segments(8192, 1, True, False, tf32x3=True) == 256
+    gpu_rules.TUNING.update(max_seg=0)
+    assert segments(8192, 1, True, False) == 128
+    gpu_rules.TUNING.update(max_seg=None, min_bps=1)
+    assert segments(8192, 2, True, True) == 128

@@ -83,16 +83,17 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # the logit weights' split products (the exact twin). Replayed on two H200s, both in one call
 # (results/2026-11-30-h200x2-wide-dx16; docs/kernels.md, Version 2.38): K=256, D=64 causal
 # 10.28 -> 7.76 ms, bidirectional 5.01 -> 4.24 (means of two); K=128, D=128 9.67 -> 8.87 and
-# 4.59 -> 4.50.
+# 4.59 -> 4.50. max_seg: segments per (b, h) at most, unless that leaves a segment more than
+# MAX_SEG_BPS blocks (0: no cap; the rule below, for causal inference with few heads).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
-             "wide_pairs", "wide_dx16")
+             "wide_pairs", "wide_dx16", "max_seg")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1,
-         "wide_dx16": 1}
+         "wide_dx16": 1, "max_seg": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -185,6 +186,10 @@ _TF32X3 = {
 # 133.9-134.2 -> 133.3-133.6 at 16384, the same at 8192, 49.9 -> 50.4 at 4096, 36.2 -> 36.6
 # at 2048.
 PREFETCH_TOKENS = 1 << 18
+# max_seg caps the segments of a (b, h) only while a segment keeps at most this many blocks: at
+# N = 32768, H = 1, 64 segments of 8 blocks took causal inference 112.8 -> 70.4 us, while at
+# 131072 the 256 of the waves rule (8 blocks) beat 64 (32 blocks), 168.9 against 193.1 us
+MAX_SEG_BPS = 8
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -215,6 +220,7 @@ TUNING: dict[str, int | None] = {
     "prefetch": None,
     "wide_pairs": None,
     "wide_dx16": None,
+    "max_seg": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -272,7 +278,7 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
                "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1),
-               "wide_pairs": (0, 1), "wide_dx16": (0, 1)}
+               "wide_pairs": (0, 1), "wide_dx16": (0, 1), "max_seg": range(1 << 16)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -410,6 +416,19 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         row["block_bwd_k"] = 0
     if tf32x3 and not beyond_table(K, D, DV):
         row.update(_TF32X3[variant])
+    elif causal and not beyond_table(K, D, DV):
+        # Few heads: two programs per SM would be many segments per (b, h), and every causal
+        # program sums its head's earlier (backward: later) segments' totals, one 64 x 65 tile
+        # each. Replayed on the H200 at N = 8192 (bf16, B = 1; results/2026-12-01-h200-few-
+        # heads, docs/kernels.md Version 2.46), 128 segments -> 64: inference 53.1 -> 40.4 us at
+        # H = 1, 62.7 -> 43.7 at H = 2; training 229.4 -> 179.8 at H = 2. Fewer segments lost
+        # where each walks more blocks: 32 blocks a segment at N = 131072 (inference 168.9 ->
+        # 193.1 us at H = 1) or, in training, more than 2 at N = 32768 (H = 2: 408.6 -> 469.3).
+        # With 16 heads or more neither rule changes a plan.
+        if grad:
+            row["min_bps"] = max(row["min_bps"], 2)
+        else:
+            row["max_seg"] = 64
     if B * H * N < PREFETCH_TOKENS:
         row["prefetch"] = 0
     if INTERPRET:
@@ -421,6 +440,8 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     per_head = triton.cdiv(3, B * H) if INTERPRET else row["waves"] * _sm_count(device) // (B * H)
     block = row["block"]
     nblk = triton.cdiv(N, block)
+    if row["max_seg"]:
+        per_head = min(per_head, max(row["max_seg"], nblk // MAX_SEG_BPS))
     # Rounded down: programs beyond a whole number of waves run as a tail after everything else
     # (17 segments x 16 heads on 264 slots took 1.55x the time of 16 at N=131072).
     P = knobs.get("segments") or max(1, min(per_head, nblk // row["min_bps"]))

@@ -112,7 +112,8 @@ def _fixed(r: Any, x: str) -> str:
 def _fit_section(df: pd.DataFrame) -> str:
     rows = []
     for label, x, y in [("latency vs N", "N", "median_ms"), ("peak memory vs N", "N", "peak_bytes"),
-                        ("latency vs K", "K", "median_ms"), ("peak memory vs K", "K", "peak_bytes")]:
+                        ("latency vs K", "K", "median_ms"), ("peak memory vs K", "K", "peak_bytes"),
+                        ("latency vs H", "H", "median_ms"), ("peak memory vs H", "H", "peak_bytes")]:
         fits = fit_scaling(df, x=x, y=y)
         # Series with no measured point are listed among the failed cells, not here.
         for r in fits[(fits["n_x_cells"] >= 2) & (fits["n_points"] > 0)].itertuples():

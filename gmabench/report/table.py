@@ -48,13 +48,16 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
     lat_n = fit_scaling(df, x="N", y="median_ms")
     mem_n = fit_scaling(df, x="N", y="peak_bytes")
     lat_k = fit_scaling(df, x="K", y="median_ms")
+    # along H only where a run sweeps it (the heads suite), so that other tables keep their width
+    lat_h = fit_scaling(df, x="H", y="median_ms") if df["H"].nunique() > 1 else None
     table = Table(title="Scaling summary (log-log slopes: 1 = linear, 2 = quadratic)",
                   caption="ms~N big: fit over the upper half of N; *: the fit takes "
                           "host-bound cells too, which may time the call path; a range means "
                           "several fixed shapes (B, H, D, K) were fitted separately")
     # Numbers never wrap or truncate (a clipped "-0.0…" misleads); long series names fold.
     table.add_column("series", overflow="fold", min_width=24)
-    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K", "ok/bad/skip"]:
+    for c in ["N", "ms~N", "ms~N big", "MiB~N", "ms~K"] + (["ms~H"] if lat_h is not None else []) + [
+            "ok/bad/skip"]:
         table.add_column(c, justify="right", no_wrap=True)
     for series, g in df.groupby("series", sort=True):
         status = g["status"]
@@ -69,7 +72,8 @@ def summary_table(records: Iterable[dict[str, Any]] | pd.DataFrame) -> Table:
             escape(str(series)), f"{g['N'].min()}–{g['N'].max()}",
             _marked(lat_n, series, "slope", "n_host_bound"),
             _marked(lat_n, series, "slope_large", "n_host_bound_large"),
-            _slopes(mem_n, series, "slope"), k_slope, counts)
+            _slopes(mem_n, series, "slope"), k_slope,
+            *([_marked(lat_h, series, "slope", "n_host_bound")] if lat_h is not None else []), counts)
     return table
 
 

@@ -90,6 +90,14 @@ def test_latency_vs_h_only_where_a_run_sweeps_the_heads(records, make_record):
     assert [s for s, _ in all_figures(records_frame(heads))] == ["Latency vs H", "Peak memory vs H"]
 
 
+def test_the_report_fits_latency_along_heads(tmp_path, make_record):
+    heads = [make_record("gma", 8192, H=h, median_ms=0.01 * h * h) for h in (1, 2, 4, 8)]
+    page = write_report(tmp_path, heads, ENV, SUITE).read_text()
+    fits = re.findall(r'<tr><td class="l">latency vs H</td><td class="l">gma causal fwd bf16</td>'
+                      r'<td class="l">([^<]*)</td><td>([0-9.]+) ± ', page)
+    assert fits == [("B=1 N=8192 D=64 K=16", "2.00")]
+
+
 def test_write_report_is_offline_and_complete(tmp_path, records):
     path = write_report(tmp_path / "run", records, ENV, SUITE)
     assert path == tmp_path / "run" / "report.html"

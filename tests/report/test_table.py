@@ -29,6 +29,15 @@ def test_summary_table_shows_fitted_slopes_and_counts(records):
                                        "n/a", "15/3/0"]
     assert _row(text, "overhead")[2:4] == ["0.26", "0.45"]
     assert _row(text, "tiny")[2:] == ["—", "—", "—", "—", "2/0/1"]
+    assert "ms~H" not in text        # one H: no column for it
+
+
+def test_summary_table_fits_latency_along_heads_where_a_run_sweeps_them(make_record):
+    recs = [make_record("gma", 8192, H=h, median_ms=0.01 * h) for h in (1, 2, 4, 8)]
+    recs += [make_record("flat", 8192, H=h, median_ms=0.05) for h in (1, 2, 4, 8)]
+    text = _text(summary_table(recs))
+    assert "ms~H" in text
+    assert _row(text, "gma")[-2:] == ["1.00", "4/0/0"] and _row(text, "flat")[-2:] == ["0.00", "4/0/0"]
 
 
 def test_accuracy_table_shows_the_worst_errors_of_ok_cells_and_which_gradient(make_record):

@@ -60,6 +60,7 @@ def test_plan_file_replaces_only_its_variants(gpu_rules, tmp_path):
     (json.dumps({"bidir/fwd": {"regs_fwd": 16}}), "bidir/fwd.regs_fwd = 16"),
     (json.dumps({"causal/fwd": {"stages_key": 5}}), "causal/fwd.stages_key = 5"),
     (json.dumps({"causal/fwd": {"raw16": 2}}), "causal/fwd.raw16 = 2"),
+    (json.dumps({"causal/fwd": {"max_seg": -1}}), "causal/fwd.max_seg = -1"),
 ])
 def test_bad_plan_file_is_refused_and_changes_nothing(gpu_rules, tmp_path, content, match):
     path = tmp_path / "plan.json"

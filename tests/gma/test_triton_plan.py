@@ -405,15 +405,15 @@ def test_causal_calls_with_few_heads_take_fewer_segments(gpu_rules, monkeypatch)
     assert segments(8192, 1, True, False) == 64 and segments(8192, 1, False, False) == 128
     assert segments(32768, 1, True, False) == 64 and segments(32768, 1, False, False) == 256
     assert segments(131072, 1, True, False) == 256      # 2048 blocks: 256 segments of 8
-    # training: at least 2 blocks a segment (128 -> 64 at N = 8192, H = 2; 32 -> 16 at 2048, H = 8)
+    # training: the same cap while a segment keeps at most 2 blocks
     assert segments(8192, 2, True, True) == 64 and segments(8192, 2, False, True) == 128
-    assert segments(2048, 8, True, True) == 16
-    # 16 heads: neither rule binds
+    assert segments(32768, 2, True, True) == 128        # 512 blocks: 64 would be 8 a segment
+    # from 5 (b, h) on (at most 52 segments per head) nothing changes
     assert segments(131072, 16, True, False) == segments(131072, 16, False, False) == 16
-    assert segments(2048, 16, True, True) == 16
+    assert segments(1024, 16, True, True) == 16 and segments(2048, 8, True, True) == 32
     # float32 in tf32x3 keeps its own rows (not timed with few heads); the knobs come last
     assert segments(8192, 1, True, False, tf32x3=True) == 256
     gpu_rules.TUNING.update(max_seg=0)
     assert segments(8192, 1, True, False) == 128
-    gpu_rules.TUNING.update(max_seg=None, min_bps=1)
+    gpu_rules.TUNING.update(max_seg=None, segments=128)
     assert segments(8192, 2, True, True) == 128

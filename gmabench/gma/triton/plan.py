@@ -84,7 +84,7 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # (results/2026-11-30-h200x2-wide-dx16; docs/kernels.md, Version 2.38): K=256, D=64 causal
 # 10.28 -> 7.76 ms, bidirectional 5.01 -> 4.24 (means of two); K=128, D=128 9.67 -> 8.87 and
 # 4.59 -> 4.50. max_seg: segments per (b, h) at most, unless that leaves a segment more than
-# MAX_SEG_BPS blocks (0: no cap; the rule below, for causal inference with few heads).
+# MAX_SEG_BPS blocks (0: no cap; the rule below, for causal calls with few heads).
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
@@ -186,10 +186,12 @@ _TF32X3 = {
 # 133.9-134.2 -> 133.3-133.6 at 16384, the same at 8192, 49.9 -> 50.4 at 4096, 36.2 -> 36.6
 # at 2048.
 PREFETCH_TOKENS = 1 << 18
-# max_seg caps the segments of a (b, h) only while a segment keeps at most this many blocks: at
-# N = 32768, H = 1, 64 segments of 8 blocks took causal inference 112.8 -> 70.4 us, while at
-# 131072 the 256 of the waves rule (8 blocks) beat 64 (32 blocks), 168.9 against 193.1 us
-MAX_SEG_BPS = 8
+# max_seg caps the segments of a (b, h) only while a segment keeps at most this many blocks
+# (inference, training): at N = 32768, H = 1, 64 segments of 8 blocks took causal inference
+# 112.8 -> 70.4 us, while at 131072 the 256 of the waves rule (8 blocks) beat 64 (32 blocks),
+# 168.9 against 193.1 us; training lost with more than 2 (at N = 32768, H = 2, 64 segments of 8
+# blocks against 128 of 4: 469.3 against 408.6 us)
+MAX_SEG_BPS = {False: 8, True: 2}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -422,13 +424,9 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # each. Replayed on the H200 at N = 8192 (bf16, B = 1; results/2026-12-01-h200-few-
         # heads, docs/kernels.md Version 2.46), 128 segments -> 64: inference 53.1 -> 40.4 us at
         # H = 1, 62.7 -> 43.7 at H = 2; training 229.4 -> 179.8 at H = 2. Fewer segments lost
-        # where each walks more blocks: 32 blocks a segment at N = 131072 (inference 168.9 ->
-        # 193.1 us at H = 1) or, in training, more than 2 at N = 32768 (H = 2: 408.6 -> 469.3).
-        # With 16 heads or more neither rule changes a plan.
-        if grad:
-            row["min_bps"] = max(row["min_bps"], 2)
-        else:
-            row["max_seg"] = 64
+        # where each walks more blocks (MAX_SEG_BPS). Only B * H <= 4 (more than 64 segments
+        # per head at two programs per SM of an H200) is changed.
+        row["max_seg"] = 64
     if B * H * N < PREFETCH_TOKENS:
         row["prefetch"] = 0
     if INTERPRET:
@@ -441,7 +439,7 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     block = row["block"]
     nblk = triton.cdiv(N, block)
     if row["max_seg"]:
-        per_head = min(per_head, max(row["max_seg"], nblk // MAX_SEG_BPS))
+        per_head = min(per_head, max(row["max_seg"], nblk // MAX_SEG_BPS[grad]))
     # Rounded down: programs beyond a whole number of waves run as a tail after everything else
     # (17 segments x 16 heads on 264 slots took 1.55x the time of 16 at N=131072).
     P = knobs.get("segments") or max(1, min(per_head, nblk // row["min_bps"]))

@@ -17,6 +17,7 @@ def history(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each holding results.jsonl or results.jsonl.gz), in any order.")],
     mixers: Annotated[Optional[str], typer.Option(help="Comma-separated mixers to keep (default: all).")] = None,
     seq_lens: Annotated[Optional[str], typer.Option(help="Comma-separated N to keep (default: all).")] = None,
+    heads: Annotated[Optional[str], typer.Option(help="Comma-separated head counts H to keep (default: all).")] = None,
     dtypes: Annotated[Optional[str], typer.Option(help="Comma-separated dtypes to keep, e.g. bfloat16 (default: all).")] = None,
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated modes to keep: fwd, fwd_bwd (default: both).")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Also write this HTML file: the medians against the run (plotly, offline).")] = None,
@@ -26,7 +27,8 @@ def history(
     from gmabench.report.history import build_history
 
     keep = dict(mixers=split_list("--mixers", mixers), seq_lens=split_list("--seq-lens", seq_lens, int),
-                dtypes=split_list("--dtypes", dtypes), modes=split_list("--modes", modes))
+                heads=split_list("--heads", heads, int), dtypes=split_list("--dtypes", dtypes),
+                modes=split_list("--modes", modes))
     for m in keep["modes"] or []:
         if m not in ("fwd", "fwd_bwd"):
             fail(f"--modes: {m!r} is not a mode (fwd, fwd_bwd)")
@@ -38,7 +40,7 @@ def history(
         runs.append((path.name if names.count(path.name) == 1 else str(path), records))
     hist = build_history(runs, **keep)
     if not hist.cells:
-        fail("no cell of these runs passes --mixers, --seq-lens, --dtypes and --modes")
+        fail("no cell of these runs passes --mixers, --seq-lens, --heads, --dtypes and --modes")
     devices = {d for run in hist.runs for d in run.devices}
     if len(devices) > 1:
         console.print(f"[yellow]note:[/] the runs name {len(devices)} devices ({', '.join(sorted(devices))}): "

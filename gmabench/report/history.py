@@ -68,12 +68,14 @@ class History:
 
 def build_history(runs: Iterable[tuple[str, list[dict[str, Any]]]], *,
                   mixers: list[str] | None = None, seq_lens: list[int] | None = None,
-                  dtypes: list[str] | None = None, modes: list[str] | None = None) -> History:
+                  heads: list[int] | None = None, dtypes: list[str] | None = None,
+                  modes: list[str] | None = None) -> History:
     """runs: (name, records) per run directory, in any order. The filters keep the cells whose
-    mixer, N, dtype and mode are listed (None: all)."""
+    mixer, N, H, dtype and mode are listed (None: all)."""
     def keep(r: dict[str, Any]) -> bool:
         return ((mixers is None or r.get("mixer") in mixers)
                 and (seq_lens is None or r.get("N") in seq_lens)
+                and (heads is None or r.get("H") in heads)
                 and (dtypes is None or r.get("dtype") in dtypes)
                 and (modes is None or r.get("mode") in modes))
 

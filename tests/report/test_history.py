@@ -48,6 +48,8 @@ def test_filters_keep_only_the_named_cells():
     assert sorted(h.labels.values()) == ["gma causal fwd bf16 B=1 N=64 H=2 D=16 K=4",
                                          "sdpa causal fwd bf16 B=1 N=64 H=2 D=16 K=4"]
     assert build_history(_runs(), modes=["fwd_bwd"]).cells == []
+    assert build_history(_runs(), heads=[4]).cells == []          # every cell has H=2
+    assert len(build_history(_runs(), heads=[2, 4]).cells) == 3
 
 
 def test_figure_draws_one_line_per_cell_and_timer():
@@ -85,7 +87,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     dirs = _write(tmp_path, _runs())
     out = tmp_path / "history.html"
     for args in ([str(tmp_path / "nowhere")], [*dirs, "--seq-lens", "99"], [*dirs, "--modes", "bwd"],
-                 [*dirs, "--seq-lens", "x"], [str(tmp_path)]):
+                 [*dirs, "--seq-lens", "x"], [*dirs, "--heads", "16"], [str(tmp_path)]):
         res = CliRunner().invoke(app, ["history", *args, "--html", str(out)])
         assert res.exit_code == 2, (args, res.output)
         assert not out.exists()

@@ -40,7 +40,6 @@ from gmabench.gma.chunked import gma_chunked  # noqa: E402
 from gmabench.gma.reference import gma_reference, gma_spec_float64  # noqa: E402
 from gmabench.gma.triton import TUNING, gma_triton  # noqa: E402
 from gmabench.gma.triton import launch as launch_mod  # noqa: E402
-from gmabench.gma.triton import plan as plan_mod  # noqa: E402
 
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T0 = time.time()
@@ -519,6 +518,16 @@ def _graph_us(f):
         return None
 
 
+def _call_plan(N, H, K, D, causal, mode, dtype):
+    """The plan the timed call got (B=1, D = Dv): with its dtype's product precision, as
+    gma_triton picks it, so that float32 and float16 rows report their own segments."""
+    from gmabench.gma.triton.autograd import precision_name
+    from gmabench.gma.triton.call import call_plan
+    from gmabench.gma.triton.common import PRECISIONS
+    prec = PRECISIONS[precision_name(DT[dtype], None, (K, D, D))]
+    return call_plan(1, N, H, D, D, K, causal, torch.device("cuda"), mode == "fwd_bwd", DT[dtype], prec)
+
+
 def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K=64, D=64,
                 heads=(16,)):
     """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
@@ -535,7 +544,7 @@ def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K
                 peak_mib = _peak_bytes(f) / 2**20
                 wall = do_bench(f, warmup=25, rep=100, return_mode="median")
                 graph_us = _graph_us(f)
-                pl = plan_mod.make_plan(1, n, H, K, D, D, causal, torch.device("cuda"), mode == "fwd_bwd")
+                pl = _call_plan(n, H, K, D, causal, mode, dtype)
                 R.setdefault(tag, []).append({"N": n, "H": H, "causal": causal, "mode": mode, "dtype": dtype, "K": K, "D": D,
                                               **knobs,
                                               "device_us": dev_us, "kernels_us": per_kernel,

@@ -237,3 +237,17 @@ def test_every_constexpr_of_a_calls_kernels_is_named(causal):
         params = inspect.signature(kernel.fn).parameters.values()
         constexprs = [p.name for p in params if str(p.annotation).endswith("constexpr")]
         assert sorted(consts) == sorted(constexprs), kernel.fn.__name__
+
+
+def test_call_plan_is_the_plan_a_prepared_call_gets():
+    # scripts report a timed call's plan through call_plan: it must be prepare's, precision and all
+    call_mod.clear()
+    plans = {}
+    for dtype, prec in ((torch.float32, "tf32x3"), (torch.float32, "ieee"), (torch.float16, "split")):
+        code = PRECISIONS[prec]
+        got = _prepare(_inputs(dtype=dtype), grad=True, prec=code)[0].plan
+        assert got == call_mod.call_plan(1, 40, 2, 16, 32, 5, True, torch.device("cpu"), True, dtype,
+                                         code)
+        plans[prec] = got
+    # float32 in tf32x3 takes its own training rows (8 backward warps), the exact twin the table's
+    assert plans["tf32x3"].warps_bwd == 8 and plans["ieee"].warps_bwd != 8

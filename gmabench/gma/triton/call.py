@@ -185,6 +185,14 @@ class Call:
                               AUXCP=False)
 
 
+def call_plan(B, N, H, D, DV, K, causal, device, grad, dtype, prec):
+    """The launch plan of a call of these sizes, input dtype and product precision (PRECISIONS'
+    code): what prepare gives it, for scripts that report the plan beside a time."""
+    return make_plan(B, N, H, K, D, DV, causal, device, grad,
+                     split_dx=prec == PRECISIONS["split"], f32=dtype == torch.float32,
+                     tf32x3=prec == PRECISIONS["tf32x3"])
+
+
 def prepare(tensors, causal, temperature, eps, prec, grad):
     """(Call, the six tensors made contiguous) for a call; ValueError for bad shapes."""
     tensors = tuple(t.contiguous() for t in tensors)
@@ -195,9 +203,7 @@ def prepare(tensors, causal, temperature, eps, prec, grad):
         dims = check(*tensors)
         _DIMS[sig] = dims
     B, N, H, D, DV, K = dims
-    pl = make_plan(B, N, H, K, D, DV, causal, q.device, grad,
-                   split_dx=prec == PRECISIONS["split"], f32=q.dtype == torch.float32,
-                   tf32x3=prec == PRECISIONS["tf32x3"])
+    pl = call_plan(B, N, H, D, DV, K, causal, q.device, grad, q.dtype, prec)
     key = (sig, pl, causal, temperature, eps, prec, grad)
     call = _CALLS.get(key)
     if call is None:

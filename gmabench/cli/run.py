@@ -35,6 +35,20 @@ def _device_slug(device: str) -> str:
     return "cpu"
 
 
+VARIANTS = {"causal": True, "bidirectional": False, "bidir": False}
+
+
+def _variants(text: str | None) -> list[bool] | None:
+    """--variants as the suite's `causal` list (causal: true, bidirectional or bidir: false)."""
+    names = split_list("--variants", text)
+    if names is None:
+        return None
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        fail(f"--variants: unknown variant {unknown[0]!r} (known: causal, bidirectional)")
+    return list(dict.fromkeys(VARIANTS[n] for n in names))
+
+
 def run(
     suite: Annotated[Optional[str], typer.Argument(help="Suite name (see `gmabench suites`) or a .toml path. Default: paper on a GPU, smoke otherwise.")] = None,
     mixers: Annotated[Optional[str], typer.Option(help="Comma-separated mixers, replacing the suite's.")] = None,
@@ -44,6 +58,7 @@ def run(
     head_dims: Annotated[Optional[str], typer.Option("--head-dims", help="Comma-separated head sizes D.")] = None,
     dtypes: Annotated[Optional[str], typer.Option(help="Comma-separated dtypes (float32, bfloat16, float16).")] = None,
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated modes (fwd, fwd_bwd).")] = None,
+    variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants (causal, bidirectional), replacing the suite's causal list.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cuda or cpu.")] = None,
     timer: Annotated[Optional[str], typer.Option(help="How GPU cells are timed: events (each call issued from Python, host work included) or graph (each call captured once in a CUDA graph and replayed: the GPU's time alone). Default: the suite's, else events.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory. Default: results/<date>-<device>-<suite>/.")] = None,
@@ -65,6 +80,7 @@ def run(
         "head_dims": split_list("--head-dims", head_dims, int),
         "dtypes": split_list("--dtypes", dtypes),
         "modes": split_list("--modes", modes),
+        "causal": _variants(variants),
         "device": device,
         "timer": timer,
     }

@@ -62,6 +62,7 @@ def test_smoke_suite_writes_records_environment_and_report(tmp_path):
     (["--heads", "0"], "heads: must be positive, got 0"),
     (["--head-dims", "0"], "head_dims: must be positive, got 0"),
     (["--dtypes", "float8"], "unknown value 'float8'"),
+    (["--variants", "causal,forward"], "--variants: unknown variant 'forward' (known: causal, bidirectional)"),
     (["--seq-lens", "abc"], "'abc' is not an integer"),
     (["--device", "tpu"], "device: unknown value 'tpu'"),
     (["--timer", "wallclock"], "timing.timer: unknown value 'wallclock'"),
@@ -74,6 +75,17 @@ def test_bad_options_exit_2_before_writing(tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     assert needle in " ".join(result.output.split())
     assert not out.exists()
+
+
+@pytest.mark.parametrize("variants, causal", [("causal", [True]), ("bidir", [False]),
+                                               ("bidirectional,causal,bidir", [False, True])])
+def test_variants_replace_the_suites_causal_list(tmp_path, variants, causal):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "smoke", "--device", "cpu", "--out", str(out), "--mixers", "gma",
+                                 "--seq-lens", "16", "--modes", "fwd", "--no-report", "--variants", variants])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "suite.json").read_text())["sweeps"][0]["causal"] == causal
+    assert sorted({r["causal"] for r in load_records(out)}) == sorted(causal)
 
 
 def test_unknown_mixer_message_lists_known_names(tmp_path):

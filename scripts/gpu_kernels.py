@@ -529,13 +529,13 @@ def _call_plan(N, H, K, D, causal, mode, dtype):
 
 
 def _plan_times(tag, plans, ns, calls, modes=("fwd", "fwd_bwd"), dtype="bf16", K=64, D=64,
-                heads=(16,)):
+                heads=(16,), causals=(False, True)):
     """Device time per call (profiler, also per kernel) and wall time (do_bench) of every variant
     (of the given modes) at each N and head count H under each plan (a dict of TUNING knobs; {}:
-    the table's), with inputs of `dtype`, K components and head size D = Dv (B=1); rows under
-    R[tag]."""
+    the table's), with inputs of `dtype`, K components and head size D = Dv (B=1), of the variants
+    whose causal flag is in `causals`; rows under R[tag]."""
     for n, H in [(n, H) for n in ns for H in heads]:
-        for causal, mode in [vm for vm in VARIANTS if vm[1] in modes]:
+        for causal, mode in [vm for vm in VARIANTS if vm[1] in modes and vm[0] in causals]:
             for knobs in plans:
                 TUNING.update({k: None for k in TUNING})
                 TUNING.update(knobs)
@@ -760,6 +760,7 @@ def main():
     ap.add_argument("--k", type=int, default=64, help="plansweep: mixture components K")
     ap.add_argument("--d", type=int, default=64, help="plansweep: head size D = Dv")
     ap.add_argument("--heads", default="16", help="plansweep: comma-separated head counts H")
+    ap.add_argument("--variants", default="bidir,causal", help="plansweep: the variants to time (bidir, causal)")
     args = ap.parse_args()
     secs = args.sections.split(",")
     Ns = [int(n) for n in args.ns.split(",")]
@@ -837,7 +838,8 @@ def main():
         if "plansweep" in secs:
             guarded("plansweep", _plan_times, "plan_sweep", json.loads(args.plans), Ns, 10,
                     tuple(args.modes.split(",")), args.dtype, args.k, args.d,
-                    tuple(int(h) for h in args.heads.split(",")))
+                    tuple(int(h) for h in args.heads.split(",")),
+                    tuple({"bidir": False, "causal": True}[v] for v in args.variants.split(",")))
             save()
         if "peerdevtimes" in secs:
             guarded("peerdevtimes", peer_dev_times, Ns)

@@ -401,19 +401,53 @@ def test_causal_calls_with_few_heads_take_fewer_segments(gpu_rules, monkeypatch)
     def segments(N, H, causal, grad, **kw):
         return gpu_rules.make_plan(1, N, H, 64, 64, 64, causal, CPU, grad=grad, **kw).P
 
-    # inference: at most 64 segments per (b, h) while that keeps a segment at most 8 blocks
+    # inference by the waves rule (seg_cost 0): at most 64 segments per (b, h) while that keeps a
+    # segment at most 8 blocks
+    gpu_rules.TUNING.update(seg_cost=0)
     assert segments(8192, 1, True, False) == 64 and segments(8192, 1, False, False) == 128
     assert segments(32768, 1, True, False) == 64 and segments(32768, 1, False, False) == 256
     assert segments(131072, 1, True, False) == 256      # 2048 blocks: 256 segments of 8
+    gpu_rules.TUNING.update(seg_cost=None)
     # training: the same cap while a segment keeps at most 2 blocks
     assert segments(8192, 2, True, True) == 64 and segments(8192, 2, False, True) == 128
     assert segments(32768, 2, True, True) == 128        # 512 blocks: 64 would be 8 a segment
-    # from 5 (b, h) on (at most 52 segments per head) nothing changes
-    assert segments(131072, 16, True, False) == segments(131072, 16, False, False) == 16
+    # from 5 (b, h) on (at most 52 segments per head) nothing changes in training
+    assert segments(131072, 16, True, True) == segments(131072, 16, False, True) == 16
     assert segments(1024, 16, True, True) == 16 and segments(2048, 8, True, True) == 32
     # float32 in tf32x3 keeps its own rows (not timed with few heads); the knobs come last
     assert segments(8192, 1, True, False, tf32x3=True) == 256
-    gpu_rules.TUNING.update(max_seg=0)
+    gpu_rules.TUNING.update(max_seg=0)       # a knob of the waves rule turns the cost model off
     assert segments(8192, 1, True, False) == 128
     gpu_rules.TUNING.update(max_seg=None, segments=128)
     assert segments(8192, 2, True, True) == 128
+
+
+def test_causal_inference_segments_from_the_cost_model(gpu_rules, monkeypatch):
+    monkeypatch.setattr(gpu_rules, "_sm_count", lambda device: 132)
+    gpu_rules.PLAN_TABLE["causal/fwd"].update(plan_mod._TUNED["causal/fwd"])   # seg_cost 1
+
+    def plan(N, H, B=1, **kw):
+        p = gpu_rules.make_plan(B, N, H, 64, 64, 64, True, CPU, grad=False, **kw)
+        return p.P, p.bps
+
+    # the plans the sweeps found fastest (docs/kernels.md, Version 2.47), where the waves rule
+    # differed: one program per SM with a longer walk, or no one-block segments
+    assert plan(2048, 8) == (16, 2) and plan(4096, 4) == (32, 2) and plan(8192, 4) == (32, 4)
+    assert plan(4096, 1) == (32, 2) and plan(4096, 8) == (16, 4)
+    # where the waves rule was the fastest it is kept, as at 16 heads from 2048 to 131072
+    assert plan(2048, 1) == (32, 1) and plan(8192, 8) == (32, 4) and plan(2048, 32) == (8, 4)
+    for N in (2048, 4096, 8192, 16384, 131072):
+        assert plan(N, 16) == (16, N // 64 // 16)
+    # batch counts as heads do; more (b, h) than two programs per SM hold: one segment each
+    assert plan(4096, 4, B=2) == plan(4096, 8) and plan(8192, 1, B=300) == (1, 128)
+    # the cost itself: the model's choice costs no more than any other number of segments
+    cost = lambda P, nblk, bh: (gpu_rules.SEG_COST["SEG_US"] * P + gpu_rules.SEG_COST["BLOCK_US"]
+                                * -(-nblk // P) * (gpu_rules.SEG_COST["SHARED_SM"] if bh * P > 132 else 1))
+    for nblk, bh in [(32, 3), (128, 6), (512, 12), (2048, 1), (999, 5)]:
+        P = gpu_rules._cost_segments(nblk, bh, 132)
+        assert bh * P <= 264 and all(cost(P, nblk, bh) <= cost(p, nblk, bh)
+                                     for p in range(1, min(nblk, 264 // bh) + 1))
+    # off where it was not fitted: wide shapes, float32's tf32x3, a plan that asks for waves
+    assert gpu_rules.make_plan(1, 4096, 4, 64, 64, 64, True, CPU, grad=False, tf32x3=True).P != 32
+    gpu_rules.TUNING.update(waves=2)
+    assert plan(4096, 4) == (64, 1)

@@ -84,16 +84,18 @@ VARIANTS = ("bidir/fwd", "bidir/fwd_bwd", "causal/fwd", "causal/fwd_bwd")
 # (results/2026-11-30-h200x2-wide-dx16; docs/kernels.md, Version 2.38): K=256, D=64 causal
 # 10.28 -> 7.76 ms, bidirectional 5.01 -> 4.24 (means of two); K=128, D=128 9.67 -> 8.87 and
 # 4.59 -> 4.50. max_seg: segments per (b, h) at most, unless that leaves a segment more than
-# MAX_SEG_BPS blocks (0: no cap; the rule below, for causal calls with few heads).
+# MAX_SEG_BPS blocks (0: no cap; the rule below, for causal calls with few heads). seg_cost: 1
+# has causal inference take its segments from a cost model of the fused kernel (SEG_COST,
+# _cost_segments) instead of waves, min_bps and max_seg; 0 from those.
 PLAN_KEYS = ("block", "block_bwd", "block_bwd_k", "block_key", "warps_fwd", "warps_bwd", "stages",
              "stages_key", "waves", "min_bps", "regs_fwd", "regs_bwd", "raw16", "dl_store",
              "dl_rows", "dl_block", "dl_warps", "dx_pass", "aux_dl", "pdl", "fuse_fwd", "prefetch",
-             "wide_pairs", "wide_dx16", "max_seg")
+             "wide_pairs", "wide_dx16", "max_seg", "seg_cost")
 _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_fwd": 8,
          "warps_bwd": 8, "stages": 2, "stages_key": 0, "waves": 2, "min_bps": 1, "regs_fwd": 0,
          "regs_bwd": 0, "raw16": 1, "dl_store": 0, "dl_rows": 0, "dl_block": 0, "dl_warps": 0,
          "dx_pass": 0, "aux_dl": 1, "pdl": 1, "fuse_fwd": 1, "prefetch": 1, "wide_pairs": 1,
-         "wide_dx16": 1, "max_seg": 0}
+         "wide_dx16": 1, "max_seg": 0, "seg_cost": 0}
 # Segments: one wave of the two programs per SM that fit at once (255 registers per thread; waves
 # 2, min_bps 1): with 16 heads, 16 segments per head gave every variant its lowest device time
 # from N=2048 to 32768 and tied 33 at 131072 (results/2026-11-29-h200-prepared-calls/, smallplans
@@ -116,7 +118,7 @@ _BASE = {"block": 64, "block_bwd": 0, "block_bwd_k": 0, "block_key": 0, "warps_f
 # with the current kernels (device time, results/2026-11-29-h200-raw16).
 _TUNED = {
     "bidir/fwd": {"block": 128, "block_key": 64, "warps_fwd": 4, "stages": 3},     # 1.582 -> 0.429
-    "causal/fwd": {"warps_fwd": 4, "stages_key": 3},                               # 2.787 -> 0.919
+    "causal/fwd": {"warps_fwd": 4, "stages_key": 3, "seg_cost": 1},                # 2.787 -> 0.919
     "bidir/fwd_bwd": {"block_bwd": 16, "block_bwd_k": 32, "warps_fwd": 4, "warps_bwd": 4,
                       "stages": 3},                                                # 7.01 -> 4.13
     "causal/fwd_bwd": {"block_bwd": 16, "block_bwd_k": 32, "warps_fwd": 4, "warps_bwd": 4,
@@ -192,6 +194,16 @@ PREFETCH_TOKENS = 1 << 18
 # 168.9 against 193.1 us; training lost with more than 2 (at N = 32768, H = 2, 64 segments of 8
 # blocks against 128 of 4: 469.3 against 408.6 us)
 MAX_SEG_BPS = {False: 8, True: 2}
+# Causal inference's segments per (b, h) at the table's widths (plan key seg_cost): a fused call
+# takes about a + SEG_US * P + BLOCK_US * bps us, the second term for the sum of its head's
+# earlier totals that each program makes, the third for its walk, whose blocks take SHARED_SM
+# times as long where two programs share an SM. Fitted to replayed plan sweeps on the H200
+# (bf16, B = 1, N = 2048-32768, H = 1-32; results/2026-12-01-h200-inference-segments,
+# docs/kernels.md Version 2.47): in each of the 27 (N, H) they measured, the plan it picks
+# was the fastest measured or within 0.3% of it, where the waves rule with max_seg lost up to
+# 26% (N = 4096, H = 4: 42.9 against 34.1 us; 8192, H = 4: 50.8 against 44.3; 2048, H = 8: 33.5
+# against 29.7). At 16 heads it picks the waves rule's segments from N = 2048 to 131072.
+SEG_COST = {"SEG_US": 0.25, "BLOCK_US": 4.0, "SHARED_SM": 1.6}
 PLAN_SOURCE = "built-in"
 
 # Knobs for tests and tuning scripts: None means "decide from the table and the shape".
@@ -223,6 +235,7 @@ TUNING: dict[str, int | None] = {
     "wide_pairs": None,
     "wide_dx16": None,
     "max_seg": None,
+    "seg_cost": None,
 }
 
 _SM_COUNT: dict[int, int] = {}
@@ -280,7 +293,8 @@ def load_plan_file(path: str | os.PathLike) -> None:
                "dl_store": (0, 1, 2), "dl_rows": (0, *(1 << i for i in range(4, 21))),
                "dl_block": (0, 16, 32, 64, 128), "dl_warps": (0, 2, 4, 8), "dx_pass": (0, 1),
                "aux_dl": (0, 1), "pdl": (0, 1), "fuse_fwd": (0, 1), "prefetch": (0, 1),
-               "wide_pairs": (0, 1), "wide_dx16": (0, 1), "max_seg": range(1 << 16)}
+               "wide_pairs": (0, 1), "wide_dx16": (0, 1), "max_seg": range(1 << 16),
+               "seg_cost": (0, 1)}
     updates = {}
     for variant, entry in data.items():
         if variant.startswith("_"):   # comments, provenance
@@ -339,6 +353,19 @@ def wide_training(K: int, D: int, DV: int) -> bool:
     a block has, so a kernel makes them once per head and every block loads them
     (common._prep_weights_kernel; docs/kernels.md, Versions 2.4 and 2.18)."""
     return padded_components(K) * max(D, DV) > 8192
+
+
+def _cost_segments(nblk: int, bh: int, sms: int) -> int:
+    """Segments per (b, h) for nblk blocks under SEG_COST, at most two programs per SM (1 when
+    even one segment per (b, h) is more); of two plans that cost the same, the shorter walk."""
+    best = (float("inf"), 1)
+    for P in range(1, min(nblk, 2 * sms // bh) + 1):
+        walk = triton.cdiv(nblk, P)
+        cost = SEG_COST["SEG_US"] * P + SEG_COST["BLOCK_US"] * walk * (
+            SEG_COST["SHARED_SM"] if bh * P > sms else 1.0)
+        if cost <= best[0]:
+            best = (cost, P)
+    return best[1]
 
 
 def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
@@ -427,11 +454,16 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
         # where each walks more blocks (MAX_SEG_BPS). Only B * H <= 4 (more than 64 segments
         # per head at two programs per SM of an H200) is changed.
         row["max_seg"] = 64
+    if tf32x3 or beyond_table(K, D, DV):
+        row["seg_cost"] = 0   # SEG_COST was fitted at the table's widths, in 16-bit
     if B * H * N < PREFETCH_TOKENS:
         row["prefetch"] = 0
     if INTERPRET:
-        row.update(block=16, block_key=0, block_bwd_k=0, min_bps=1, stages=1, stages_key=0)
+        row.update(block=16, block_key=0, block_bwd_k=0, min_bps=1, stages=1, stages_key=0,
+                   seg_cost=0)
     knobs = {k: v for k, v in TUNING.items() if v is not None}
+    if knobs.keys() & {"waves", "min_bps", "max_seg"} and "seg_cost" not in knobs:
+        knobs["seg_cost"] = 0   # a knob of the waves rule asks for that rule
     row.update({k: v for k, v in knobs.items() if k in row})
     # The knobs first (a `waves` knob once came after the programs target and changed nothing);
     # the interpreter: a few segments per (b, h), so the CPU tests cross segment boundaries
@@ -440,6 +472,9 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     nblk = triton.cdiv(N, block)
     if row["max_seg"]:
         per_head = min(per_head, max(row["max_seg"], nblk // MAX_SEG_BPS[grad]))
+    if row["seg_cost"]:
+        per_head = _cost_segments(nblk, B * H, _sm_count(device))
+        row["min_bps"] = 1
     # Rounded down: programs beyond a whole number of waves run as a tail after everything else
     # (17 segments x 16 heads on 264 slots took 1.55x the time of 16 at N=131072).
     P = knobs.get("segments") or max(1, min(per_head, nblk // row["min_bps"]))

@@ -663,8 +663,11 @@ def test_gpu_fused_causal_inference_matches_two_kernels(dtype):
     # programs), every repeat and CUDA-graph replay the same bits, every ticket-and-flags buffer
     # in the state whole launches leave.
     from gmabench.gma.triton import call as call_mod
-    for N, segments in ((1, None), (2048, None), (4133, None), (131072, None), (131072, 200)):
-        ins = [t.detach() for t in _inputs(2, N, 4, 64, 64, 64, dtype, seed=N % 97)]
+    # (one head of 8197 and three of 131072 tokens: the cost model's segments of 3 and 24 blocks)
+    for B, H, N, segments in ((2, 4, 1, None), (2, 4, 2048, None), (2, 4, 4133, None),
+                              (2, 4, 131072, None), (2, 4, 131072, 200), (1, 1, 8197, None),
+                              (1, 3, 131072, None)):
+        ins = [t.detach() for t in _inputs(B, N, H, 64, 64, 64, dtype, seed=N % 97)]
         TUNING.update(segments=segments, fuse_fwd=0)
         try:
             with torch.no_grad():

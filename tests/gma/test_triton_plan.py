@@ -411,6 +411,10 @@ def test_causal_calls_with_few_heads_take_fewer_segments(gpu_rules, monkeypatch)
     # training: the same cap while a segment keeps at most 2 blocks
     assert segments(8192, 2, True, True) == 64 and segments(8192, 2, False, True) == 128
     assert segments(32768, 2, True, True) == 128        # 512 blocks: 64 would be 8 a segment
+    # one program per SM where two would give 128 segments or more of at most 2 blocks
+    assert segments(16384, 2, True, True) == 64 and segments(32768, 1, True, True) == 128
+    assert segments(16384, 1, True, True) == 128 and segments(8192, 4, True, True) == 64
+    assert segments(16384, 2, False, True) == 128       # bidirectional programs never wait
     # from 5 (b, h) on (at most 52 segments per head) nothing changes in training
     assert segments(131072, 16, True, True) == segments(131072, 16, False, True) == 16
     assert segments(1024, 16, True, True) == 16 and segments(2048, 8, True, True) == 32

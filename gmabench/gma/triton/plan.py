@@ -203,6 +203,14 @@ MAX_SEG_BPS = {False: 8, True: 2}
 # was the fastest measured or within 0.3% of it, where the waves rule with max_seg lost up to
 # 26% (N = 4096, H = 4: 42.9 against 34.1 us; 8192, H = 4: 50.8 against 44.3; 2048, H = 8: 33.5
 # against 29.7). At 16 heads it picks the waves rule's segments from N = 2048 to 131072.
+# Causal training, where two programs per SM would give a (b, h) TRAIN_ONE_WAVE_SEG segments or
+# more of at most 2 blocks: one program per SM instead (every program of the backward sums its
+# head's earlier or later totals). Replayed on the H200, bf16, B = 1 (docs/kernels.md, Version
+# 2.47, results/2026-12-01-h200-inference-segments sweep-4 and -5): N = 16384, H = 2 283.1 ->
+# 247.1 us (128 segments of 2 blocks -> 64 of 4); N = 32768, H = 1 385.2 -> 289.4 (256 -> 128).
+# Where the two programs gave 64 segments of 2 it was level (N = 8192, H = 4: 218.8 against
+# 223.4), and 32 lost (4096, H = 8: 186.1 against 217.2).
+TRAIN_ONE_WAVE_SEG = 128
 SEG_COST = {"SEG_US": 0.25, "BLOCK_US": 4.0, "SHARED_SM": 1.6}
 PLAN_SOURCE = "built-in"
 
@@ -355,6 +363,12 @@ def wide_training(K: int, D: int, DV: int) -> bool:
     return padded_components(K) * max(D, DV) > 8192
 
 
+def _segments(P: int, nblk: int) -> tuple[int, int]:
+    """Segments and blocks per segment for about P segments of nblk blocks, none empty."""
+    bps = triton.cdiv(nblk, max(1, min(P, nblk)))
+    return triton.cdiv(nblk, bps), bps
+
+
 def _cost_segments(nblk: int, bh: int, sms: int) -> int:
     """Segments per (b, h) for nblk blocks under SEG_COST, at most two programs per SM (1 when
     even one segment per (b, h) is more); of two plans that cost the same, the shorter walk."""
@@ -467,20 +481,21 @@ def make_plan(B: int, N: int, H: int, K: int, D: int, DV: int, causal: bool,
     row.update({k: v for k, v in knobs.items() if k in row})
     # The knobs first (a `waves` knob once came after the programs target and changed nothing);
     # the interpreter: a few segments per (b, h), so the CPU tests cross segment boundaries
-    per_head = triton.cdiv(3, B * H) if INTERPRET else row["waves"] * _sm_count(device) // (B * H)
+    sms = _sm_count(device)
+    per_head = triton.cdiv(3, B * H) if INTERPRET else row["waves"] * sms // (B * H)
     block = row["block"]
     nblk = triton.cdiv(N, block)
     if row["max_seg"]:
         per_head = min(per_head, max(row["max_seg"], nblk // MAX_SEG_BPS[grad]))
     if row["seg_cost"]:
-        per_head = _cost_segments(nblk, B * H, _sm_count(device))
+        per_head = _cost_segments(nblk, B * H, sms)
         row["min_bps"] = 1
     # Rounded down: programs beyond a whole number of waves run as a tail after everything else
     # (17 segments x 16 heads on 264 slots took 1.55x the time of 16 at N=131072).
-    P = knobs.get("segments") or max(1, min(per_head, nblk // row["min_bps"]))
-    P = max(1, min(P, nblk))
-    bps = triton.cdiv(nblk, P)
-    P = triton.cdiv(nblk, bps)  # no empty segment
+    P, bps = _segments(knobs.get("segments") or min(per_head, nblk // row["min_bps"]), nblk)
+    if (grad and row["max_seg"] and not INTERPRET and not knobs.get("segments") and B * H * P > sms
+            and P >= TRAIN_ONE_WAVE_SEG and bps <= 2):
+        P, bps = _segments(sms // (B * H), nblk)
     block_bwd = min(row["block_bwd"] or block, block)    # powers of two: a divisor of block
     block_key = min(row["block_key"] or block, block)
     block_bwd_k = min(row["block_bwd_k"] or block_bwd, block)
